@@ -1,0 +1,50 @@
+# CodeVector: `make run` (demo on http://127.0.0.1:8000/admin/) and `make test` (PostgreSQL + SQLite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PORT ?= 8000
+MOCK_PORT ?= 8001
+WORKERS ?= 1
+
+export USAGE_BUFFER_DIR ?= $(CURDIR)/var/usage-buffer
+
+.PHONY: install run test bench migrate clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed node_modules/.installed
+
+migrate: install
+	@mkdir -p var $(USAGE_BUFFER_DIR)
+	$(PY) manage.py migrate --no-input -v0
+
+# Web (gunicorn + uvicorn worker), the django-q2 worker and the mock upstream; Ctrl-C stops all.
+run: migrate
+	$(PY) manage.py setup_local --mock-url http://127.0.0.1:$(MOCK_PORT)
+	@trap 'kill 0' INT TERM EXIT; \
+	if $(PY) manage.py help mock_upstream >/dev/null 2>&1; then \
+	  $(PY) manage.py mock_upstream --port $(MOCK_PORT) & \
+	fi; \
+	$(PY) manage.py qcluster & \
+	$(BIN)/gunicorn codevector.asgi:application -k uvicorn_worker.UvicornWorker \
+	  --bind 127.0.0.1:$(PORT) --workers $(WORKERS) --graceful-timeout 30 & \
+	wait
+
+test: install
+	tests/run.sh
+
+bench: install
+	$(PY) bench/ledger.py
+
+clean:
+	rm -rf $(VENV) node_modules var staticfiles

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The README's test command (`make test`) runs this: the whole suite on PostgreSQL, then on SQLite.
+# PostgreSQL comes from TEST_DATABASE_URL, else 127.0.0.1:5432 if it answers. With CI=true it is
+# required; otherwise its absence skips that run with a loud line.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+export USAGE_BUFFER_DIR="${USAGE_BUFFER_DIR:-$PWD/var/test/usage-buffer}"
+mkdir -p var/test "$USAGE_BUFFER_DIR"
+
+pg_url="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/codevector}"
+workers="${TEST_WORKERS:-2}"
+status=0
+
+run_suite() {  # name, database url, extra pytest args...
+  local name=$1 url=$2
+  shift 2
+  echo "=== $name: pytest on $url"
+  DATABASE_URL="$url" CODEVECTOR_TEST_DB="$name" "$PY" -m pytest -n "$workers" "$@"
+  local rc=$?
+  # pytest's 5 means "no tests collected": never a success here.
+  if [ $rc -ne 0 ]; then
+    echo "=== $name: FAILED (pytest exit $rc)"
+    status=1
+  fi
+}
+
+if "$PY" -c "import sys, psycopg; psycopg.connect(sys.argv[1].rsplit('/', 1)[0] + '/postgres', connect_timeout=3).close()" "$pg_url" 2>/dev/null; then
+  run_suite postgresql "$pg_url" "$@"
+elif [ "${CI:-}" = "true" ]; then
+  echo "!!! PostgreSQL at $pg_url does not answer, and CI=true requires it. FAILING." >&2
+  status=1
+else
+  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" >&2
+  echo "!!! PostgreSQL at $pg_url does not answer: SKIPPING the PostgreSQL run.       " >&2
+  echo "!!! Set TEST_DATABASE_URL or start PostgreSQL to run it.                      " >&2
+  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" >&2
+fi
+
+run_suite sqlite "sqlite:///$PWD/var/test/codevector.sqlite3" -m "not postgres_only" "$@"
+
+exit $status

@@ -1,0 +1,109 @@
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection
+
+from usage import ledger
+from usage.ledger import GroupCommitter, UsageDelta, five_minute_start, make_writer, record, record_many
+from usage.models import FiveMinuteUsage
+from usage.sql import COUNTERS
+
+T0 = datetime(2026, 3, 1, 4, 55, tzinfo=UTC)
+
+
+def delta(user, facade, at, **counters):
+    return UsageDelta(id=uuid.uuid4().hex, user_id=user.pk, facade_id=facade.pk, at=at, **counters)
+
+
+def table():
+    """The whole 5-minute table as {(start, user, facade): {counter: value}}."""
+    return {
+        (row.bucket_start, row.user_id, row.facade_id): {c: getattr(row, c) for c in COUNTERS}
+        for row in FiveMinuteUsage.objects.all()
+    }
+
+
+def test_it_floors_times_to_five_minute_buckets_in_utc():
+    assert five_minute_start(datetime(2026, 3, 1, 4, 59, 59, 999999, tzinfo=UTC)) == datetime(2026, 3, 1, 4, 55, tzinfo=UTC)
+    assert five_minute_start(datetime(2026, 3, 1, 5, 0, tzinfo=UTC)) == datetime(2026, 3, 1, 5, 0, tzinfo=UTC)
+
+
+def test_it_refuses_naive_times_and_float_counters():
+    with pytest.raises(ValueError):
+        UsageDelta(id="x", user_id=1, facade_id=1, at=datetime(2026, 1, 1))
+    with pytest.raises(TypeError):
+        UsageDelta(id="x", user_id=1, facade_id=1, at=T0, cost_nanos=1.5)
+
+
+def test_it_puts_the_last_microsecond_and_the_next_bucket_apart(alice, gpt):
+    record(delta(alice, gpt, datetime(2026, 3, 1, 4, 59, 59, 999999, tzinfo=UTC), input_tokens=7))
+    record(delta(alice, gpt, datetime(2026, 3, 1, 5, 0, tzinfo=UTC), input_tokens=11))
+    rows = table()
+    assert {k[0]: v["input_tokens"] for k, v in rows.items()} == {
+        datetime(2026, 3, 1, 4, 55, tzinfo=UTC): 7,
+        datetime(2026, 3, 1, 5, 0, tzinfo=UTC): 11,
+    }
+    assert {k[0]: v["requests"] for k, v in rows.items()} == {
+        datetime(2026, 3, 1, 4, 55, tzinfo=UTC): 1,
+        datetime(2026, 3, 1, 5, 0, tzinfo=UTC): 1,
+    }
+
+
+def test_it_adds_many_deltas_exactly_per_bucket_user_and_facade(alice, bob, gpt, claude):
+    import random
+
+    rng = random.Random(7)
+    expected: dict = {}
+    deltas = []
+    for _ in range(400):
+        user, facade = rng.choice([alice, bob]), rng.choice([gpt, claude])
+        at = T0 + timedelta(seconds=rng.randrange(0, 3600), microseconds=rng.randrange(0, 10**6))
+        inp = rng.randrange(0, 5000)
+        counters = dict(
+            requests=1,
+            error_requests=rng.randrange(0, 2),
+            estimated_requests=rng.randrange(0, 2),
+            input_tokens=inp,
+            cached_input_tokens=inp // 3,
+            cache_write_tokens=inp // 7,
+            output_tokens=rng.randrange(0, 2000),
+            cost_nanos=rng.randrange(0, 10**9),
+        )
+        deltas.append(delta(user, facade, at, **counters))
+        key = (five_minute_start(at), user.pk, facade.pk)
+        row = expected.setdefault(key, dict.fromkeys(COUNTERS, 0))
+        for name, value in counters.items():
+            row[name] += value
+    # Mixed batch sizes: single records and multi-row statements larger than one chunk.
+    for d in deltas[:50]:
+        record(d)
+    record_many(deltas[50:])
+    assert table() == expected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_group_commit_releases_each_caller_after_its_delta_is_committed(alice, gpt):
+    async def scenario():
+        writer = make_writer()
+        await writer.open()
+        committer = GroupCommitter(writer.write)
+        try:
+            await asyncio.gather(*(committer.record(delta(alice, gpt, T0, output_tokens=n)) for n in range(1, 201)))
+        finally:
+            await committer.close()
+            await writer.close()
+
+    asyncio.run(scenario())
+    assert table() == {
+        (T0, alice.pk, gpt.pk): dict.fromkeys(COUNTERS, 0) | {"requests": 200, "output_tokens": 200 * 201 // 2}
+    }
+
+
+def test_the_upsert_statement_names_every_counter():
+    statement = ledger.sql.add_counters("usage_bucket_5min", 2)
+    assert statement.count("(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)") == 2
+    for name in COUNTERS:
+        assert f"{name} = usage_bucket_5min.{name} + EXCLUDED.{name}" in statement
+    assert connection.vendor in ("postgresql", "sqlite")

@@ -1,0 +1,271 @@
+"""The usage ledger: record one delta into its 5-minute bucket with an atomic UPSERT.
+
+Two ways in, one statement plan:
+- `record` / `record_many` (sync, Django's connection): commands, seeding, tests;
+- `GroupCommitter` (async, the gateway): every delta waiting while a write is in flight is merged
+  into the next multi-row UPSERT, and each caller returns only once its own delta is committed.
+
+`write_statements` is the single definition of what a write does; it is a generator of
+(sql, params) pairs so the sync and async drivers run the very same plan (later steps, such as
+the late-data path, extend it here and both drivers follow).
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Generator, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+
+from django.db import connections, transaction
+
+from usage import sql
+
+logger = logging.getLogger(__name__)
+
+# Rows per statement: 500 x 11 parameters stays far below SQLite's and PostgreSQL's limits.
+ROWS_PER_STATEMENT = 500
+BUCKET_SECONDS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDelta:
+    id: str
+    user_id: int
+    facade_id: int
+    at: datetime
+    requests: int = 1
+    error_requests: int = 0
+    estimated_requests: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    cost_nanos: int = 0
+
+    def __post_init__(self):
+        if self.at.tzinfo is None:
+            raise ValueError("a usage delta needs a timezone-aware time")
+        for name in sql.COUNTERS:
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+
+    @property
+    def bucket_start(self) -> datetime:
+        return five_minute_start(self.at)
+
+    def counters(self) -> tuple[int, ...]:
+        return tuple(getattr(self, name) for name in sql.COUNTERS)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["at"] = self.at.isoformat()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UsageDelta":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["at"] = datetime.fromisoformat(values["at"])
+        return cls(**values)
+
+
+def five_minute_start(at: datetime) -> datetime:
+    """The start of the 5-minute bucket holding `at`, in UTC.
+
+    Every real UTC offset is a multiple of 5 minutes, so these boundaries are local boundaries
+    in any time zone too.
+    """
+    utc = at.astimezone(UTC)
+    return utc.replace(minute=utc.minute - utc.minute % 5, second=0, microsecond=0)
+
+
+Key = tuple[datetime, int, int]
+
+
+def merge_deltas(deltas: Iterable[UsageDelta]) -> dict[Key, list[int]]:
+    """Sum deltas per bucket key, in key order (a fixed lock order: no deadlocks between writers)."""
+    merged: dict[Key, list[int]] = {}
+    for delta in deltas:
+        key = (delta.bucket_start, delta.user_id, delta.facade_id)
+        counters = delta.counters()
+        if key in merged:
+            merged[key] = [a + b for a, b in zip(merged[key], counters)]
+        else:
+            merged[key] = list(counters)
+    return dict(sorted(merged.items()))
+
+
+Statement = tuple[str, list]
+Plan = Generator[Statement, list | None, None]
+
+
+def write_statements(deltas: Iterable[UsageDelta]) -> Plan:
+    """The statements one write runs, in one transaction. Each `yield` receives the statement's
+    rows (or None), so later statements may depend on earlier reads."""
+    rows = list(merge_deltas(deltas).items())
+    table = sql.LEVEL_TABLES["5min"]
+    for offset in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[offset : offset + ROWS_PER_STATEMENT]
+        params: list = []
+        for (bucket_start, user_id, facade_id), counters in chunk:
+            params += [bucket_start, user_id, facade_id, *counters]
+        yield sql.add_counters(table, len(chunk)), params
+
+
+def run_plan(plan: Plan, cursor, adapt_datetime: Callable = lambda value: value) -> None:
+    result = None
+    while True:
+        try:
+            statement, params = plan.send(result)
+        except StopIteration:
+            return
+        cursor.execute(statement, [adapt_datetime(p) if isinstance(p, datetime) else p for p in params])
+        result = cursor.fetchall() if cursor.description else None
+
+
+async def run_plan_async(plan: Plan, cursor) -> None:
+    result = None
+    while True:
+        try:
+            statement, params = plan.send(result)
+        except StopIteration:
+            return
+        await cursor.execute(statement, params)
+        result = await cursor.fetchall() if cursor.description else None
+
+
+def record_many(deltas: Iterable[UsageDelta], using: str = "default") -> None:
+    """Record deltas in one transaction through Django's connection."""
+    deltas = list(deltas)
+    if not deltas:
+        return
+    connection = connections[using]
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        run_plan(write_statements(deltas), cursor, connection.ops.adapt_datetimefield_value)
+
+
+def record(delta: UsageDelta, using: str = "default") -> None:
+    record_many([delta], using=using)
+
+
+# --- async group commit (the gateway) ---------------------------------------------------------
+
+WriteBatch = Callable[[list[UsageDelta]], Awaitable[None]]
+
+
+class GroupCommitter:
+    """One writer task per process: takes every delta waiting, writes them in one transaction,
+    then releases each waiting caller (or raises the write's error in each)."""
+
+    def __init__(self, write_batch: WriteBatch):
+        self._write_batch = write_batch
+        self._pending: list[tuple[UsageDelta, asyncio.Future]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-ledger-writer")
+
+    async def record(self, delta: UsageDelta) -> None:
+        if self._closing:
+            raise RuntimeError("the ledger is closed")
+        self.start()
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((delta, future))
+        self._wakeup.set()
+        await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                if self._closing:
+                    return
+                continue
+            try:
+                await self._write_batch([delta for delta, _ in batch])
+            except Exception as exc:  # each caller decides what to do with its own delta
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def close(self) -> None:
+        """Commit every pending delta, then stop the writer task."""
+        self._closing = True
+        if self._task is not None:
+            self._wakeup.set()
+            await self._task
+            self._task = None
+
+
+class PostgresWriter:
+    """Writes batches through an async psycopg pool (no Django on the request path)."""
+
+    def __init__(self, conninfo: str, max_size: int = 4):
+        from psycopg_pool import AsyncConnectionPool
+
+        self.pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False)
+
+    async def open(self) -> None:
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def write(self, deltas: list[UsageDelta]) -> None:
+        async with self.pool.connection() as conn:
+            async with conn.transaction(), conn.cursor() as cursor:
+                await run_plan_async(write_statements(deltas), cursor)
+
+
+class ThreadWriter:
+    """Writes batches through Django's connection in one dedicated thread (SQLite)."""
+
+    def __init__(self, using: str = "default"):
+        self.using = using
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-ledger")
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.executor, connections.close_all)
+        self.executor.shutdown(wait=True)
+
+    async def write(self, deltas: list[UsageDelta]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.executor, record_many, deltas, self.using)
+
+
+def postgres_conninfo(using: str = "default") -> str | None:
+    """psycopg conninfo for a PostgreSQL alias, or None when the database is not PostgreSQL."""
+    from psycopg.conninfo import make_conninfo
+
+    settings_dict = connections[using].settings_dict
+    if connections[using].vendor != "postgresql":
+        return None
+    parts = {
+        "dbname": settings_dict["NAME"],
+        "user": settings_dict.get("USER") or None,
+        "password": settings_dict.get("PASSWORD") or None,
+        "host": settings_dict.get("HOST") or None,
+        "port": str(settings_dict["PORT"]) if settings_dict.get("PORT") else None,
+    }
+    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout"):
+        if key in settings_dict.get("OPTIONS", {}):
+            parts[key] = str(settings_dict["OPTIONS"][key])
+    return make_conninfo(**{k: v for k, v in parts.items() if v is not None})
+
+
+def make_writer(using: str = "default", pool_size: int = 4):
+    conninfo = postgres_conninfo(using)
+    return PostgresWriter(conninfo, pool_size) if conninfo else ThreadWriter(using)

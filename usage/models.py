@@ -1,0 +1,67 @@
+from django.conf import settings
+from django.db import models
+
+
+class UsageBucket(models.Model):
+    """One row of counters per (bucket start, user, facade); the four levels share this shape.
+
+    Only the 5-minute table is written by requests (usage.ledger); coarser levels are written by
+    the rollups and the late-data path. Rows are never cascade-deleted: usage history outlives
+    a deactivated user or facade.
+    """
+
+    bucket_start = models.DateTimeField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    facade = models.ForeignKey("gateway.ModelFacade", on_delete=models.PROTECT, related_name="+")
+    requests = models.BigIntegerField(default=0)
+    error_requests = models.BigIntegerField(default=0)
+    estimated_requests = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0, help_text="Every prompt token, cached and cache writes included.")
+    cached_input_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_nanos = models.BigIntegerField(default=0, help_text="Integer nanodollars.")
+
+    class Meta:
+        abstract = True
+
+    def __str__(self):
+        return f"{self.bucket_start:%Y-%m-%d %H:%M} user={self.user_id} facade={self.facade_id}"
+
+
+# Each level: the unique key the ledger's ON CONFLICT names, and an index for per-user range
+# reads (network-wide range reads use the unique index, bucket_start first).
+
+
+class FiveMinuteUsage(UsageBucket):
+    class Meta:
+        db_table = "usage_bucket_5min"
+        verbose_name = "5-minute usage"
+        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "facade"], name="usage_5min_key")]
+        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_5min_user")]
+        # The one permission every usage page and the staff side of the usage API ask for.
+        permissions = [("view_usage_dashboard", "Can view usage dashboards and the usage API for every user")]
+
+
+class HourlyUsage(UsageBucket):
+    class Meta:
+        db_table = "usage_bucket_hour"
+        verbose_name = "hourly usage"
+        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "facade"], name="usage_hour_key")]
+        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_hour_user")]
+
+
+class DailyUsage(UsageBucket):
+    class Meta:
+        db_table = "usage_bucket_day"
+        verbose_name = "daily usage"
+        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "facade"], name="usage_day_key")]
+        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_day_user")]
+
+
+class MonthlyUsage(UsageBucket):
+    class Meta:
+        db_table = "usage_bucket_month"
+        verbose_name = "monthly usage"
+        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "facade"], name="usage_month_key")]
+        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_month_user")]
