@@ -18,6 +18,8 @@ PRICE_FIELDS = {
 class ModelFacadeForm(forms.ModelForm):
     """Prices are edited in USD per million tokens and stored as integer micro-USD."""
 
+    base_url = forms.URLField(max_length=500, assume_scheme="https",
+                              help_text="As the provider's SDK takes it: https://api.openai.com/v1 or https://api.anthropic.com")
     input_price = forms.DecimalField(min_value=0, decimal_places=6, initial=0, label="Input price (USD / 1M tokens)")
     cached_input_price = forms.DecimalField(min_value=0, decimal_places=6, initial=0,
                                             label="Cached input price (USD / 1M tokens)")

@@ -53,3 +53,22 @@ def claude(db):
         cache_write_price_micros=3_750_000,
         output_price_micros=15_000_000,
     )
+
+
+@pytest.fixture
+def test_database_url(transactional_db):
+    """A DATABASE_URL for the test database, for servers and writers started in subprocesses."""
+    settings_dict = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{settings_dict['NAME']}"
+    password = f":{settings_dict['PASSWORD']}" if settings_dict.get("PASSWORD") else ""
+    return (f"postgres://{settings_dict['USER']}{password}@{settings_dict['HOST'] or '127.0.0.1'}:"
+            f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
