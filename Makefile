@@ -30,7 +30,8 @@ migrate: install
 
 # Web (gunicorn + uvicorn worker), the django-q2 worker and the mock upstream; Ctrl-C stops all.
 run: migrate
-	$(PY) manage.py setup_local --mock-url http://127.0.0.1:$(MOCK_PORT)
+	$(PY) manage.py collectstatic --no-input -v0
+	$(PY) manage.py setup_local --mock-url http://127.0.0.1:$(MOCK_PORT) --url http://127.0.0.1:$(PORT)
 	@trap 'kill 0' INT TERM EXIT; \
 	if $(PY) manage.py help mock_upstream >/dev/null 2>&1; then \
 	  $(PY) manage.py mock_upstream --port $(MOCK_PORT) & \
