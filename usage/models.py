@@ -65,3 +65,15 @@ class MonthlyUsage(UsageBucket):
         verbose_name = "monthly usage"
         constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "facade"], name="usage_month_key")]
         indexes = [models.Index(fields=["user", "bucket_start"], name="usage_month_user")]
+
+
+class AppliedDelta(models.Model):
+    """Ids of deltas replayed from the disk buffer, written in the replay's own transaction so a
+    second replay skips them (exactly once). Pruned after USAGE_APPLIED_IDS_DAYS."""
+
+    delta_id = models.CharField(max_length=64, unique=True)
+    applied_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "usage_applied_delta"
+        verbose_name = "applied buffered delta"

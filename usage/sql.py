@@ -42,3 +42,25 @@ def add_counters(table: str, rows: int) -> str:
         f"INSERT INTO {table} ({columns}) VALUES {placeholders} "
         f"ON CONFLICT (bucket_start, user_id, facade_id) DO UPDATE SET {updates}"
     )
+
+
+# --- degraded mode: exactly-once replay -------------------------------------------------------
+
+APPLIED_DELTA_TABLE = "usage_applied_delta"
+
+
+def claim_delta_ids(rows: int) -> str:
+    """Insert delta ids; RETURNING names only the ids inserted now, i.e. never applied before.
+
+    A concurrent drainer inserting the same id waits on the unique index until the first
+    transaction ends, then finds the conflict: each id is returned to exactly one transaction.
+    """
+    assert rows >= 1
+    values = ", ".join(["(%s, %s)"] * rows)
+    return (
+        f"INSERT INTO {APPLIED_DELTA_TABLE} (delta_id, applied_at) VALUES {values} "
+        "ON CONFLICT (delta_id) DO NOTHING RETURNING delta_id"
+    )
+
+
+PRUNE_APPLIED_DELTA_IDS = f"DELETE FROM {APPLIED_DELTA_TABLE} WHERE applied_at < %s"

@@ -1,0 +1,165 @@
+"""Degraded mode, replay side: buffered deltas go back into the ledger exactly once.
+
+A drainer claims a file by taking its `flock` (free only once the writer has sealed it or is
+gone) and renaming it `<name>.draining` (atomic; a second drainer's rename or lock fails). It
+replays the records with the ledger's own statements, and in the same transaction inserts each
+delta id into `usage_applied_delta`; an id already there is skipped. So a drainer killed at any
+instant and run again, or two drainers at once, never count a delta twice.
+
+Damage before a file's end sends the file to `quarantine/` (after its intact records are
+replayed, which the applied ids make safe); a torn last record, the mark of a crash mid-append,
+is reported and skipped.
+"""
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from usage import sql
+from usage.buffer import OPEN_SUFFIX, QUARANTINE, SEALED_SUFFIX, decode, fsync_dir
+from usage.ledger import UsageDelta, run_plan, write_statements
+
+logger = logging.getLogger(__name__)
+
+DRAINING_SUFFIX = ".draining"
+DELTAS_PER_TRANSACTION = 1000
+# The marker of a delta that neither the database nor the buffer could take (usage.lost).
+LOST_MARKER = "usage_delta_lost "
+
+
+@dataclass
+class DrainReport:
+    files: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    torn_records: int = 0
+    quarantined: list[str] = field(default_factory=list)
+
+    def add(self, other: "DrainReport") -> None:
+        self.files += other.files
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.torn_records += other.torn_records
+        self.quarantined += other.quarantined
+
+
+def apply_once(deltas: Iterable[UsageDelta]) -> tuple[int, int]:
+    """Apply the deltas whose ids were never applied, in one transaction. Returns (applied, skipped)."""
+    unique = list({d.id: d for d in deltas}.values())
+    if not unique:
+        return 0, 0
+    adapt = connection.ops.adapt_datetimefield_value
+    now = adapt(timezone.now())
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql.claim_delta_ids(len(unique)), [v for d in unique for v in (d.id, now)])
+        fresh_ids = {row[0] for row in cursor.fetchall()}
+        fresh = [d for d in unique if d.id in fresh_ids]
+        run_plan(write_statements(fresh), cursor, adapt)
+    return len(fresh), len(unique) - len(fresh)
+
+
+def apply_in_chunks(deltas: list[UsageDelta]) -> tuple[int, int]:
+    applied = skipped = 0
+    for start in range(0, len(deltas), DELTAS_PER_TRANSACTION):
+        a, s = apply_once(deltas[start : start + DELTAS_PER_TRANSACTION])
+        applied, skipped = applied + a, skipped + s
+    return applied, skipped
+
+
+def candidates(directory: Path) -> list[Path]:
+    """Files a drainer may try, oldest first: sealed, abandoned open ones, abandoned claims."""
+    if not directory.is_dir():
+        return []
+    suffixes = (SEALED_SUFFIX, OPEN_SUFFIX, DRAINING_SUFFIX)
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(suffixes))
+
+
+def claim(path: Path) -> tuple[int, Path] | None:
+    """Lock and rename a file for this drainer, or None if someone else has it."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Still the file we opened? Another drainer may have claimed and removed it meanwhile.
+        if os.fstat(fd).st_nlink == 0 or os.stat(path).st_ino != os.fstat(fd).st_ino:
+            raise FileNotFoundError(path)
+        claimed = path if path.name.endswith(DRAINING_SUFFIX) else path.with_name(path.name + DRAINING_SUFFIX)
+        if claimed != path:
+            os.rename(path, claimed)
+            fsync_dir(path.parent)
+        return fd, claimed
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        return None
+
+
+def replay_file(fd: int, path: Path) -> DrainReport:
+    report = DrainReport(files=1)
+    with os.fdopen(os.dup(fd), "rb") as handle:
+        parsed = decode(handle.read())
+    report.applied, report.duplicates = apply_in_chunks(parsed.deltas)
+    if parsed.torn_tail:
+        report.torn_records = 1
+        logger.warning("usage buffer %s: skipped a torn last record of %d bytes (a crash mid-append)",
+                       path.name, len(parsed.torn_tail))
+    if parsed.corrupt:
+        quarantine_dir = path.parent / QUARANTINE
+        quarantine_dir.mkdir(exist_ok=True)
+        target = quarantine_dir / path.name.removesuffix(DRAINING_SUFFIX)
+        os.rename(path, target)
+        report.quarantined.append(str(target))
+        logger.error("usage buffer %s quarantined (%d intact records replayed): %s", target,
+                     len(parsed.deltas), "; ".join(parsed.corrupt[:5]))
+    else:
+        os.unlink(path)
+    fsync_dir(path.parent)
+    return report
+
+
+def drain(directory: Path) -> DrainReport:
+    """Replay every file this drainer can claim. Raises the database's error if it is down (the
+    claimed file stays, unlocked, for the next run)."""
+    report = DrainReport()
+    for path in candidates(Path(directory)):
+        claimed = claim(path)
+        if claimed is None:
+            continue
+        fd, claimed_path = claimed
+        try:
+            report.add(replay_file(fd, claimed_path))
+        finally:
+            os.close(fd)
+    return report
+
+
+def deltas_from_log(lines: Iterable[str]) -> list[UsageDelta]:
+    """The deltas logged as lost (`usage_delta_lost {json}`), wherever the marker stands in a line."""
+    deltas = []
+    for line in lines:
+        index = line.find(LOST_MARKER)
+        if index >= 0:
+            deltas.append(UsageDelta.from_dict(json.loads(line[index + len(LOST_MARKER) :])))
+    return deltas
+
+
+def replay_log(lines: Iterable[str]) -> DrainReport:
+    deltas = deltas_from_log(lines)
+    applied, duplicates = apply_in_chunks(deltas)
+    return DrainReport(applied=applied, duplicates=duplicates)
+
+
+def prune_applied_ids(older_than) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(sql.PRUNE_APPLIED_DELTA_IDS, [connection.ops.adapt_datetimefield_value(older_than)])
+        return cursor.rowcount
+
+
