@@ -196,6 +196,15 @@ X_FRAME_OPTIONS = "DENY"
 
 # --- Usage ledger and degraded mode -------------------------------------------------------
 USAGE_BUFFER_DIR = Path(env_str("USAGE_BUFFER_DIR", "/var/lib/codevector/usage-buffer/"))
+USAGE_BUFFER_MAX_FILE_BYTES = env_int("USAGE_BUFFER_MAX_FILE_BYTES", 8 * 1024 * 1024, minimum=4096)
+# While the database is down, writes go straight to the buffer; it is probed this often.
+USAGE_DB_RETRY_SECONDS = env_float("USAGE_DB_RETRY_SECONDS", 1.0, minimum=0.05)
+USAGE_DB_TIMEOUT_SECONDS = env_float("USAGE_DB_TIMEOUT_SECONDS", 2.0, minimum=0.1)
+USAGE_DRAIN_INTERVAL_SECONDS = env_float("USAGE_DRAIN_INTERVAL_SECONDS", 5.0, minimum=0.1)
+USAGE_APPLIED_IDS_DAYS = env_int("USAGE_APPLIED_IDS_DAYS", 30, minimum=1)
+# When neither the database nor the buffer can take usage: refuse new requests (503, the
+# default) or serve them anyway, logging each lost delta so drain_usage_buffer --from-log can replay it.
+USAGE_FAIL_OPEN = env_bool("USAGE_FAIL_OPEN", False)
 
 # --- Gateway --------------------------------------------------------------------------
 GATEWAY_CACHE_SECONDS = env_float("GATEWAY_CACHE_SECONDS", 5.0, minimum=0.1)
