@@ -33,23 +33,28 @@ SEALED_SUFFIX = ".buf"
 QUARANTINE = "quarantine"
 
 
-def encode(delta: UsageDelta) -> bytes:
-    payload = json.dumps(delta.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+def encode(delta: UsageDelta, txid: int | None = None) -> bytes:
+    """`txid` marks a delta whose live write had an unknown outcome: the drainer asks
+    txid_status() before replaying it."""
+    data = delta.to_dict() if txid is None else {**delta.to_dict(), "txid": txid}
+    payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
     return b"%s %d %08x %s\n" % (MAGIC, len(payload), zlib.crc32(payload), payload)
 
 
 @dataclass
 class Parsed:
     deltas: list[UsageDelta] = field(default_factory=list)
+    txids: dict[str, int] = field(default_factory=dict)  # delta id -> txid of an unknown-outcome write
     torn_tail: bytes = b""  # an incomplete last record (a crash mid-append): reported, skipped
     corrupt: list[str] = field(default_factory=list)  # damage before the end: the file is quarantined
 
 
-def _decode_line(line: bytes) -> UsageDelta:
+def _decode_line(line: bytes) -> tuple[UsageDelta, int | None]:
     magic, length, crc, payload = line.split(b" ", 3)
     if magic != MAGIC or int(length) != len(payload) or int(crc, 16) != zlib.crc32(payload):
         raise ValueError("bad frame or checksum")
-    return UsageDelta.from_dict(json.loads(payload))
+    data = json.loads(payload)
+    return UsageDelta.from_dict(data), data.get("txid")
 
 
 def decode(data: bytes) -> Parsed:
@@ -60,9 +65,13 @@ def decode(data: bytes) -> Parsed:
     last = lines.pop()  # b"" when the data ends with a newline
     for number, line in enumerate(lines, 1):
         try:
-            parsed.deltas.append(_decode_line(line))
+            delta, txid = _decode_line(line)
         except (ValueError, TypeError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             parsed.corrupt.append(f"line {number}: {exc}")
+            continue
+        parsed.deltas.append(delta)
+        if txid is not None:
+            parsed.txids[delta.id] = txid
     if last:
         parsed.torn_tail = last
     return parsed
@@ -92,10 +101,10 @@ class BufferWriter:
     def has_open_file(self) -> bool:
         return self._fd is not None
 
-    def append_many(self, deltas: Iterable[UsageDelta]) -> None:
+    def append_many(self, deltas: Iterable[UsageDelta], txid: int | None = None) -> None:
         """Write and fsync every delta, or raise OSError (disk full, permissions): nothing is
         acknowledged that is not on disk."""
-        data = b"".join(encode(d) for d in deltas)
+        data = b"".join(encode(d, txid) for d in deltas)
         if not data:
             return
         if self._fd is None:
@@ -136,3 +145,21 @@ class BufferWriter:
             logger.error("could not seal usage buffer file %s: %s", path, exc)
         finally:
             os.close(fd)  # releases the lock last, so no drainer sees a half-sealed file
+
+
+def directory_writable(directory: Path) -> bool:
+    """Can a new buffer file be created and synced here now? (The gateway probes this while it
+    refuses requests for want of anywhere to record them.)"""
+    probe = Path(directory) / f".probe-{os.getpid()}"
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False

@@ -50,8 +50,16 @@ class DrainReport:
         self.quarantined += other.quarantined
 
 
-def apply_once(deltas: Iterable[UsageDelta]) -> tuple[int, int]:
-    """Apply the deltas whose ids were never applied, in one transaction. Returns (applied, skipped)."""
+class OutcomeNotYetKnown(Exception):
+    """A buffered write's transaction is still in progress: leave its file for a later run."""
+
+
+def apply_once(deltas: Iterable[UsageDelta], landed: frozenset[str] = frozenset()) -> tuple[int, int]:
+    """Apply the deltas whose ids were never applied, in one transaction. Returns (applied, skipped).
+
+    `landed` names deltas whose live write is known to have committed after all: their ids are
+    recorded as applied, their counters not added again.
+    """
     unique = list({d.id: d for d in deltas}.values())
     if not unique:
         return 0, 0
@@ -60,17 +68,35 @@ def apply_once(deltas: Iterable[UsageDelta]) -> tuple[int, int]:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql.claim_delta_ids(len(unique)), [v for d in unique for v in (d.id, now)])
         fresh_ids = {row[0] for row in cursor.fetchall()}
-        fresh = [d for d in unique if d.id in fresh_ids]
+        fresh = [d for d in unique if d.id in fresh_ids and d.id not in landed]
         run_plan(write_statements(fresh), cursor, adapt)
     return len(fresh), len(unique) - len(fresh)
 
 
-def apply_in_chunks(deltas: list[UsageDelta]) -> tuple[int, int]:
+def apply_in_chunks(deltas: list[UsageDelta], landed: frozenset[str] = frozenset()) -> tuple[int, int]:
     applied = skipped = 0
     for start in range(0, len(deltas), DELTAS_PER_TRANSACTION):
-        a, s = apply_once(deltas[start : start + DELTAS_PER_TRANSACTION])
+        a, s = apply_once(deltas[start : start + DELTAS_PER_TRANSACTION], landed)
         applied, skipped = applied + a, skipped + s
     return applied, skipped
+
+
+def landed_writes(txids: dict[str, int]) -> frozenset[str]:
+    """Of the deltas buffered after a write with an unknown outcome, those whose transaction did
+    commit (PostgreSQL's txid_status). An aborted or forgotten transaction did not land."""
+    landed = set()
+    by_txid: dict[int, list[str]] = {}
+    for delta_id, txid in txids.items():
+        by_txid.setdefault(txid, []).append(delta_id)
+    with connection.cursor() as cursor:
+        for txid, delta_ids in by_txid.items():
+            cursor.execute(sql.TXID_STATUS, [txid])
+            status = cursor.fetchone()[0]
+            if status == "in progress":
+                raise OutcomeNotYetKnown(txid)
+            if status == "committed":
+                landed.update(delta_ids)
+    return frozenset(landed)
 
 
 def candidates(directory: Path) -> list[Path]:
@@ -106,7 +132,8 @@ def replay_file(fd: int, path: Path) -> DrainReport:
     report = DrainReport(files=1)
     with os.fdopen(os.dup(fd), "rb") as handle:
         parsed = decode(handle.read())
-    report.applied, report.duplicates = apply_in_chunks(parsed.deltas)
+    landed = landed_writes(parsed.txids) if parsed.txids else frozenset()
+    report.applied, report.duplicates = apply_in_chunks(parsed.deltas, landed)
     if parsed.torn_tail:
         report.torn_records = 1
         logger.warning("usage buffer %s: skipped a torn last record of %d bytes (a crash mid-append)",
@@ -136,6 +163,8 @@ def drain(directory: Path) -> DrainReport:
         fd, claimed_path = claimed
         try:
             report.add(replay_file(fd, claimed_path))
+        except OutcomeNotYetKnown as exc:
+            logger.info("usage buffer %s: transaction %s still in progress; retrying later", claimed_path.name, exc)
         finally:
             os.close(fd)
     return report

@@ -208,13 +208,26 @@ class GroupCommitter:
             self._task = None
 
 
+class CommitOutcomeUnknown(Exception):
+    """The connection failed while COMMIT was under way: the write may or may not have landed.
+    `txid` (read before COMMIT) lets PostgreSQL's txid_status() answer which."""
+
+    def __init__(self, txid: int):
+        super().__init__(f"commit outcome unknown for transaction {txid}")
+        self.txid = txid
+
+
 class PostgresWriter:
     """Writes batches through an async psycopg pool (no Django on the request path)."""
 
-    def __init__(self, conninfo: str, max_size: int = 4):
+    def __init__(self, conninfo: str, max_size: int = 4, timeout: float = 2.0):
         from psycopg_pool import AsyncConnectionPool
 
-        self.pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False)
+        self.conninfo = conninfo
+        self.pool = AsyncConnectionPool(
+            conninfo, min_size=1, max_size=max_size, open=False, timeout=timeout,
+            kwargs={"connect_timeout": max(1, round(timeout))},
+        )
 
     async def open(self) -> None:
         await self.pool.open(wait=False)
@@ -223,9 +236,34 @@ class PostgresWriter:
         await self.pool.close()
 
     async def write(self, deltas: list[UsageDelta]) -> None:
+        import psycopg
+
         async with self.pool.connection() as conn:
-            async with conn.transaction(), conn.cursor() as cursor:
-                await run_plan_async(write_statements(deltas), cursor)
+            txid = None
+            committing = False
+            try:
+                async with conn.transaction():
+                    async with conn.cursor() as cursor:
+                        await cursor.execute(sql.CURRENT_TXID)
+                        txid = (await cursor.fetchone())[0]
+                        await run_plan_async(write_statements(deltas), cursor)
+                    committing = True  # leaving the block sends COMMIT
+            except psycopg.OperationalError as exc:
+                if committing:
+                    raise CommitOutcomeUnknown(txid) from exc
+                raise
+
+    async def ping(self) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute("SELECT 1")
+
+    async def txid_status(self, txid: int) -> str | None:
+        """'committed', 'aborted' or 'in progress' for a recent transaction, on a fresh connection."""
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, connect_timeout=2) as conn:
+            cursor = await conn.execute(sql.TXID_STATUS, [txid])
+            return (await cursor.fetchone())[0]
 
 
 class ThreadWriter:
@@ -244,6 +282,13 @@ class ThreadWriter:
 
     async def write(self, deltas: list[UsageDelta]) -> None:
         await asyncio.get_running_loop().run_in_executor(self.executor, record_many, deltas, self.using)
+
+    async def ping(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._ping)
+
+    def _ping(self) -> None:
+        with connections[self.using].cursor() as cursor:
+            cursor.execute("SELECT 1")
 
 
 def postgres_conninfo(using: str = "default") -> str | None:
@@ -266,6 +311,6 @@ def postgres_conninfo(using: str = "default") -> str | None:
     return make_conninfo(**{k: v for k, v in parts.items() if v is not None})
 
 
-def make_writer(using: str = "default", pool_size: int = 4):
+def make_writer(using: str = "default", pool_size: int = 4, timeout: float = 2.0):
     conninfo = postgres_conninfo(using)
-    return PostgresWriter(conninfo, pool_size) if conninfo else ThreadWriter(using)
+    return PostgresWriter(conninfo, pool_size, timeout) if conninfo else ThreadWriter(using)

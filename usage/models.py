@@ -77,3 +77,24 @@ class AppliedDelta(models.Model):
     class Meta:
         db_table = "usage_applied_delta"
         verbose_name = "applied buffered delta"
+
+
+class BufferEvent(models.Model):
+    """What degraded mode did, for the usage page's banner and /readyz: deltas replayed from the
+    buffer, deltas lost (logged for replay), requests refused for want of anywhere to record them.
+    Written by each gateway process once the database answers again."""
+
+    class Kind(models.TextChoices):
+        DRAINED = "drained", "replayed from the buffer"
+        LOST = "lost", "lost (logged for drain_usage_buffer --from-log)"
+        REFUSED = "refused", "requests refused (503)"
+
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    count = models.BigIntegerField()
+    host = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "usage_buffer_event"
+        ordering = ["-at"]

@@ -63,4 +63,8 @@ def claim_delta_ids(rows: int) -> str:
     )
 
 
+# PostgreSQL only: the id of the writing transaction, read before COMMIT, and later its fate.
+CURRENT_TXID = "SELECT txid_current()"
+TXID_STATUS = "SELECT txid_status(%s)"
+
 PRUNE_APPLIED_DELTA_IDS = f"DELETE FROM {APPLIED_DELTA_TABLE} WHERE applied_at < %s"

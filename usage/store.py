@@ -1,0 +1,316 @@
+"""The gateway's one way to store usage: the database first, the disk buffer when it is down,
+and never silently lost.
+
+- Deltas go through the ledger's group commit. A batch whose write fails because the database
+  is unreachable goes to this process's buffer file instead (one write, one fsync), and a
+  circuit breaker sends the following batches straight to the buffer without waiting on
+  connection timeouts. A background task probes the database; once it answers, the buffer file
+  is sealed and drained.
+- A write whose COMMIT was cut off has an unknown outcome: txid_status() resolves it at once if
+  the database still answers; otherwise the batch is buffered with its txid, and the drainer
+  asks again before replaying it. So it is neither lost nor counted twice.
+- If the buffer cannot take a batch either (disk full, permissions), each delta is logged in
+  full as one `usage_delta_lost` line that `drain_usage_buffer --from-log` replays, and the
+  store stops accepting new requests (503) unless USAGE_FAIL_OPEN is set.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
+
+from usage.buffer import BufferWriter, directory_writable
+from usage.drain import LOST_MARKER, candidates, drain
+from usage.ledger import CommitOutcomeUnknown, GroupCommitter, UsageDelta, make_writer
+
+logger = logging.getLogger("codevector.usage")
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "the database cannot take this write now", per driver."""
+    errors: list[type[BaseException]] = [DatabaseError, OSError, asyncio.TimeoutError]
+    try:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        errors += [psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout]
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
+    return tuple(errors)
+
+
+UNAVAILABLE = _unavailable_errors()
+
+
+@dataclass
+class StoreStatus:
+    database_up: bool
+    buffer_writable: bool
+    accepting: bool
+    buffered: int  # deltas this process has written to the buffer
+    pending_files: int  # buffer files on this host not yet drained
+    oldest_pending: datetime | None
+    drained: int  # deltas this process has replayed from the buffer
+    last_drain_at: datetime | None
+    quarantined_files: int
+    lost: int  # deltas neither the database nor the buffer could take (logged for replay)
+    refused: int  # requests refused because usage could not be recorded
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        for key in ("oldest_pending", "last_drain_at"):
+            data[key] = data[key].isoformat() if data[key] else None
+        return data
+
+
+class UsageStore:
+    def __init__(self, *, buffer_dir: Path | None = None, fail_open: bool | None = None):
+        self.buffer_dir = Path(buffer_dir or settings.USAGE_BUFFER_DIR)
+        self.fail_open = settings.USAGE_FAIL_OPEN if fail_open is None else fail_open
+        self.retry_seconds = settings.USAGE_DB_RETRY_SECONDS
+        self.writer = make_writer(pool_size=settings.GATEWAY_DB_POOL_SIZE, timeout=settings.USAGE_DB_TIMEOUT_SECONDS)
+        self.committer = GroupCommitter(self._write_batch)
+        self.buffer = BufferWriter(self.buffer_dir, settings.USAGE_BUFFER_MAX_FILE_BYTES)
+        # One thread for buffer appends (ordered, never blocking the event loop on fsync) and
+        # one for draining through Django's connection.
+        self._buffer_thread = ThreadPoolExecutor(1, thread_name_prefix="usage-buffer")
+        self._drain_thread = ThreadPoolExecutor(1, thread_name_prefix="usage-drain")
+        self._db_down = False
+        self._buffer_ok = True
+        self._tasks: list[asyncio.Task] = []
+        self._counts = {"buffered": 0, "drained": 0, "lost": 0, "refused": 0}
+        self._reported = {"drained": 0, "lost": 0, "refused": 0}  # already written as BufferEvents
+        self._last_drain_at: datetime | None = None
+        self._quarantined = 0
+        self._pending_files = 0
+        self._oldest_pending: datetime | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.writer.open()
+        self.committer.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._maintain(), name="usage-store-maintenance"))
+
+    async def close(self) -> None:
+        """Commit (or buffer) every pending delta, seal the buffer file, stop the tasks."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.committer.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._buffer_thread, self.buffer.seal)
+        await self.writer.close()
+        self._buffer_thread.shutdown(wait=True)
+        self._drain_thread.shutdown(wait=True)
+
+    # --- the request path -------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        """False when a new request could not be recorded anywhere (and fail-open is off)."""
+        return self.fail_open or not self._db_down or self._buffer_ok
+
+    def count_refusal(self) -> None:
+        self._counts["refused"] += 1
+
+    async def record(self, delta: UsageDelta) -> None:
+        """Store the delta durably (database or buffer) before returning; never raises."""
+        await self.committer.record(delta)
+
+    # --- the writer task --------------------------------------------------------------------
+
+    async def _write_batch(self, deltas: list[UsageDelta]) -> None:
+        if self._db_down:
+            await self._to_buffer(deltas)
+            return
+        try:
+            await self.writer.write(deltas)
+        except CommitOutcomeUnknown as exc:
+            await self._resolve_unknown(deltas, exc.txid)
+        except UNAVAILABLE as exc:
+            self._trip(exc)
+            await self._to_buffer(deltas)
+
+    async def _resolve_unknown(self, deltas: list[UsageDelta], txid: int) -> None:
+        try:
+            status = await self.writer.txid_status(txid)
+        except UNAVAILABLE as exc:
+            self._trip(exc)
+            await self._to_buffer(deltas, txid)  # the drainer asks txid_status() before replaying
+            return
+        if status == "committed":
+            logger.warning("usage write %s: connection lost during COMMIT, but it committed", txid)
+        else:
+            logger.warning("usage write %s: connection lost during COMMIT and it did not commit (%s); "
+                           "buffering", txid, status)
+            await self._to_buffer(deltas, txid if status == "in progress" else None)
+
+    def _trip(self, exc: BaseException) -> None:
+        if not self._db_down:
+            logger.error("usage database unavailable (%s: %s); buffering usage on disk in %s",
+                         type(exc).__name__, exc, self.buffer_dir)
+        self._db_down = True
+
+    async def _to_buffer(self, deltas: list[UsageDelta], txid: int | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._buffer_thread, self.buffer.append_many, deltas, txid)
+        except OSError as exc:
+            self._buffer_ok = False
+            self._counts["lost"] += len(deltas)
+            logger.critical("usage buffer %s cannot take %d delta(s) (%s); logging them for "
+                            "drain_usage_buffer --from-log", self.buffer_dir, len(deltas), exc)
+            for delta in deltas:
+                logger.critical("%s%s", LOST_MARKER, json.dumps(delta.to_dict(), separators=(",", ":")))
+        else:
+            self._buffer_ok = True
+            self._counts["buffered"] += len(deltas)
+
+    # --- background: probe, drain, report ---------------------------------------------------
+
+    async def _maintain(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_drain = 0.0
+        while True:
+            try:
+                if self._db_down:
+                    await asyncio.sleep(self.retry_seconds)
+                    if not self._buffer_ok:
+                        self._buffer_ok = await loop.run_in_executor(None, directory_writable, self.buffer_dir)
+                    if await self._database_answers():
+                        logger.warning("usage database answers again; draining the buffer")
+                        self._db_down = False
+                        next_drain = 0.0
+                    continue
+                if time.monotonic() >= next_drain:
+                    next_drain = time.monotonic() + settings.USAGE_DRAIN_INTERVAL_SECONDS
+                    await loop.run_in_executor(self._buffer_thread, self.buffer.seal)
+                    await loop.run_in_executor(self._drain_thread, self._drain_once)
+                await asyncio.sleep(min(self.retry_seconds, settings.USAGE_DRAIN_INTERVAL_SECONDS))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep the maintenance loop alive whatever one round hit
+                logger.exception("usage store maintenance failed; retrying")
+                await asyncio.sleep(self.retry_seconds)
+
+    async def _database_answers(self) -> bool:
+        try:
+            await asyncio.wait_for(self.writer.ping(), timeout=settings.USAGE_DB_TIMEOUT_SECONDS)
+            return True
+        except (*UNAVAILABLE, Exception):
+            return False
+
+    def _drain_once(self) -> None:
+        """Runs in the drain thread: replay what this host has buffered, then refresh the counts."""
+        close_old_connections()
+        try:
+            if candidates(self.buffer_dir):
+                report = drain(self.buffer_dir)
+                if report.files:
+                    self._counts["drained"] += report.applied
+                    self._quarantined += len(report.quarantined)
+                    self._last_drain_at = timezone.now()
+                    logger.warning("replayed %d buffered usage deltas from %d file(s) (%d already applied)",
+                                   report.applied, report.files, report.duplicates)
+            self._report_events()
+        except DatabaseError as exc:
+            logger.warning("buffer drain stopped: %s", exc)
+        finally:
+            self._refresh_pending()
+
+    def _report_events(self) -> None:
+        from usage.models import BufferEvent
+
+        now = timezone.now()
+        for kind, reported in list(self._reported.items()):
+            count = self._counts[kind] - reported
+            if count:
+                BufferEvent.objects.create(kind=kind, count=count, host=socket.gethostname(), pid=os.getpid(), at=now)
+                self._reported[kind] += count
+
+    def _refresh_pending(self) -> None:
+        files = candidates(self.buffer_dir)
+        self._pending_files = len(files)
+        oldest = min((f.stat().st_mtime for f in files if f.exists()), default=None)
+        self._oldest_pending = datetime.fromtimestamp(oldest, tz=UTC) if oldest else None
+        quarantine = self.buffer_dir / "quarantine"
+        self._quarantined = len(list(quarantine.iterdir())) if quarantine.is_dir() else 0
+
+    def status(self) -> StoreStatus:
+        return StoreStatus(
+            database_up=not self._db_down,
+            buffer_writable=self._buffer_ok,
+            accepting=self.accepting,
+            buffered=self._counts["buffered"],
+            pending_files=self._pending_files,
+            oldest_pending=self._oldest_pending,
+            drained=self._counts["drained"],
+            last_drain_at=self._last_drain_at,
+            quarantined_files=self._quarantined,
+            lost=self._counts["lost"],
+            refused=self._counts["refused"],
+        )
+
+
+@dataclass
+class BufferOverview:
+    """Degraded mode as the usage page's banner shows it (this host's buffer directory plus the
+    events every process reported)."""
+
+    pending_files: int
+    pending_deltas: int
+    oldest_pending: datetime | None
+    quarantined_files: int
+    lost: int
+    refused: int
+    last_drain_at: datetime | None
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool(self.pending_files or self.quarantined_files or self.lost or self.refused)
+
+
+def buffer_overview(buffer_dir: Path | None = None, since: datetime | None = None) -> BufferOverview:
+    from django.db.models import Max, Sum
+
+    from usage.buffer import decode
+    from usage.models import BufferEvent
+
+    directory = Path(buffer_dir or settings.USAGE_BUFFER_DIR)
+    files = candidates(directory)
+    pending_deltas = 0
+    mtimes = []
+    for path in files:
+        try:
+            pending_deltas += len(decode(path.read_bytes()).deltas)
+            mtimes.append(path.stat().st_mtime)
+        except OSError:  # drained meanwhile
+            continue
+    quarantine = directory / "quarantine"
+    events = BufferEvent.objects.all()
+    if since is not None:
+        events = events.filter(at__gte=since)
+    totals = dict(events.values_list("kind").annotate(total=Sum("count")))
+    last_drain = BufferEvent.objects.filter(kind="drained").aggregate(last=Max("at"))["last"]
+    return BufferOverview(
+        pending_files=len(files),
+        pending_deltas=pending_deltas,
+        oldest_pending=datetime.fromtimestamp(min(mtimes), tz=UTC) if mtimes else None,
+        quarantined_files=len(list(quarantine.iterdir())) if quarantine.is_dir() else 0,
+        lost=totals.get("lost", 0),
+        refused=totals.get("refused", 0),
+        last_drain_at=last_drain,
+    )
