@@ -98,3 +98,43 @@ class BufferEvent(models.Model):
     class Meta:
         db_table = "usage_buffer_event"
         ordering = ["-at"]
+
+
+class Budget(models.Model):
+    """A spend cap for one user, or the default of its period for every user without their own."""
+
+    class Period(models.TextChoices):
+        DAILY = "daily", "daily"
+        WEEKLY = "weekly", "weekly (from Monday)"
+        MONTHLY = "monthly", "monthly (calendar month)"
+        TOTAL = "total", "total (never resets)"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True,
+                             related_name="budgets", help_text="Leave empty for the default of this period.")
+    period = models.CharField(max_length=10, choices=Period.choices)
+    limit_nanos = models.BigIntegerField(help_text="The cap, in integer nanodollars.")
+    warn_percent = models.PositiveSmallIntegerField(null=True, blank=True,
+                                                    help_text="Warn once spend passes this share of the cap.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "usage_budget"
+        ordering = ["user__username", "period"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "period"], name="usage_budget_one_per_user_period"),
+            models.UniqueConstraint(fields=["period"], condition=models.Q(user__isnull=True),
+                                    name="usage_budget_one_default_per_period"),
+            models.CheckConstraint(condition=models.Q(limit_nanos__gte=0), name="usage_budget_limit_not_negative"),
+            models.CheckConstraint(condition=models.Q(warn_percent__isnull=True) | models.Q(warn_percent__lte=100),
+                                   name="usage_budget_warn_percent_at_most_100"),
+        ]
+
+    def __str__(self):
+        who = self.user.username if self.user_id else "default"
+        return f"{who} {self.period} budget"
+
+    @property
+    def is_default(self) -> bool:
+        return self.user_id is None

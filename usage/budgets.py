@@ -1,0 +1,159 @@
+"""Budgets: spend caps per user and period, with calendar periods in settings.TIME_ZONE.
+
+The gateway enforces them from an in-process snapshot (`BudgetBook`), refreshed in the
+background with each user's exact spend from the read module, plus the spend this process has
+recorded since. Everything here that the gateway calls per request is pure Python, no database.
+"""
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from usage.models import Budget
+from usage.pricing import NANOS_PER_USD, nanos_to_usd
+
+PERIODS = [p.value for p in Budget.Period]
+
+
+def local_midnight(day: date, tz: ZoneInfo) -> datetime:
+    """The first instant of a local day (a DST change at midnight moves it, never skips it)."""
+    naive = datetime.combine(day, time())
+    aware = naive.replace(tzinfo=tz)
+    # zoneinfo resolves a nonexistent local time forward; normalise through UTC to be exact.
+    return aware.astimezone(ZoneInfo("UTC")).astimezone(tz)
+
+
+def period_window(period: str, now: datetime, tz: ZoneInfo | None = None) -> tuple[datetime | None, datetime | None]:
+    """(start, reset) of the budget period holding `now`; (None, None) for `total`."""
+    tz = tz or ZoneInfo(settings.TIME_ZONE)
+    today = now.astimezone(tz).date()
+    if period == Budget.Period.DAILY:
+        first, following = today, today + timedelta(days=1)
+    elif period == Budget.Period.WEEKLY:
+        first = today - timedelta(days=today.weekday())
+        following = first + timedelta(days=7)
+    elif period == Budget.Period.MONTHLY:
+        first = today.replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+    elif period == Budget.Period.TOTAL:
+        return None, None
+    else:
+        raise ValueError(f"unknown budget period {period!r}")
+    return local_midnight(first, tz), local_midnight(following, tz)
+
+
+@dataclass(frozen=True)
+class BudgetRule:
+    """What the gateway needs of a budget, detached from the ORM."""
+
+    budget_id: int
+    user_id: int | None
+    period: str
+    limit_nanos: int
+    warn_percent: int | None
+
+    @classmethod
+    def of(cls, budget: Budget) -> "BudgetRule":
+        return cls(budget.pk, budget.user_id, budget.period, budget.limit_nanos, budget.warn_percent)
+
+
+def applicable(rules: list[BudgetRule], user_id: int) -> list[BudgetRule]:
+    """A user's own budgets plus the defaults of the periods they have none of."""
+    own = {r.period: r for r in rules if r.user_id == user_id}
+    defaults = {r.period: r for r in rules if r.user_id is None}
+    return [own.get(period) or defaults[period] for period in PERIODS if period in own or period in defaults]
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    rule: BudgetRule
+    spend_nanos: int
+    start: datetime | None
+    resets_at: datetime | None
+
+    @property
+    def remaining_nanos(self) -> int:
+        return self.rule.limit_nanos - self.spend_nanos
+
+    @property
+    def exceeded(self) -> bool:
+        return self.spend_nanos >= self.rule.limit_nanos
+
+    @property
+    def warning(self) -> bool:
+        percent = self.rule.warn_percent
+        # spend / limit >= percent / 100, in integers.
+        return percent is not None and self.spend_nanos * 100 >= self.rule.limit_nanos * percent
+
+    @property
+    def percent_used(self) -> Decimal:
+        if not self.rule.limit_nanos:
+            return Decimal(100)
+        return (Decimal(self.spend_nanos) * 100 / self.rule.limit_nanos).quantize(Decimal("0.1"))
+
+    def refusal_message(self) -> str:
+        reset = f"It resets at {self.resets_at.isoformat()}." if self.resets_at else "It does not reset."
+        return (f"Budget exceeded: your {self.rule.period} budget is ${usd(self.rule.limit_nanos)} and "
+                f"${usd(self.spend_nanos)} has been spent. {reset} Ask an administrator to raise it.")
+
+    def as_dict(self) -> dict:
+        return {
+            "period": self.rule.period,
+            "limit_usd": usd(self.rule.limit_nanos),
+            "spend_usd": usd(self.spend_nanos),
+            "remaining_usd": usd(self.remaining_nanos),
+            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
+            "warn_percent": self.rule.warn_percent,
+            "warning": self.warning,
+            "is_default": self.rule.user_id is None,
+        }
+
+
+def usd(nanos: int) -> str:
+    return format(nanos_to_usd(nanos), "f")
+
+
+def usd_to_nanos(amount: Decimal) -> int:
+    if not amount.is_finite() or amount < 0:
+        raise ValueError("the amount must be a number of USD, zero or more")
+    nanos = amount * NANOS_PER_USD
+    if nanos != nanos.to_integral_value():
+        raise ValueError("the amount has more than 9 digits after the point")
+    return int(nanos)
+
+
+def tightest(states: list[BudgetState]) -> BudgetState | None:
+    """The applicable budget with the least remaining (the one the response headers describe)."""
+    return min(states, key=lambda s: (s.remaining_nanos, s.rule.period), default=None)
+
+
+@transaction.atomic
+def set_budget(*, username: str | None, period: str, amount_usd: Decimal, warn_percent: int | None,
+               active: bool) -> tuple[Budget, bool]:
+    """Create or update the budget of a user (or the default) for a period."""
+    if period not in PERIODS:
+        raise ValueError(f"the period must be one of {', '.join(PERIODS)}")
+    if warn_percent is not None and not 1 <= warn_percent <= 100:
+        raise ValueError("the warning threshold is a percent from 1 to 100")
+    user = None
+    if username is not None:
+        User = get_user_model()
+        try:
+            user = User.objects.get(username=username)
+        except User.DoesNotExist:
+            raise ValueError(f"no user named {username!r}") from None
+    budget, created = Budget.objects.select_for_update().get_or_create(
+        user=user, period=period,
+        defaults={"limit_nanos": usd_to_nanos(amount_usd), "warn_percent": warn_percent, "is_active": active},
+    )
+    if not created:
+        budget.limit_nanos = usd_to_nanos(amount_usd)
+        budget.warn_percent = warn_percent
+        budget.is_active = active
+        budget.save()
+    return budget, created
