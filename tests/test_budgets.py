@@ -86,8 +86,8 @@ def test_set_budget_creates_and_updates_user_and_default_budgets(alice):
         "alice", "--usd", "30.5", "--period", "daily", "--inactive")
     assert "Created default monthly budget: $100.000000000 (active)" in run(
         "--default", "--usd", "100", "--period", "monthly")
-    assert sorted((b.user_id, b.period, b.limit_nanos, b.is_active) for b in Budget.objects.all()) == sorted([
-        (alice.pk, "daily", 30_500_000_000, False), (None, "monthly", 100_000_000_000, True)])
+    assert {(b.user_id, b.period, b.limit_nanos, b.is_active) for b in Budget.objects.all()} == {
+        (alice.pk, "daily", 30_500_000_000, False), (None, "monthly", 100_000_000_000, True)}
 
 
 @pytest.mark.parametrize(
