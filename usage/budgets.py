@@ -157,3 +157,55 @@ def set_budget(*, username: str | None, period: str, amount_usd: Decimal, warn_p
         budget.is_active = active
         budget.save()
     return budget, created
+
+
+class BudgetBook:
+    """The gateway's snapshot of budgets and spend: checked per request without a database read.
+
+    `refresh()` (in a background thread) reads the active budgets and, per period, every user's
+    exact spend since the period began. Between refreshes, `add_spend()` counts what this process
+    records; entries committed before a refresh's read began are in the snapshot and dropped.
+    If the database is down, the last snapshot plus the local spend since carry on.
+    """
+
+    def __init__(self):
+        self.rules: list[BudgetRule] = []
+        self._spend: dict[str, tuple[datetime | None, dict[int, int]]] = {}  # period -> (start, user -> nanos)
+        self._local: list[tuple[float, int, datetime, int]] = []  # (monotonic, user, at, nanos)
+        self.loaded = False
+
+    def refresh(self, now: datetime | None = None) -> None:
+        import time as monotonic_clock
+
+        from django.utils import timezone
+
+        from usage.queries import spend_by_user
+
+        now = now or timezone.now()
+        read_started = monotonic_clock.monotonic()
+        rules = [BudgetRule.of(b) for b in Budget.objects.filter(is_active=True)]
+        spend = {}
+        for period in {r.period for r in rules}:
+            start, _ = period_window(period, now)
+            users = None if any(r.user_id is None and r.period == period for r in rules) else \
+                {r.user_id for r in rules if r.period == period}
+            spend[period] = (start, spend_by_user(start, now, users))
+        self.rules, self._spend, self.loaded = rules, spend, True
+        self._local = [entry for entry in self._local if entry[0] >= read_started]
+
+    def add_spend(self, user_id: int, at: datetime, nanos: int) -> None:
+        import time as monotonic_clock
+
+        if nanos and any(r.user_id in (None, user_id) for r in self.rules):
+            self._local.append((monotonic_clock.monotonic(), user_id, at, nanos))
+
+    def states(self, user_id: int, now: datetime) -> list[BudgetState]:
+        states = []
+        for rule in applicable(self.rules, user_id):
+            start, resets_at = period_window(rule.period, now)
+            snapshot_start, by_user = self._spend.get(rule.period, (None, {}))
+            # A snapshot from an earlier period (the day rolled over since) counts nothing now.
+            spent = by_user.get(user_id, 0) if snapshot_start == start else 0
+            spent += sum(n for _, uid, at, n in self._local if uid == user_id and (start is None or at >= start))
+            states.append(BudgetState(rule, spent, start, resets_at))
+        return states
