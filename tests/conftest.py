@@ -72,3 +72,89 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# --- real servers on loopback: the mock upstream and the gateway, in threads of this process ---
+
+
+class ThreadServer:
+    """Runs an asyncio server in a thread with its own loop."""
+
+    def __init__(self):
+        import asyncio
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coroutine, timeout: float = 30):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def mock_upstream():
+    """The mock upstream on a free port; `.mock.seen` lists the requests it received."""
+    from aiohttp import web
+
+    from gateway.mock_upstream import MockUpstream
+
+    server = ThreadServer()
+    server.mock = MockUpstream()
+    port = free_port()
+    runner = web.AppRunner(server.mock.app(), access_log=None, shutdown_timeout=1)
+    server.call(runner.setup())
+    server.call(web.TCPSite(runner, "127.0.0.1", port).start())
+    server.url = f"http://127.0.0.1:{port}"
+    yield server
+    server.call(runner.cleanup())
+    server.close()
+
+
+class GatewayServer:
+    def __init__(self, url, app, uvicorn_server, thread):
+        self.url, self.app, self._server, self._thread = url, app, uvicorn_server, thread
+
+    def refresh(self):
+        """Reload keys, facades and budgets now instead of waiting for the background refresh."""
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.app.refresh(), self.app.loop).result(30)
+
+    def stop(self):
+        self._server.should_exit = True
+        self._thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def gateway_server(django_db_setup, django_db_blocker):
+    """codevector.asgi under uvicorn in a thread, on the test database (transactional tests only:
+    the gateway writes through connections of its own)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from codevector.asgi import application, gateway_application
+
+    port = free_port()
+    config = uvicorn.Config(application, host="127.0.0.1", port=port, lifespan="on", log_level="warning",
+                            loop="asyncio", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    with django_db_blocker.unblock():
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.05)
+    gateway = GatewayServer(f"http://127.0.0.1:{port}", gateway_application, server, thread)
+    yield gateway
+    with django_db_blocker.unblock():
+        gateway.stop()

@@ -179,8 +179,6 @@ class BudgetBook:
 
         from django.utils import timezone
 
-        from usage.queries import spend_by_user
-
         now = now or timezone.now()
         read_started = monotonic_clock.monotonic()
         rules = [BudgetRule.of(b) for b in Budget.objects.filter(is_active=True)]
@@ -209,3 +207,21 @@ class BudgetBook:
             spent += sum(n for _, uid, at, n in self._local if uid == user_id and (start is None or at >= start))
             states.append(BudgetState(rule, spent, start, resets_at))
         return states
+
+
+def spend_by_user(start: datetime | None, end: datetime, user_ids: set[int] | None = None) -> dict[int, int]:
+    """Each user's exact spend in nanodollars over [start, end) (start None: all time).
+
+    Reads the 5-minute table, which holds every delta until retention prunes it; the rollups
+    issue's read module takes over here once rolled levels and retention exist.
+    """
+    from django.db.models import Sum
+
+    from usage.models import FiveMinuteUsage
+
+    rows = FiveMinuteUsage.objects.filter(bucket_start__lt=end)
+    if start is not None:
+        rows = rows.filter(bucket_start__gte=start)
+    if user_ids is not None:
+        rows = rows.filter(user_id__in=user_ids)
+    return dict(rows.values_list("user_id").annotate(spend=Sum("cost_nanos")).values_list("user_id", "spend"))

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
 from usage.buffer import BufferWriter, directory_writable
@@ -113,6 +113,7 @@ class UsageStore:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._buffer_thread, self.buffer.seal)
         await self.writer.close()
+        await loop.run_in_executor(self._drain_thread, connections.close_all)
         self._buffer_thread.shutdown(wait=True)
         self._drain_thread.shutdown(wait=True)
 

@@ -1,0 +1,29 @@
+"""The gateway's in-process snapshot of active model facades, refreshed in the background."""
+
+from dataclasses import dataclass
+
+from django.db import close_old_connections
+
+from gateway.models import ModelFacade
+from usage.pricing import Prices
+
+
+@dataclass(frozen=True)
+class FacadeInfo:
+    facade_id: int
+    name: str
+    provider: str
+    base_url: str
+    upstream_model: str
+    api_key_env: str
+    prices: Prices
+    created: int  # unix time, for the models list
+
+
+def load_facades() -> dict[str, FacadeInfo]:
+    close_old_connections()
+    return {
+        f.name: FacadeInfo(f.pk, f.name, f.provider, f.base_url.rstrip("/"), f.upstream_model, f.api_key_env,
+                           f.prices, int(f.created_at.timestamp()))
+        for f in ModelFacade.objects.filter(is_active=True)
+    }

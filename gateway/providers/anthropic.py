@@ -1,0 +1,123 @@
+"""Anthropic wire format: messages, models list, errors, usage.
+
+Input tokens here are `input_tokens + cache_read_input_tokens + cache_creation_input_tokens`;
+cache reads are cached input and cache creations are cache writes. In a stream, `message_start`
+carries the first counts and `message_delta` cumulative ones (repeating input and cache counts in
+the current API): the latest value of each field wins, the two are never added.
+"""
+
+import json
+from datetime import UTC, datetime
+
+from gateway.providers import Usage, estimate_tokens, int_field, rename_model, text_of
+
+NAME = "anthropic"
+VERSION = "2023-06-01"
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+USAGE_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
+
+
+def error_body(status: int, message: str, *, type: str | None = None, **_) -> bytes:
+    return json.dumps({"type": "error", "error": {"type": type or ERROR_TYPES.get(status, "api_error"),
+                                                  "message": message}}).encode()
+
+
+def auth_headers(credential: str | None) -> dict[str, str]:
+    return {"x-api-key": credential} if credential else {}
+
+
+def prepare_request(body: dict, upstream_model: str, stream: bool) -> tuple[dict, bool]:
+    return {**body, "model": upstream_model}, False
+
+
+def prompt_text(body: dict) -> str:
+    return text_of(body.get("system", "")) + text_of(body.get("messages", ""))
+
+
+def _usage(fields: dict[str, int], estimated: bool = False) -> Usage:
+    cached = fields.get("cache_read_input_tokens", 0)
+    writes = fields.get("cache_creation_input_tokens", 0)
+    return Usage(input_tokens=fields.get("input_tokens", 0) + cached + writes, cached_input_tokens=cached,
+                 cache_write_tokens=writes, output_tokens=fields.get("output_tokens", 0), estimated=estimated)
+
+
+def _fields(usage) -> dict[str, int]:
+    if not isinstance(usage, dict):
+        return {}
+    return {name: int_field(usage, name) for name in USAGE_FIELDS if name in usage}
+
+
+def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[bytes, Usage]:
+    body = json.loads(raw)
+    if isinstance(body, dict) and "model" in body:
+        body["model"] = public_model
+        raw = json.dumps(body, separators=(",", ":")).encode()
+    fields = _fields(body.get("usage") if isinstance(body, dict) else None)
+    if fields:
+        return raw, _usage(fields)
+    output = text_of(body.get("content", "")) if isinstance(body, dict) else ""
+    return raw, Usage(input_tokens=estimate_tokens(prompt_text(request_body)), output_tokens=estimate_tokens(output),
+                      estimated=True)
+
+
+class StreamState:
+    def __init__(self, public_model: str, caller_wants_usage: bool, request_body: dict):
+        self.public_model = public_model
+        self.request_body = request_body
+        self.fields: dict[str, int] = {}
+        self.text = []
+        self.error = False
+        self.done = False
+
+    def process(self, raw: bytes, name: str | None, data: str) -> bytes | None:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return raw
+        if not isinstance(event, dict):
+            return raw
+        kind = event.get("type") or name
+        if kind == "message_start" and isinstance(event.get("message"), dict):
+            message = event["message"]
+            self.fields.update(_fields(message.get("usage")))
+            if isinstance(message.get("model"), str):
+                raw = rename_model(raw, message["model"], self.public_model)
+        elif kind == "message_delta":
+            self.fields.update(_fields(event.get("usage")))  # cumulative: the latest value wins
+        elif kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            self.text.append(delta.get("text", "") if isinstance(delta.get("text"), str) else "")
+        elif kind == "message_stop":
+            self.done = True
+        elif kind == "error":
+            self.error = True
+        return raw
+
+    def usage(self) -> Usage:
+        if "output_tokens" in self.fields and "input_tokens" in self.fields and not self.error and self.done:
+            return _usage(self.fields)
+        # Cut short (a disconnect, an error event): the counts known so far, estimated where missing.
+        fields = dict(self.fields)
+        if "input_tokens" not in fields:
+            fields["input_tokens"] = estimate_tokens(prompt_text(self.request_body))
+        fields["output_tokens"] = max(fields.get("output_tokens", 0), estimate_tokens("".join(self.text)))
+        return _usage(fields, estimated=True)
+
+
+def models_list(facades, created: int) -> dict:
+    created_at = datetime.fromtimestamp(created, tz=UTC).isoformat().replace("+00:00", "Z")
+    data = [{"type": "model", "id": f.name, "display_name": f.name, "created_at": created_at} for f in facades]
+    return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None}

@@ -1,0 +1,124 @@
+"""OpenAI wire format: chat completions, embeddings, models list, errors, usage."""
+
+import json
+
+from gateway.providers import Usage, estimate_tokens, int_field, rename_model, text_of
+
+NAME = "openai"
+
+# The `type` the OpenAI SDK and its users expect for each status we answer ourselves.
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "upstream_timeout",
+}
+
+
+def error_body(status: int, message: str, *, type: str | None = None, code: str | None = None,
+               param: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type or ERROR_TYPES.get(status, "api_error"),
+                                 "param": param, "code": code}}).encode()
+
+
+def auth_headers(credential: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {credential}"} if credential else {}
+
+
+def prepare_request(body: dict, upstream_model: str, stream: bool) -> tuple[dict, bool]:
+    """The body to send upstream, and whether the caller asked for the usage chunk itself."""
+    outgoing = {**body, "model": upstream_model}
+    caller_wants_usage = False
+    if stream:
+        options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+        caller_wants_usage = options.get("include_usage") is True
+        outgoing["stream_options"] = {**options, "include_usage": True}
+    return outgoing, caller_wants_usage
+
+
+def prompt_text(body: dict) -> str:
+    return text_of(body.get("messages", "")) + text_of(body.get("input", "")) + text_of(body.get("prompt", ""))
+
+
+def usage_from(usage) -> Usage | None:
+    """Usage from an OpenAI `usage` object; None when the upstream reported none."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = int_field(usage, "prompt_tokens")
+    cached = min(int_field(usage, "prompt_tokens_details", "cached_tokens"), prompt)
+    return Usage(input_tokens=prompt, cached_input_tokens=cached, output_tokens=int_field(usage, "completion_tokens"))
+
+
+def completion_text(body: dict) -> str:
+    choices = body.get("choices") if isinstance(body.get("choices"), list) else []
+    return "".join(text_of((c.get("message") or {}).get("content", "")) for c in choices if isinstance(c, dict))
+
+
+def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[bytes, Usage]:
+    """Rename the model in a whole (non-streamed) response and read its usage, estimated if absent."""
+    body = json.loads(raw)
+    if isinstance(body, dict) and "model" in body:
+        body["model"] = public_model
+        raw = json.dumps(body, separators=(",", ":")).encode()
+    usage = usage_from(body.get("usage") if isinstance(body, dict) else None)
+    if usage is None:
+        usage = Usage(input_tokens=estimate_tokens(prompt_text(request_body)),
+                      output_tokens=estimate_tokens(completion_text(body) if isinstance(body, dict) else ""),
+                      estimated=True)
+    return raw, usage
+
+
+class StreamState:
+    """Follows an OpenAI chat stream event by event: usage, text so far, errors, the end."""
+
+    def __init__(self, public_model: str, caller_wants_usage: bool, request_body: dict):
+        self.public_model = public_model
+        self.caller_wants_usage = caller_wants_usage
+        self.request_body = request_body
+        self.reported: Usage | None = None
+        self.text = []
+        self.error = False
+        self.done = False
+
+    def process(self, raw: bytes, name: str | None, data: str) -> bytes | None:
+        """The bytes to send the caller for this event (None to hide it)."""
+        if data.strip() == "[DONE]":
+            self.done = True
+            return raw
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return raw
+        if not isinstance(event, dict):
+            return raw
+        if "error" in event:
+            self.error = True
+            return raw
+        usage = usage_from(event.get("usage"))
+        if usage is not None:
+            self.reported = usage
+        for choice in event.get("choices") or []:
+            if isinstance(choice, dict):
+                self.text.append(text_of((choice.get("delta") or {}).get("content", "")))
+        if usage is not None and not event.get("choices") and not self.caller_wants_usage:
+            return None  # the usage chunk we asked for on the caller's behalf
+        if isinstance(event.get("model"), str):
+            raw = rename_model(raw, event["model"], self.public_model)
+        return raw
+
+    def usage(self) -> Usage:
+        if self.reported is not None:
+            return self.reported
+        return Usage(input_tokens=estimate_tokens(prompt_text(self.request_body)),
+                     output_tokens=estimate_tokens("".join(self.text)), estimated=True)
+
+
+def models_list(facades, created: int) -> dict:
+    return {"object": "list", "data": [{"id": f.name, "object": "model", "created": created, "owned_by": "codevector"}
+                                       for f in facades]}

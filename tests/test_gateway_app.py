@@ -1,0 +1,371 @@
+"""The /v1/ gateway end to end: the real ASGI app under uvicorn on loopback, the mock upstream,
+and the official openai and anthropic SDKs as clients. After each scenario the ledger holds
+exactly what the SDK responses reported, tokens and cost."""
+
+import json
+import logging
+import math
+import time
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+
+import anthropic
+import openai
+import pytest
+from django.contrib.auth.models import User
+from django.db.models import Sum
+
+from gateway.mock_upstream import FAILURES, counts
+from gateway.models import ApiKey, ModelFacade
+from tests.conftest import free_port
+from usage.models import FiveMinuteUsage
+from usage.pricing import Prices, cost_nanos
+from usage.sql import COUNTERS
+
+GPT = Prices(input_micros=150_000, cached_input_micros=75_000, output_micros=600_000)
+SONNET = Prices(input_micros=3_000_000, cached_input_micros=300_000, cache_write_micros=3_750_000,
+                output_micros=15_000_000)
+EMBED = Prices(input_micros=20_000)
+LONG_PROMPT = "Tell me about exact usage accounting. " * 8  # long enough for cached tokens
+
+
+def facade(name, provider, base_url, upstream_model, prices, **extra):
+    return ModelFacade.objects.create(
+        name=name, provider=provider, base_url=base_url, upstream_model=upstream_model,
+        input_price_micros=prices.input_micros, cached_input_price_micros=prices.cached_input_micros,
+        cache_write_price_micros=prices.cache_write_micros, output_price_micros=prices.output_micros, **extra)
+
+
+@pytest.fixture
+def gw(transactional_db, gateway_server, mock_upstream):
+    carol = User.objects.create_user("carol")
+    _, key = ApiKey.objects.create_key(carol, name="tests")
+    facade("gpt-test", "openai", f"{mock_upstream.url}/v1", "gpt-4o-mini", GPT)
+    facade("embed-test", "openai", f"{mock_upstream.url}/v1", "text-embedding-3-small", EMBED)
+    facade("claude-test", "anthropic", mock_upstream.url, "claude-sonnet-4-5", SONNET)
+    for mode in FAILURES:
+        facade(f"gpt-{mode}", "openai", f"{mock_upstream.url}/v1", mode, GPT)
+        facade(f"claude-{mode}", "anthropic", mock_upstream.url, mode, SONNET)
+    gateway_server.refresh()
+    mock_upstream.mock.chunk_delay = 0
+    clients = SimpleNamespace(
+        user=carol, key=key, url=gateway_server.url, server=gateway_server, mock=mock_upstream.mock,
+        openai=openai.OpenAI(base_url=f"{gateway_server.url}/v1", api_key=key, max_retries=0, timeout=20),
+        anthropic=anthropic.Anthropic(base_url=gateway_server.url, api_key=key, max_retries=0, timeout=20),
+    )
+    yield clients
+    clients.openai.close()
+    clients.anthropic.close()
+
+
+def ledger():
+    sums = FiveMinuteUsage.objects.aggregate(**{name: Sum(name) for name in COUNTERS})
+    return {name: value or 0 for name, value in sums.items()}
+
+
+def expected(prices=GPT, requests=1, inp=0, cached=0, writes=0, out=0, errors=0, estimated=0):
+    return {"requests": requests, "error_requests": errors, "estimated_requests": estimated, "input_tokens": inp,
+            "cached_input_tokens": cached, "cache_write_tokens": writes, "output_tokens": out,
+            "cost_nanos": cost_nanos(prices, input_tokens=inp, cached_input_tokens=cached, cache_write_tokens=writes,
+                                     output_tokens=out)}
+
+
+def openai_expected(usage):
+    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+    return expected(GPT, inp=usage.prompt_tokens, cached=cached, out=usage.completion_tokens)
+
+
+def anthropic_expected(usage):
+    cached, writes = usage.cache_read_input_tokens or 0, usage.cache_creation_input_tokens or 0
+    return expected(SONNET, inp=usage.input_tokens + cached + writes, cached=cached, writes=writes,
+                    out=usage.output_tokens)
+
+
+def post(gw, path, body: bytes, headers=None):
+    request = urllib.request.Request(f"{gw.url}{path}", data=body, method="POST", headers={
+        "authorization": f"Bearer {gw.key}", "content-type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def chat(content=LONG_PROMPT):
+    return [{"role": "user", "content": content}]
+
+
+# --- OpenAI --------------------------------------------------------------------------------
+
+
+def test_chat_completion_is_proxied_renamed_and_counted_exactly(gw):
+    raw = gw.openai.chat.completions.with_raw_response.create(model="gpt-test", messages=chat())
+    response = raw.parse()
+    assert response.model == "gpt-test" and response.choices[0].message.content.startswith("Mock reply")
+    assert response.usage.prompt_tokens_details.cached_tokens > 0
+    assert ledger() == openai_expected(response.usage)
+    assert raw.headers["x-codevector-cost-usd"] == f"{ledger()['cost_nanos'] / 1e9:.9f}"
+    assert raw.headers["x-codevector-request-id"].startswith("req_")
+    assert gw.mock.seen[-1]["body"]["model"] == "gpt-4o-mini"
+
+
+def test_a_stream_without_include_usage_hides_the_usage_chunk_but_counts_it(gw):
+    chunks = list(gw.openai.chat.completions.create(model="gpt-test", messages=chat(), stream=True))
+    assert all(chunk.usage is None for chunk in chunks) and all(chunk.choices for chunk in chunks)
+    assert {chunk.model for chunk in chunks} == {"gpt-test"}
+    assert gw.mock.seen[-1]["body"]["stream_options"] == {"include_usage": True}
+    prompt_tokens, completion_tokens, reply = counts(LONG_PROMPT, "gpt-4o-mini")
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply
+    assert ledger() == expected(GPT, inp=prompt_tokens, cached=prompt_tokens // 2, out=completion_tokens)
+
+
+def test_a_stream_with_include_usage_passes_the_usage_chunk_through(gw):
+    chunks = list(gw.openai.chat.completions.create(model="gpt-test", messages=chat(), stream=True,
+                                                    stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].model == "gpt-test"
+    assert ledger() == openai_expected(chunks[-1].usage)
+
+
+def test_embeddings_count_prompt_tokens_only(gw):
+    response = gw.openai.embeddings.create(model="embed-test", input=["first text", "second, longer text"])
+    assert len(response.data) == 2 and response.model == "embed-test"
+    assert ledger() == expected(EMBED, inp=response.usage.prompt_tokens)
+
+
+def test_models_list_in_both_shapes(gw):
+    ids = [m.id for m in gw.openai.models.list()]
+    assert "gpt-test" in ids and "claude-test" in ids and ids == sorted(ids)
+    anthropic_ids = [m.id for m in gw.anthropic.models.list()]
+    assert anthropic_ids == ids
+    assert ledger()["requests"] == 0
+
+
+# --- Anthropic -----------------------------------------------------------------------------
+
+
+def test_anthropic_message_counts_cache_reads_and_writes(gw):
+    response = gw.anthropic.messages.create(model="claude-test", max_tokens=100, messages=chat())
+    assert response.model == "claude-test" and response.usage.cache_read_input_tokens > 0
+    assert ledger() == anthropic_expected(response.usage)
+
+
+def test_anthropic_stream_takes_the_latest_counts_never_the_sum(gw):
+    with gw.anthropic.messages.stream(model="claude-test", max_tokens=100, messages=chat()) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text.startswith("Mock reply") and final.model == "claude-test"
+    assert ledger() == anthropic_expected(final.usage)
+
+
+# --- refusals: the caller's format, no usage recorded ----------------------------------------
+
+
+def test_bad_keys_are_refused_in_each_format(gw):
+    bad_openai = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="cvk_not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad_openai.chat.completions.create(model="gpt-test", messages=chat())
+    bad_anthropic = anthropic.Anthropic(base_url=gw.url, api_key="cvk_not-a-key", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as info:
+        bad_anthropic.messages.create(model="claude-test", max_tokens=5, messages=chat())
+    assert info.value.body["error"]["type"] == "authentication_error"
+    status, _, body = post(gw, "/v1/chat/completions", b"{}", {"authorization": ""})
+    assert status == 401 and json.loads(body)["error"]["code"] == "missing_api_key"
+    assert ledger()["requests"] == 0
+
+
+def test_revoked_expired_and_inactive_users_keys_are_refused(gw):
+    from django.utils import timezone
+
+    ApiKey.objects.update(revoked_at=timezone.now())
+    gw.server.refresh()
+    with pytest.raises(openai.AuthenticationError):
+        gw.openai.chat.completions.create(model="gpt-test", messages=chat())
+    ApiKey.objects.update(revoked_at=None)
+    gw.user.is_active = False
+    gw.user.save()
+    gw.server.refresh()
+    with pytest.raises(openai.AuthenticationError):
+        gw.openai.chat.completions.create(model="gpt-test", messages=chat())
+
+
+def test_a_new_key_works_at_once(gw):
+    _, fresh = ApiKey.objects.create_key(gw.user)
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=fresh, max_retries=0)
+    assert client.chat.completions.create(model="gpt-test", messages=chat("hi")).model == "gpt-test"
+
+
+def test_unknown_models_and_wrong_endpoints_are_refused(gw):
+    with pytest.raises(openai.NotFoundError):
+        gw.openai.chat.completions.create(model="no-such-model", messages=chat())
+    with pytest.raises(anthropic.NotFoundError):
+        gw.anthropic.messages.create(model="no-such-model", max_tokens=5, messages=chat())
+    with pytest.raises(openai.BadRequestError, match="/v1/messages"):
+        gw.openai.chat.completions.create(model="claude-test", messages=chat())
+    with pytest.raises(anthropic.BadRequestError, match="/v1/chat/completions"):
+        gw.anthropic.messages.create(model="gpt-test", max_tokens=5, messages=chat())
+    ModelFacade.objects.filter(name="gpt-test").update(is_active=False)
+    gw.server.refresh()
+    with pytest.raises(openai.NotFoundError):
+        gw.openai.chat.completions.create(model="gpt-test", messages=chat())
+    assert ledger()["requests"] == 0
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"{not json", "not valid JSON"),
+    (b'{"model": "gpt-test", "temperature": NaN, "messages": []}', "NaN"),
+    (b'{"model": "gpt-test", "temperature": Infinity, "messages": []}', "Infinity"),
+    (b'[{"model": "gpt-test"}]', "JSON object"),
+    (b'{"model": 7, "messages": []}', "'model'"),
+    (b'{"model": "gpt-test", "stream": "yes", "messages": []}', "'stream'"),
+])
+def test_malformed_bodies_get_a_400_in_the_callers_format(gw, body, message):
+    status, headers, raw = post(gw, "/v1/chat/completions", body)
+    error = json.loads(raw)["error"]
+    assert status == 400 and message in error["message"] and error["type"] == "invalid_request_error"
+    status, _, raw = post(gw, "/v1/messages", body, {"anthropic-version": "2023-06-01"})
+    assert status == 400 and json.loads(raw)["type"] == "error"
+    assert ledger()["requests"] == 0
+
+
+def test_an_oversized_body_gets_a_413(gw, settings):
+    settings.GATEWAY_MAX_BODY_BYTES = 2048
+    with pytest.raises(openai.APIStatusError) as info:
+        gw.openai.chat.completions.create(model="gpt-test", messages=chat("x" * 4000))
+    assert info.value.status_code == 413
+    assert ledger()["requests"] == 0
+
+
+# --- upstream failures: recorded as errors ----------------------------------------------------
+
+
+def test_upstream_error_statuses_pass_through_and_count_as_errors(gw):
+    with pytest.raises(openai.InternalServerError) as info:
+        gw.openai.chat.completions.create(model="gpt-fail-500", messages=chat())
+    assert "Mock upstream error 500" in str(info.value)
+    with pytest.raises(anthropic.RateLimitError):
+        gw.anthropic.messages.create(model="claude-fail-429", max_tokens=5, messages=chat())
+    assert ledger() == expected(requests=2, errors=2)
+
+
+def test_an_upstream_timeout_is_a_504_and_an_error(gw, settings):
+    settings.GATEWAY_READ_TIMEOUT = 0.5
+    with pytest.raises(openai.InternalServerError) as info:
+        gw.openai.chat.completions.create(model="gpt-fail-timeout", messages=chat())
+    assert info.value.status_code == 504
+    assert ledger() == expected(errors=1)
+
+
+def test_a_refused_connection_is_a_502_and_an_error(gw):
+    facade("gpt-nowhere", "openai", f"http://127.0.0.1:{free_port()}/v1", "gpt-4o-mini", GPT)
+    gw.server.refresh()
+    with pytest.raises(openai.InternalServerError) as info:
+        gw.openai.chat.completions.create(model="gpt-nowhere", messages=chat())
+    assert info.value.status_code == 502
+    assert ledger() == expected(errors=1)
+
+
+def test_a_response_without_usage_is_estimated_at_four_characters_a_token(gw):
+    response = gw.openai.chat.completions.create(model="gpt-no-usage", messages=chat())
+    assert response.usage is None
+    reply = response.choices[0].message.content
+    assert ledger() == expected(inp=math.ceil(len(LONG_PROMPT) / 4), out=math.ceil(len(reply) / 4), estimated=1)
+
+
+def test_a_stream_ending_in_an_error_event_is_an_error_counted_as_estimated(gw):
+    with pytest.raises(openai.APIError):
+        list(gw.openai.chat.completions.create(model="gpt-stream-error", messages=chat(), stream=True))
+    with pytest.raises(anthropic.APIError):
+        with gw.anthropic.messages.stream(model="claude-stream-error", max_tokens=5, messages=chat()) as stream:
+            list(stream.text_stream)
+    totals = ledger()
+    assert (totals["requests"], totals["error_requests"], totals["estimated_requests"]) == (2, 2, 2)
+    prompt_tokens = counts(LONG_PROMPT, "x")[0]  # the Anthropic message_start counts are kept exactly
+    assert totals["input_tokens"] == math.ceil(len(LONG_PROMPT) / 4) + prompt_tokens
+
+
+def test_an_upstream_dropping_mid_stream_is_an_error(gw):
+    try:
+        list(gw.openai.chat.completions.create(model="gpt-fail-drop", messages=chat(), stream=True))
+    except openai.APIError:
+        pass
+    deadline = time.monotonic() + 10
+    while ledger()["requests"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    totals = ledger()
+    assert (totals["requests"], totals["error_requests"], totals["estimated_requests"]) == (1, 1, 1)
+
+
+def test_a_caller_disconnecting_mid_stream_is_counted_not_as_an_error(gw):
+    import http.client
+
+    gw.mock.chunk_delay = 0.3
+    host, port = gw.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("POST", "/v1/chat/completions", body=json.dumps(
+        {"model": "gpt-test", "messages": chat(), "stream": True}), headers={
+        "authorization": f"Bearer {gw.key}", "content-type": "application/json"})
+    response = connection.getresponse()
+    received = b""
+    while received.count(b"data: ") < 3:  # the role chunk and two words
+        received += response.read1(4096)
+    assert response.status == 200
+    response.close()  # the caller goes away mid-stream
+    connection.close()
+    deadline = time.monotonic() + 10
+    while ledger()["requests"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    totals = ledger()
+    assert (totals["requests"], totals["error_requests"], totals["estimated_requests"]) == (1, 0, 1)
+    assert totals["input_tokens"] == math.ceil(len(LONG_PROMPT) / 4)
+    assert 0 < totals["output_tokens"] < counts(LONG_PROMPT, "gpt-4o-mini")[1]
+
+
+# --- what crosses the gateway ------------------------------------------------------------------
+
+
+def test_only_allowlisted_headers_reach_the_upstream_and_the_facade_credential_replaces_the_callers(gw, monkeypatch):
+    monkeypatch.setenv("CV_TEST_UPSTREAM_KEY", "sk-upstream-secret-123")
+    ModelFacade.objects.filter(name="gpt-test").update(api_key_env="CV_TEST_UPSTREAM_KEY")
+    gw.server.refresh()
+    status, headers, _ = post(gw, "/v1/chat/completions", json.dumps({"model": "gpt-test", "messages": chat()}).encode(),
+                              {"cookie": "session=canary-cookie", "x-forwarded-for": "203.0.113.9",
+                               "proxy-authorization": "Basic canary", "x-canary": "canary-value",
+                               "x-forwarded-host": "evil.example", "x-api-key": "canary-x-api-key"})
+    assert status == 200
+    seen = {k.lower(): v for k, v in gw.mock.seen[-1]["headers"].items()}
+    assert seen["authorization"] == "Bearer sk-upstream-secret-123"
+    for name in ("cookie", "x-forwarded-for", "proxy-authorization", "x-canary", "x-forwarded-host", "x-api-key"):
+        assert name not in seen, name
+    assert not any("canary" in value for value in seen.values())
+    assert "set-cookie" not in {k.lower() for k in headers}
+
+
+def test_an_unset_upstream_credential_is_a_502_without_forwarding(gw, monkeypatch):
+    monkeypatch.delenv("CV_TEST_MISSING_KEY", raising=False)
+    ModelFacade.objects.filter(name="gpt-test").update(api_key_env="CV_TEST_MISSING_KEY")
+    gw.server.refresh()
+    seen_before = len(gw.mock.seen)
+    with pytest.raises(openai.InternalServerError, match="credential"):
+        gw.openai.chat.completions.create(model="gpt-test", messages=chat())
+    assert len(gw.mock.seen) == seen_before and ledger()["requests"] == 0
+
+
+def test_no_key_appears_in_any_log_line(gw, caplog, monkeypatch):
+    monkeypatch.setenv("CV_TEST_UPSTREAM_KEY", "sk-upstream-secret-456")
+    ModelFacade.objects.filter(name="gpt-test").update(api_key_env="CV_TEST_UPSTREAM_KEY")
+    gw.server.refresh()
+    with caplog.at_level(logging.DEBUG):
+        gw.openai.chat.completions.create(model="gpt-test", messages=chat())
+        list(gw.openai.chat.completions.create(model="gpt-test", messages=chat(), stream=True))
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key + "x", max_retries=0).models.list()
+        deadline = time.monotonic() + 5  # the stream's line is written once its last byte is out
+        while sum('"event":"request"' in r.getMessage() for r in caplog.records) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = [record.getMessage() for record in caplog.records]
+    request_lines = [json.loads(line) for line in lines if line.startswith('{"event":"request"')]
+    assert len(request_lines) == 3 and request_lines[0]["key_prefix"] == gw.key[:12]
+    secret_part = gw.key[12:]
+    for line in lines:
+        assert secret_part not in line and "sk-upstream-secret-456" not in line
