@@ -5,6 +5,7 @@ from django.contrib.auth.models import User
 from django.db import connection
 
 from gateway.models import ModelFacade
+from tests.servers import free_port
 
 
 def pytest_collection_modifyitems(config, items):
@@ -66,12 +67,6 @@ def test_database_url(transactional_db):
             f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- real servers on loopback: the mock upstream and the gateway, in threads of this process ---

@@ -8,9 +8,16 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def manage(database_url: str, *args: str, env: dict | None = None) -> str:

@@ -1,0 +1,181 @@
+"""Gateway overhead and throughput against a bare aiohttp forwarder and the mock upstream.
+
+Starts, on this machine: two mock upstreams (0 ms and 50 ms), the gateway (gunicorn, one uvicorn
+worker, PostgreSQL database codevector_bench_gateway) and bench/forwarder.py; drives them with wrk
+and prints: p50/p99 at 1 in flight (direct, forwarder, gateway), throughput at 16 in flight (0 ms
+upstream) and at 200 in flight (50 ms upstream), stream time-to-first-byte, and the requests
+recorded in the ledger against the requests the gateway answered.
+
+Run: .venv/bin/python bench/gateway.py [--seconds 10] [--budget]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "codevector.settings")
+
+from tests.servers import free_port  # noqa: E402
+from tests.servers import Process, manage, wait_for_port  # noqa: E402
+
+SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
+DB = "codevector_bench_gateway"
+URL = f"{SERVER}/{DB}"
+BODY = json.dumps({"model": "MODEL", "messages": [{"role": "user", "content": "Say hello to the benchmark."}]})
+
+
+def wrk(url: str, connections: int, seconds: int, model: str, key: str | None, workdir: Path) -> dict:
+    script = workdir / f"wrk-{model}.lua"
+    headers = 'wrk.headers["content-type"] = "application/json"\n'
+    if key:
+        headers += f'wrk.headers["authorization"] = "Bearer {key}"\n'
+    script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY.replace("MODEL", model))}\n{headers}')
+    out = subprocess.run(["wrk", "-t", "1" if connections == 1 else "2", "-c", str(connections), "-d", f"{seconds}s",
+                          "--latency", "-s", str(script), url + "/v1/chat/completions"],
+                         capture_output=True, text=True, check=True).stdout
+
+    def ms(label):
+        match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"p50": ms("50%"), "p99": ms("99%"), "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+            "errors": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+async def stream_ttfb(url: str, key: str | None, count: int = 200) -> float:
+    import aiohttp
+
+    body = json.loads(BODY.replace("MODEL", "gpt-bench"))
+    body["stream"] = True
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    samples = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(count):
+            started = time.perf_counter()
+            async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as response:
+                await response.content.readany()
+                samples.append(time.perf_counter() - started)
+                await response.read()
+    return statistics.median(samples) * 1000
+
+
+async def counted_run(url: str, key: str, count: int = 2000, in_flight: int = 32) -> int:
+    import aiohttp
+
+    body = json.loads(BODY.replace("MODEL", "gpt-bench"))
+    ok = 0
+    semaphore = asyncio.Semaphore(in_flight)
+    async with aiohttp.ClientSession() as session:
+        async def one():
+            nonlocal ok
+            async with semaphore:
+                async with session.post(url + "/v1/chat/completions", json=body,
+                                        headers={"authorization": f"Bearer {key}"}) as response:
+                    await response.read()
+                    ok += response.status == 200
+        await asyncio.gather(*(one() for _ in range(count)))
+    return ok
+
+
+def ledger_requests() -> int:
+    import psycopg
+
+    with psycopg.connect(URL) as conn:
+        return conn.execute("SELECT coalesce(sum(requests), 0) FROM usage_bucket_5min").fetchone()[0]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--budget", action="store_true", help="put a (large) daily budget on the bench user")
+    args = parser.parse_args()
+    import psycopg
+
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB}")
+    manage(URL, "migrate", "-v0")
+    workdir = Path(tempfile.mkdtemp(prefix="cv-bench-"))
+    mock_port, slow_port, gw_port, fw_port, slow_fw_port = (free_port() for _ in range(5))
+    env = {**os.environ, "DATABASE_URL": URL, "USAGE_BUFFER_DIR": str(workdir / "buffer"), "LOG_LEVEL": "WARNING"}
+    processes = [
+        Process([sys.executable, "manage.py", "mock_upstream", "--port", str(mock_port)], env, workdir / "mock.log"),
+        Process([sys.executable, "manage.py", "mock_upstream", "--port", str(slow_port), "--delay-ms", "50"], env,
+                workdir / "mock-slow.log"),
+    ]
+    manage(URL, "shell", "-c", "from django.contrib.auth.models import User; User.objects.create_user('bench')")
+    for name, port in (("gpt-bench", mock_port), ("gpt-bench-slow", slow_port)):
+        manage(URL, "create_facade", name, "--provider", "openai", "--base-url", f"http://127.0.0.1:{port}/v1",
+               "--upstream-model", "gpt-bench", "--input-price", "0.15", "--output-price", "0.6")
+    if args.budget:
+        manage(URL, "set_budget", "bench", "--usd", "1000000", "--period", "daily", "--warn-percent", "90")
+    key = manage(URL, "create_api_key", "bench").strip().splitlines()[-1]
+    processes += [
+        Process([sys.executable, "-m", "gunicorn", "codevector.asgi:application", "-k", "uvicorn_worker.UvicornWorker",
+                 "--bind", f"127.0.0.1:{gw_port}", "--workers", "1", "--backlog", "4096"], env, workdir / "gateway.log"),
+        Process([sys.executable, "-m", "uvicorn", "bench.forwarder:app", "--port", str(fw_port), "--loop", "uvloop",
+                 "--http", "httptools", "--log-level", "warning", "--backlog", "4096"],
+                {**env, "UPSTREAM": f"http://127.0.0.1:{mock_port}"}, workdir / "forwarder.log"),
+        Process([sys.executable, "-m", "uvicorn", "bench.forwarder:app", "--port", str(slow_fw_port), "--loop",
+                 "uvloop", "--http", "httptools", "--log-level", "warning", "--backlog", "4096"],
+                {**env, "UPSTREAM": f"http://127.0.0.1:{slow_port}"}, workdir / "forwarder-slow.log"),
+    ]
+    try:
+        for port in (mock_port, slow_port, gw_port, fw_port, slow_fw_port):
+            wait_for_port(port)
+        direct, forwarder, gateway = (f"http://127.0.0.1:{p}" for p in (mock_port, fw_port, gw_port))
+        slow_direct, slow_forwarder = f"http://127.0.0.1:{slow_port}", f"http://127.0.0.1:{slow_fw_port}"
+        asyncio.run(counted_run(gateway, key, 200))  # warm up
+        s = args.seconds
+        rows = {
+            "1 in flight": [wrk(direct, 1, s, "gpt-bench", None, workdir), wrk(forwarder, 1, s, "gpt-bench", None, workdir),
+                            wrk(gateway, 1, s, "gpt-bench", key, workdir)],
+            "16 in flight, 0 ms": [wrk(direct, 16, s, "gpt-bench", None, workdir),
+                                   wrk(forwarder, 16, s, "gpt-bench", None, workdir),
+                                   wrk(gateway, 16, s, "gpt-bench", key, workdir)],
+            "200 in flight, 50 ms": [wrk(slow_direct, 200, s, "gpt-bench", None, workdir),
+                                     wrk(slow_forwarder, 200, s, "gpt-bench", None, workdir),
+                                     wrk(gateway, 200, s, "gpt-bench-slow", key, workdir)],
+        }
+        print(f"\nbench/gateway.py — {s} s per run, budgets {'on' if args.budget else 'off'}; cores: {os.cpu_count()}")
+        print(f"{'':22} | {'direct to mock':>28} | {'bare forwarder':>28} | {'gateway':>28}")
+        for label, results in rows.items():
+            cells = [f"{r['rps']:>7.0f} req/s p50 {r['p50']:5.2f} p99 {r['p99']:6.2f} ms" for r in results]
+            print(f"{label:22} | " + " | ".join(cells))
+            for who, r in zip(("direct", "forwarder", "gateway"), results):
+                if r["errors"] or r["socket_errors"]:
+                    print(f"    {who}: {r['errors']} non-2xx, socket errors {r['socket_errors']}")
+        one = rows["1 in flight"]
+        print(f"added p50 at 1 in flight: forwarder {one[1]['p50'] - one[0]['p50']:.3f} ms, "
+              f"gateway {one[2]['p50'] - one[0]['p50']:.3f} ms")
+        sixteen = rows["16 in flight, 0 ms"]
+        print(f"gateway / forwarder throughput at 16 in flight: {sixteen[2]['rps'] / sixteen[1]['rps']:.0%}")
+        ttfb = [asyncio.run(stream_ttfb(u, k)) for u, k in ((direct, None), (forwarder, None), (gateway, key))]
+        print(f"stream time to first byte (median): direct {ttfb[0]:.2f} ms, forwarder {ttfb[1]:.2f} ms, "
+              f"gateway {ttfb[2]:.2f} ms")
+        before = ledger_requests()
+        answered = asyncio.run(counted_run(gateway, key, 2000))
+        time.sleep(0.5)
+        print(f"ledger check: the gateway answered {answered} requests with 200; the ledger recorded "
+              f"{ledger_requests() - before}")
+    finally:
+        for process in processes:
+            process.stop()
+
+
+if __name__ == "__main__":
+    main()
