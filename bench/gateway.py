@@ -91,6 +91,26 @@ async def counted_run(url: str, key: str, count: int = 2000, in_flight: int = 32
     return ok
 
 
+async def open_streams(url: str, key: str, count: int = 1000) -> tuple[int, float]:
+    """Open `count` slow streams at once through one gateway worker; (completed, seconds)."""
+    import aiohttp
+
+    body = json.loads(BODY.replace("MODEL", "gpt-bench-streams"))
+    body["stream"] = True
+    completed = 0
+    started = time.perf_counter()
+    connector = aiohttp.TCPConnector(limit=count + 100)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async def one():
+            nonlocal completed
+            async with session.post(url + "/v1/chat/completions", json=body,
+                                    headers={"authorization": f"Bearer {key}"}) as response:
+                data = await response.read()
+                completed += response.status == 200 and data.rstrip().endswith(b"data: [DONE]")
+        await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+    return completed, time.perf_counter() - started
+
+
 def ledger_requests() -> int:
     import psycopg
 
@@ -110,15 +130,17 @@ def main():
         conn.execute(f"CREATE DATABASE {DB}")
     manage(URL, "migrate", "-v0")
     workdir = Path(tempfile.mkdtemp(prefix="cv-bench-"))
-    mock_port, slow_port, gw_port, fw_port, slow_fw_port = (free_port() for _ in range(5))
+    mock_port, slow_port, stream_port, gw_port, fw_port, slow_fw_port = (free_port() for _ in range(6))
     env = {**os.environ, "DATABASE_URL": URL, "USAGE_BUFFER_DIR": str(workdir / "buffer"), "LOG_LEVEL": "WARNING"}
     processes = [
         Process([sys.executable, "manage.py", "mock_upstream", "--port", str(mock_port)], env, workdir / "mock.log"),
         Process([sys.executable, "manage.py", "mock_upstream", "--port", str(slow_port), "--delay-ms", "50"], env,
                 workdir / "mock-slow.log"),
+        Process([sys.executable, "manage.py", "mock_upstream", "--port", str(stream_port), "--stream-chunk-delay-ms",
+                 "250"], env, workdir / "mock-streams.log"),
     ]
     manage(URL, "shell", "-c", "from django.contrib.auth.models import User; User.objects.create_user('bench')")
-    for name, port in (("gpt-bench", mock_port), ("gpt-bench-slow", slow_port)):
+    for name, port in (("gpt-bench", mock_port), ("gpt-bench-slow", slow_port), ("gpt-bench-streams", stream_port)):
         manage(URL, "create_facade", name, "--provider", "openai", "--base-url", f"http://127.0.0.1:{port}/v1",
                "--upstream-model", "gpt-bench", "--input-price", "0.15", "--output-price", "0.6")
     if args.budget:
@@ -135,7 +157,7 @@ def main():
                 {**env, "UPSTREAM": f"http://127.0.0.1:{slow_port}"}, workdir / "forwarder-slow.log"),
     ]
     try:
-        for port in (mock_port, slow_port, gw_port, fw_port, slow_fw_port):
+        for port in (mock_port, slow_port, stream_port, gw_port, fw_port, slow_fw_port):
             wait_for_port(port)
         direct, forwarder, gateway = (f"http://127.0.0.1:{p}" for p in (mock_port, fw_port, gw_port))
         slow_direct, slow_forwarder = f"http://127.0.0.1:{slow_port}", f"http://127.0.0.1:{slow_fw_port}"
@@ -167,6 +189,9 @@ def main():
         ttfb = [asyncio.run(stream_ttfb(u, k)) for u, k in ((direct, None), (forwarder, None), (gateway, key))]
         print(f"stream time to first byte (median): direct {ttfb[0]:.2f} ms, forwarder {ttfb[1]:.2f} ms, "
               f"gateway {ttfb[2]:.2f} ms")
+        completed, seconds = asyncio.run(open_streams(gateway, key, 1000))
+        print(f"1,000 concurrent streams (each about 2 s long) through one worker: {completed} completed "
+              f"in {seconds:.1f} s")
         before = ledger_requests()
         answered = asyncio.run(counted_run(gateway, key, 2000))
         time.sleep(0.5)

@@ -5,9 +5,11 @@ background with each user's exact spend from the read module, plus the spend thi
 recorded since. Everything here that the gateway calls per request is pure Python, no database.
 """
 
+from collections import deque
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from time import monotonic
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -159,6 +161,35 @@ def set_budget(*, username: str | None, period: str, amount_usd: Decimal, warn_p
     return budget, created
 
 
+class LocalSpend:
+    """What one process has recorded for one user since the last refresh, oldest first, with a
+    running total, so a budget check costs O(1) however busy the user is."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self):
+        self.entries: deque[tuple[float, datetime, int]] = deque()  # (monotonic, at, nanos)
+        self.total = 0
+
+    def add(self, mono: float, at: datetime, nanos: int) -> None:
+        self.entries.append((mono, at, nanos))
+        self.total += nanos
+
+    def drop_before(self, mono: float) -> None:
+        while self.entries and self.entries[0][0] < mono:
+            self.total -= self.entries.popleft()[2]
+
+    def since(self, start: datetime | None) -> int:
+        if start is None:
+            return self.total
+        earlier = 0
+        for _, at, nanos in self.entries:  # only the entries before a boundary just crossed
+            if at >= start:
+                break
+            earlier += nanos
+        return self.total - earlier
+
+
 class BudgetBook:
     """The gateway's snapshot of budgets and spend: checked per request without a database read.
 
@@ -171,16 +202,17 @@ class BudgetBook:
     def __init__(self):
         self.rules: list[BudgetRule] = []
         self._spend: dict[str, tuple[datetime | None, dict[int, int]]] = {}  # period -> (start, user -> nanos)
-        self._local: list[tuple[float, int, datetime, int]] = []  # (monotonic, user, at, nanos)
+        self._local: dict[int, LocalSpend] = {}
+        self._windows: dict[str, tuple[datetime | None, datetime | None]] = {}
+        self._defaults: dict[str, BudgetRule] = {}
+        self._own: dict[int, dict[str, BudgetRule]] = {}
         self.loaded = False
 
     def refresh(self, now: datetime | None = None) -> None:
-        import time as monotonic_clock
-
         from django.utils import timezone
 
         now = now or timezone.now()
-        read_started = monotonic_clock.monotonic()
+        read_started = monotonic()
         rules = [BudgetRule.of(b) for b in Budget.objects.filter(is_active=True)]
         spend = {}
         for period in {r.period for r in rules}:
@@ -189,22 +221,47 @@ class BudgetBook:
                 {r.user_id for r in rules if r.period == period}
             spend[period] = (start, spend_by_user(start, now, users))
         self.rules, self._spend, self.loaded = rules, spend, True
-        self._local = [entry for entry in self._local if entry[0] >= read_started]
+        self._defaults = {r.period: r for r in rules if r.user_id is None}
+        self._own: dict[int, dict[str, BudgetRule]] = {}
+        for rule in rules:
+            if rule.user_id is not None:
+                self._own.setdefault(rule.user_id, {})[rule.period] = rule
+        self._windows = {}
+        for local in self._local.values():
+            local.drop_before(read_started)
+
+    def _applies_to(self, user_id: int) -> bool:
+        return bool(self._defaults) or user_id in self._own
+
+    def _applicable(self, user_id: int) -> list[BudgetRule]:
+        """`applicable()` from the indexes built at refresh: O(periods), not O(budgets)."""
+        own = self._own.get(user_id, {})
+        return [own.get(period) or self._defaults[period] for period in PERIODS
+                if period in own or period in self._defaults]
 
     def add_spend(self, user_id: int, at: datetime, nanos: int) -> None:
-        import time as monotonic_clock
+        if nanos and self._applies_to(user_id):
+            self._local.setdefault(user_id, LocalSpend()).add(monotonic(), at, nanos)
 
-        if nanos and any(r.user_id in (None, user_id) for r in self.rules):
-            self._local.append((monotonic_clock.monotonic(), user_id, at, nanos))
+    def _window(self, period: str, now: datetime) -> tuple[datetime | None, datetime | None]:
+        """period_window, remembered until the period ends (zoneinfo arithmetic is not free)."""
+        window = self._windows.get(period)
+        if window is None or (window[1] is not None and not window[0] <= now < window[1]):
+            window = self._windows[period] = period_window(period, now)
+        return window
 
     def states(self, user_id: int, now: datetime) -> list[BudgetState]:
+        if not self._applies_to(user_id):
+            return []
+        local = self._local.get(user_id)
         states = []
-        for rule in applicable(self.rules, user_id):
-            start, resets_at = period_window(rule.period, now)
+        for rule in self._applicable(user_id):
+            start, resets_at = self._window(rule.period, now)
             snapshot_start, by_user = self._spend.get(rule.period, (None, {}))
             # A snapshot from an earlier period (the day rolled over since) counts nothing now.
             spent = by_user.get(user_id, 0) if snapshot_start == start else 0
-            spent += sum(n for _, uid, at, n in self._local if uid == user_id and (start is None or at >= start))
+            if local is not None:
+                spent += local.since(start)
             states.append(BudgetState(rule, spent, start, resets_at))
         return states
 
