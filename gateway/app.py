@@ -311,7 +311,8 @@ class GatewayApp:
                                    (b"x-codevector-budget-remaining-usd",
                                     usd(max(tight.remaining_nanos, 0)).encode())]
             if tight.resets_at:
-                call.extra_headers.append((b"x-codevector-budget-reset", tight.resets_at.isoformat().encode()))
+                call.extra_headers.append((b"x-codevector-budget-reset",
+                                           timezone.localtime(tight.resets_at).isoformat().encode()))
             if any(s.warning for s in states):
                 call.extra_headers.append((b"x-codevector-budget-warning", b"true"))
         if over:

@@ -7,7 +7,7 @@ recorded since. Everything here that the gateway calls per request is pure Pytho
 
 from collections import deque
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from time import monotonic
 from zoneinfo import ZoneInfo
@@ -17,17 +17,10 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from usage.models import Budget
+from usage.periods import local_midnight
 from usage.pricing import NANOS_PER_USD, nanos_to_usd
 
 PERIODS = [p.value for p in Budget.Period]
-
-
-def local_midnight(day: date, tz: ZoneInfo) -> datetime:
-    """The first instant of a local day (a DST change at midnight moves it, never skips it)."""
-    naive = datetime.combine(day, time())
-    aware = naive.replace(tzinfo=tz)
-    # zoneinfo resolves a nonexistent local time forward; normalise through UTC to be exact.
-    return aware.astimezone(ZoneInfo("UTC")).astimezone(tz)
 
 
 def period_window(period: str, now: datetime, tz: ZoneInfo | None = None) -> tuple[datetime | None, datetime | None]:

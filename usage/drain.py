@@ -69,7 +69,7 @@ def apply_once(deltas: Iterable[UsageDelta], landed: frozenset[str] = frozenset(
         cursor.execute(sql.claim_delta_ids(len(unique)), [v for d in unique for v in (d.id, now)])
         fresh_ids = {row[0] for row in cursor.fetchall()}
         fresh = [d for d in unique if d.id in fresh_ids and d.id not in landed]
-        run_plan(write_statements(fresh), cursor, adapt)
+        run_plan(write_statements(fresh, connection.vendor), cursor, adapt)
     return len(fresh), len(unique) - len(fresh)
 
 

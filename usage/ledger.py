@@ -101,11 +101,45 @@ Statement = tuple[str, list]
 Plan = Generator[Statement, list | None, None]
 
 
-def write_statements(deltas: Iterable[UsageDelta]) -> Plan:
+def write_statements(deltas: Iterable[UsageDelta], vendor: str = "postgresql") -> Plan:
     """The statements one write runs, in one transaction. Each `yield` receives the statement's
-    rows (or None), so later statements may depend on earlier reads."""
+    rows (or None), so later statements may depend on earlier reads.
+
+    1. Read (and share-lock) the rollup watermark; on PostgreSQL, also the transaction id.
+    2. Add every delta to its 5-minute bucket.
+    3. Late data: a delta whose bucket lies before the watermark is also added, additively, to
+       every coarser bucket already rolled (its hour; its day and month once those have ended
+       by the watermark), so it is visible at every level at once and no rolled period is ever
+       recomputed from 5-minute rows that retention may have pruned.
+    """
+    from usage.periods import as_utc, day_bounds, hour_start, month_bounds, zone
+
     rows = list(merge_deltas(deltas).items())
-    table = sql.LEVEL_TABLES["5min"]
+    locked = yield sql.LOCK_WATERMARK[vendor], []
+    watermark = as_utc(locked[0][1]) if locked else None
+    yield from _add_rows(sql.LEVEL_TABLES["5min"], rows)
+    late = [(key, counters) for key, counters in rows if watermark is not None and key[0] < watermark]
+    if not late:
+        return
+    tz = zone()
+    levels: dict[str, dict[Key, list[int]]] = {"hour": {}, "day": {}, "month": {}}
+    for (bucket_start, user_id, facade_id), counters in late:
+        targets = {"hour": hour_start(bucket_start, tz)}
+        day_start, day_end = day_bounds(bucket_start, tz)
+        if day_end <= watermark:
+            targets["day"] = day_start
+        month_start, month_end = month_bounds(bucket_start, tz)
+        if month_end <= watermark:
+            targets["month"] = month_start
+        for level, start in targets.items():
+            key = (start, user_id, facade_id)
+            known = levels[level].get(key)
+            levels[level][key] = counters if known is None else [a + b for a, b in zip(known, counters)]
+    for level, merged in levels.items():
+        yield from _add_rows(sql.LEVEL_TABLES[level], sorted(merged.items()))
+
+
+def _add_rows(table: str, rows: list) -> Plan:
     for offset in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[offset : offset + ROWS_PER_STATEMENT]
         params: list = []
@@ -114,26 +148,30 @@ def write_statements(deltas: Iterable[UsageDelta]) -> Plan:
         yield sql.add_counters(table, len(chunk)), params
 
 
-def run_plan(plan: Plan, cursor, adapt_datetime: Callable = lambda value: value) -> None:
-    result = None
+def run_plan(plan: Plan, cursor, adapt_datetime: Callable = lambda value: value) -> list | None:
+    """Run a plan; returns the first statement's rows."""
+    result = first = None
     while True:
         try:
             statement, params = plan.send(result)
         except StopIteration:
-            return
+            return first
         cursor.execute(statement, [adapt_datetime(p) if isinstance(p, datetime) else p for p in params])
         result = cursor.fetchall() if cursor.description else None
+        first = result if first is None else first
 
 
-async def run_plan_async(plan: Plan, cursor) -> None:
-    result = None
+async def run_plan_async(plan: Plan, cursor) -> list | None:
+    """Run a plan; returns the first statement's rows (on PostgreSQL, the transaction id)."""
+    result = first = None
     while True:
         try:
             statement, params = plan.send(result)
         except StopIteration:
-            return
+            return first
         await cursor.execute(statement, params)
         result = await cursor.fetchall() if cursor.description else None
+        first = result if first is None else first
 
 
 def record_many(deltas: Iterable[UsageDelta], using: str = "default") -> None:
@@ -143,7 +181,7 @@ def record_many(deltas: Iterable[UsageDelta], using: str = "default") -> None:
         return
     connection = connections[using]
     with transaction.atomic(using=using), connection.cursor() as cursor:
-        run_plan(write_statements(deltas), cursor, connection.ops.adapt_datetimefield_value)
+        run_plan(write_statements(deltas, connection.vendor), cursor, connection.ops.adapt_datetimefield_value)
 
 
 def record(delta: UsageDelta, using: str = "default") -> None:
@@ -244,9 +282,9 @@ class PostgresWriter:
             try:
                 async with conn.transaction():
                     async with conn.cursor() as cursor:
-                        await cursor.execute(sql.CURRENT_TXID)
-                        txid = (await cursor.fetchone())[0]
-                        await run_plan_async(write_statements(deltas), cursor)
+                        plan = write_statements(deltas, "postgresql")
+                        # The plan's first statement reads the transaction id with the watermark.
+                        txid = (await run_plan_async(plan, cursor))[0][0]
                     committing = True  # leaving the block sends COMMIT
             except psycopg.OperationalError as exc:
                 if committing:

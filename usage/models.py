@@ -138,3 +138,16 @@ class Budget(models.Model):
     @property
     def is_default(self) -> bool:
         return self.user_id is None
+
+
+class RollupState(models.Model):
+    """The rollups' watermark (one row): every local hour that ends at or before it is rolled into
+    the hour table, every day and month that ends at or before it into theirs. Writers lock this
+    row (FOR SHARE) so a late delta and a rollup are ordered one after the other."""
+
+    watermark = models.DateTimeField(null=True, blank=True)
+    time_zone = models.CharField(max_length=64, blank=True, help_text="TIME_ZONE the rolled levels follow.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "usage_rollup_state"

@@ -63,8 +63,51 @@ def claim_delta_ids(rows: int) -> str:
     )
 
 
-# PostgreSQL only: the id of the writing transaction, read before COMMIT, and later its fate.
-CURRENT_TXID = "SELECT txid_current()"
+# PostgreSQL only: the fate of a transaction whose id was read before COMMIT (see LOCK_WATERMARK).
 TXID_STATUS = "SELECT txid_status(%s)"
 
 PRUNE_APPLIED_DELTA_IDS = f"DELETE FROM {APPLIED_DELTA_TABLE} WHERE applied_at < %s"
+
+
+# --- rollups: the watermark, recomputation from the finer level, late data, retention ----------
+
+STATE_TABLE = "usage_rollup_state"
+
+# Every ledger write begins here. On PostgreSQL the share lock orders the write against a rollup
+# (which takes FOR UPDATE before it aggregates), and the transaction id read in the same round
+# trip lets a cut COMMIT be resolved with txid_status(). SQLite's write lock serialises anyway.
+LOCK_WATERMARK = {
+    "postgresql": f"SELECT txid_current(), (SELECT watermark FROM {STATE_TABLE} WHERE id = 1 FOR SHARE)",
+    "sqlite": f"SELECT NULL, (SELECT watermark FROM {STATE_TABLE} WHERE id = 1)",
+}
+LOCK_WATERMARK_FOR_ROLLUP = {
+    "postgresql": f"SELECT watermark, time_zone FROM {STATE_TABLE} WHERE id = 1 FOR UPDATE",
+    "sqlite": f"SELECT watermark, time_zone FROM {STATE_TABLE} WHERE id = 1",
+}
+ENSURE_STATE = (f"INSERT INTO {STATE_TABLE} (id, watermark, time_zone, updated_at) VALUES (1, NULL, %s, %s) "
+                "ON CONFLICT (id) DO NOTHING")
+SET_WATERMARK = f"UPDATE {STATE_TABLE} SET watermark = %s, time_zone = %s, updated_at = %s WHERE id = 1"
+EARLIEST_5MIN = "SELECT MIN(bucket_start) FROM usage_bucket_5min"
+
+
+def roll_from(target: str, source: str) -> str:
+    """Recompute one period of `target` from `source` rows in [start, end): idempotent (x = EXCLUDED.x)."""
+    assert target in LEVEL_TABLES.values() and source in LEVEL_TABLES.values()
+    columns = ", ".join(KEY_COLUMNS + COUNTERS)
+    sums = ", ".join(f"SUM({c})" for c in COUNTERS)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COUNTERS)
+    return (
+        f"INSERT INTO {target} ({columns}) SELECT %s, user_id, facade_id, {sums} FROM {source} "
+        "WHERE bucket_start >= %s AND bucket_start < %s GROUP BY user_id, facade_id "
+        f"ON CONFLICT (bucket_start, user_id, facade_id) DO UPDATE SET {updates}"
+    )
+
+
+def delete_range(table: str) -> str:
+    assert table in LEVEL_TABLES.values()
+    return f"DELETE FROM {table} WHERE bucket_start >= %s AND bucket_start < %s"
+
+
+def delete_before(table: str) -> str:
+    assert table in LEVEL_TABLES.values()
+    return f"DELETE FROM {table} WHERE bucket_start < %s"
