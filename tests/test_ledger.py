@@ -107,3 +107,39 @@ def test_the_upsert_statement_names_every_counter():
     for name in COUNTERS:
         assert f"{name} = usage_bucket_5min.{name} + EXCLUDED.{name}" in statement
     assert connection.vendor in ("postgresql", "sqlite")
+
+
+def set_watermark(at):
+    from usage.models import RollupState
+
+    RollupState.objects.update_or_create(pk=1, defaults={"watermark": at, "time_zone": "UTC"})
+
+
+def level(model):
+    return {(r.bucket_start, r.user_id, r.facade_id): (r.requests, r.input_tokens) for r in model.objects.all()}
+
+
+def test_late_deltas_are_added_to_every_level_already_rolled(alice, gpt):
+    from usage.models import DailyUsage, HourlyUsage, MonthlyUsage
+
+    set_watermark(datetime(2026, 4, 1, 0, tzinfo=UTC))  # March is rolled, as is every hour before April
+    record(delta(alice, gpt, datetime(2026, 3, 31, 23, 59, tzinfo=UTC), input_tokens=5))  # late: all levels
+    record(delta(alice, gpt, datetime(2026, 4, 1, 0, 0, tzinfo=UTC), input_tokens=7))  # not late
+    key_hour = (datetime(2026, 3, 31, 23, tzinfo=UTC), alice.pk, gpt.pk)
+    assert level(HourlyUsage) == {key_hour: (1, 5)}
+    assert level(DailyUsage) == {(datetime(2026, 3, 31, tzinfo=UTC), alice.pk, gpt.pk): (1, 5)}
+    assert level(MonthlyUsage) == {(datetime(2026, 3, 1, tzinfo=UTC), alice.pk, gpt.pk): (1, 5)}
+    record(delta(alice, gpt, datetime(2026, 3, 31, 23, 1, tzinfo=UTC), input_tokens=1))
+    assert level(HourlyUsage) == {key_hour: (2, 6)}
+
+
+def test_a_late_delta_reaches_only_the_levels_whose_period_has_ended(alice, gpt):
+    from usage.models import DailyUsage, HourlyUsage, MonthlyUsage
+
+    set_watermark(datetime(2026, 4, 10, 15, tzinfo=UTC))  # mid-day, mid-month
+    record(delta(alice, gpt, datetime(2026, 4, 10, 14, 30, tzinfo=UTC), input_tokens=3))  # hour rolled only
+    record(delta(alice, gpt, datetime(2026, 4, 9, 8, 0, tzinfo=UTC), input_tokens=4))  # hour and day rolled
+    assert level(HourlyUsage) == {(datetime(2026, 4, 10, 14, tzinfo=UTC), alice.pk, gpt.pk): (1, 3),
+                                  (datetime(2026, 4, 9, 8, tzinfo=UTC), alice.pk, gpt.pk): (1, 4)}
+    assert level(DailyUsage) == {(datetime(2026, 4, 9, tzinfo=UTC), alice.pk, gpt.pk): (1, 4)}
+    assert level(MonthlyUsage) == {}
