@@ -1,0 +1,178 @@
+"""A demo history for `manage.py seed_demo` (and `make run` on a fresh database): demo users with
+keys, the demo facades, and months of usage written through the ledger at past times.
+
+The history has a weekday rhythm (quiet weekends), a few heavy users and favourite models, and a
+growth trend (more users join and everyone uses more as the weeks pass). Everything random comes
+from one `random.Random(seed)`, so a seed and a day give the same history.
+"""
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from usage import ledger
+from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
+from usage.periods import local_date, local_midnight, zone
+from usage.pricing import cost_nanos
+
+DEMO_EMAIL_DOMAIN = "demo.codevector.invalid"
+DEMO_NAMES = [
+    ("ada", "Lovelace"), ("grace", "Hopper"), ("alan", "Turing"), ("barbara", "Liskov"), ("edsger", "Dijkstra"),
+    ("margaret", "Hamilton"), ("donald", "Knuth"), ("frances", "Allen"), ("ken", "Thompson"), ("radia", "Perlman"),
+    ("john", "McCarthy"), ("katherine", "Johnson"), ("dennis", "Ritchie"), ("adele", "Goldberg"), ("tony", "Hoare"),
+    ("sophie", "Wilson"), ("guido", "Rossum"), ("hedy", "Lamarr"), ("leslie", "Lamport"), ("shafi", "Goldwasser"),
+    ("niklaus", "Wirth"), ("jean", "Sammet"), ("bjarne", "Stroustrup"), ("karen", "Sparck Jones"),
+    ("vint", "Cerf"), ("annie", "Easley"), ("linus", "Torvalds"), ("mary", "Keller"), ("whitfield", "Diffie"),
+    ("evelyn", "Boyd Granville"),
+]
+# Facade name -> (share of traffic, mean input tokens, mean output tokens, cached share, cache-write share).
+MODEL_MIX = {
+    "gpt-4o-mini": (0.36, 1_800, 350, 0.25, 0.0),
+    "claude-sonnet-4-5": (0.24, 6_500, 900, 0.45, 0.06),
+    "gpt-4o": (0.14, 3_200, 600, 0.20, 0.0),
+    "claude-haiku-4-5": (0.14, 2_500, 400, 0.35, 0.04),
+    "text-embedding-3-small": (0.12, 600, 0, 0.0, 0.0),
+}
+WEEKDAY_FACTOR = [1.0, 1.08, 1.1, 1.05, 0.9, 0.28, 0.2]  # Monday first
+WORK_HOURS = list(range(7, 22))
+HOUR_WEIGHTS = [1, 3, 6, 8, 8, 5, 6, 8, 7, 6, 4, 3, 2, 2, 1]
+REQUESTS_PER_DAY = 45  # for a user of weight 1, on a weekday, at the end of the history
+
+
+@dataclass(frozen=True)
+class Profile:
+    user_id: int
+    weight: float  # heavy users weigh several times the median
+    joined_day: int  # day index from which the user is active
+    model_weights: tuple[float, ...]
+
+
+@dataclass
+class SeedResult:
+    skipped: bool = False
+    users_created: int = 0
+    keys_created: int = 0
+    requests: int = 0
+    cost_nanos: int = 0
+    rolled_up: bool = False
+    usernames: list[str] = field(default_factory=list)
+
+
+def has_usage() -> bool:
+    return any(model.objects.exists() for model in (FiveMinuteUsage, HourlyUsage, DailyUsage, MonthlyUsage))
+
+
+def seed_demo(*, days: int = 90, users: int = 25, seed: int = 0, force: bool = False, now: datetime | None = None,
+              mock_url: str = "http://127.0.0.1:8001") -> SeedResult:
+    """Create demo users, keys and facades and record a history; nothing if usage exists and not `force`."""
+    if days < 1 or users < 1:
+        raise ValueError("days and users must be at least 1")
+    if has_usage() and not force:
+        return SeedResult(skipped=True)
+    from gateway.demo import ensure_demo_facades
+
+    now = now or timezone.now()
+    facades = ensure_demo_facades(mock_url)
+    result = SeedResult()
+    demo_users = ensure_demo_users(users, result)
+    rng = random.Random(seed)
+    profiles = make_profiles(rng, demo_users, len(facades), days)
+    deltas = list(generate_history(rng, profiles, facades, days, now, seed))
+    for offset in range(0, len(deltas), 5_000):
+        ledger.record_many(deltas[offset : offset + 5_000])
+    result.requests = sum(d.requests for d in deltas)
+    result.cost_nanos = sum(d.cost_nanos for d in deltas)
+    result.rolled_up = roll_up()
+    return result
+
+
+@transaction.atomic
+def ensure_demo_users(count: int, result: SeedResult) -> list:
+    """The first `count` demo users, created with keys where missing (unusable passwords: demo
+    users never log in; their keys are never shown)."""
+    User = get_user_model()
+    users = []
+    for index in range(count):
+        first, last = DEMO_NAMES[index] if index < len(DEMO_NAMES) else (f"demo{index + 1:03d}", "Demo")
+        username = f"{first}.{last.split()[0].lower()}" if index < len(DEMO_NAMES) else first
+        user, created = User.objects.get_or_create(
+            username=username, defaults={"first_name": first.capitalize(), "last_name": last,
+                                         "email": f"{username}@{DEMO_EMAIL_DOMAIN}"})
+        if created:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+            result.users_created += 1
+            for name in ["laptop", "ci"] if index % 4 == 0 else ["laptop"]:
+                user.api_keys.model.objects.create_key(user, name=f"demo {name}")
+                result.keys_created += 1
+        users.append(user)
+    result.usernames = [u.username for u in users]
+    return users
+
+
+def make_profiles(rng: random.Random, users: list, facade_count: int, days: int) -> list[Profile]:
+    profiles = []
+    for index, user in enumerate(users):
+        weight = min(rng.paretovariate(1.4), 12.0)
+        # Most users are there from the start; the rest join along the way (the growth trend).
+        joined = 0 if index < max(1, len(users) * 3 // 5) else rng.randrange(0, max(1, days * 3 // 4))
+        model_weights = tuple(rng.uniform(0.2, 1.8) for _ in range(facade_count))
+        profiles.append(Profile(user.pk, weight, joined, model_weights))
+    return profiles
+
+
+def generate_history(rng: random.Random, profiles: list[Profile], facades: list, days: int, now: datetime,
+                     seed: int):
+    """Deltas for each user and day, each summing a few requests in one working hour."""
+    tz = zone()
+    today = local_date(now, tz)
+    mix = [MODEL_MIX.get(f.name, (0.1, 2_000, 400, 0.0, 0.0)) for f in facades]
+    number = 0
+    for day_index in range(days):
+        day = today - timedelta(days=days - 1 - day_index)
+        midnight = local_midnight(day, tz)
+        growth = 0.45 + 0.55 * day_index / max(1, days - 1)
+        for profile in profiles:
+            if day_index < profile.joined_day:
+                continue
+            expected = REQUESTS_PER_DAY * profile.weight * WEEKDAY_FACTOR[day.weekday()] * growth
+            requests = int(expected * rng.lognormvariate(0, 0.35))
+            hours = rng.choices(WORK_HOURS, HOUR_WEIGHTS, k=min(requests, rng.randint(2, 6)))
+            weights = [share * personal for (share, *_), personal in zip(mix, profile.model_weights)]
+            for slot, hour in enumerate(hours):
+                count = requests // len(hours) + (1 if slot < requests % len(hours) else 0)
+                at = midnight + timedelta(hours=hour, minutes=rng.randrange(60), seconds=rng.randrange(60))
+                which = rng.choices(range(len(facades)), weights)[0]
+                if at > now or count == 0:
+                    continue
+                number += 1
+                yield _delta(rng, f"demo-{seed}-{number}", profile.user_id, facades[which], mix[which], at, count)
+
+
+def _delta(rng, delta_id, user_id, facade, mix, at, requests) -> ledger.UsageDelta:
+    _, mean_in, mean_out, cached_share, write_share = mix
+    input_tokens = int(requests * mean_in * rng.lognormvariate(0, 0.3))
+    output_tokens = int(requests * mean_out * rng.lognormvariate(0, 0.3))
+    cached = int(input_tokens * cached_share * rng.uniform(0.5, 1.5)) if cached_share else 0
+    written = int(input_tokens * write_share * rng.uniform(0.5, 1.5)) if write_share else 0
+    cached = min(cached, input_tokens - written)
+    errors = sum(1 for _ in range(min(requests, 50)) if rng.random() < 0.012)
+    cost = cost_nanos(facade.prices, input_tokens=input_tokens, cached_input_tokens=cached,
+                      cache_write_tokens=written, output_tokens=output_tokens)
+    return ledger.UsageDelta(id=delta_id, user_id=user_id, facade_id=facade.pk, at=at, requests=requests,
+                             error_requests=errors, input_tokens=input_tokens, cached_input_tokens=cached,
+                             cache_write_tokens=written, output_tokens=output_tokens, cost_nanos=cost)
+
+
+def roll_up() -> bool:
+    """Roll the history up to now, once the rollups module is there; False if it is not."""
+    try:
+        from usage import rollups
+    except ImportError:
+        return False
+    rollups.roll_up()
+    return True
