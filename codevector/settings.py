@@ -206,6 +206,12 @@ USAGE_APPLIED_IDS_DAYS = env_int("USAGE_APPLIED_IDS_DAYS", 30, minimum=1)
 # default) or serve them anyway, logging each lost delta so drain_usage_buffer --from-log can replay it.
 USAGE_FAIL_OPEN = env_bool("USAGE_FAIL_OPEN", False)
 
+# --- Rollups ------------------------------------------------------------------------------
+# A local hour is rolled this long after it ends (longer than any write in flight).
+USAGE_ROLLUP_GRACE_SECONDS = env_int("USAGE_ROLLUP_GRACE_SECONDS", 120)
+USAGE_5MIN_RETENTION_DAYS = env_int("USAGE_5MIN_RETENTION_DAYS", 3, minimum=1)
+USAGE_HOUR_RETENTION_DAYS = env_int("USAGE_HOUR_RETENTION_DAYS", 400, minimum=1)
+
 # --- Gateway --------------------------------------------------------------------------
 GATEWAY_CACHE_SECONDS = env_float("GATEWAY_CACHE_SECONDS", 5.0, minimum=0.1)
 GATEWAY_NEGATIVE_CACHE_SECONDS = env_float("GATEWAY_NEGATIVE_CACHE_SECONDS", 2.0)

@@ -206,6 +206,8 @@ class BudgetBook:
 
         now = now or timezone.now()
         read_started = monotonic()
+        from usage.queries import spend_by_user
+
         rules = [BudgetRule.of(b) for b in Budget.objects.filter(is_active=True)]
         spend = {}
         for period in {r.period for r in rules}:
@@ -257,21 +259,3 @@ class BudgetBook:
                 spent += local.since(start)
             states.append(BudgetState(rule, spent, start, resets_at))
         return states
-
-
-def spend_by_user(start: datetime | None, end: datetime, user_ids: set[int] | None = None) -> dict[int, int]:
-    """Each user's exact spend in nanodollars over [start, end) (start None: all time).
-
-    Reads the 5-minute table, which holds every delta until retention prunes it; the rollups
-    issue's read module takes over here once rolled levels and retention exist.
-    """
-    from django.db.models import Sum
-
-    from usage.models import FiveMinuteUsage
-
-    rows = FiveMinuteUsage.objects.filter(bucket_start__lt=end)
-    if start is not None:
-        rows = rows.filter(bucket_start__gte=start)
-    if user_ids is not None:
-        rows = rows.filter(user_id__in=user_ids)
-    return dict(rows.values_list("user_id").annotate(spend=Sum("cost_nanos")).values_list("user_id", "spend"))

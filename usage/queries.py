@@ -1,0 +1,249 @@
+"""Every read the usage pages, the API and the budgets use. Exact at every moment.
+
+A span [start, end) is read from the coarsest level rolled for each part of it — whole months,
+then whole days, then hours, all before the watermark — and from 5-minute rows for the rest, so
+every total equals the sum of every delta recorded, the current 5-minute bucket included,
+whatever the state of the rollups.
+"""
+
+from dataclasses import dataclass, fields
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from django.contrib.auth import get_user_model
+from django.db.models import Sum
+from django.utils import timezone
+
+from gateway.models import ModelFacade
+from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
+from usage.periods import day_bounds, local_date, local_midnight, month_bounds, next_hour, zone
+from usage.pricing import nanos_to_usd
+from usage.rollups import watermark
+from usage.sql import COUNTERS
+
+PERIODS = {"7d": 7, "30d": 30, "90d": 90}
+LEADERBOARD_METRICS = ("tokens", "spend", "requests")
+
+
+@dataclass(frozen=True)
+class Period:
+    key: str
+    days: int
+    start: datetime
+    end: datetime
+    previous_start: datetime
+    previous_end: datetime
+    dates: list[date]
+
+
+def resolve_period(key: str, now: datetime | None = None) -> Period:
+    """Last 7, 30 or 90 days: today (TIME_ZONE) up to now plus the days before; the previous
+    period is the same window moved back by as many days."""
+    if key not in PERIODS:
+        raise ValueError(f"unknown period {key!r}; use one of {', '.join(PERIODS)}")
+    days = PERIODS[key]
+    now = now or timezone.now()
+    tz = zone()
+    first = local_date(now, tz) - timedelta(days=days - 1)
+    return Period(
+        key=key, days=days, start=local_midnight(first, tz), end=now,
+        previous_start=local_midnight(first - timedelta(days=days), tz), previous_end=now - timedelta(days=days),
+        dates=[first + timedelta(days=i) for i in range(days)],
+    )
+
+
+@dataclass(frozen=True)
+class Totals:
+    requests: int = 0
+    error_requests: int = 0
+    estimated_requests: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    cost_nanos: int = 0
+
+    @classmethod
+    def of(cls, row: dict) -> "Totals":
+        return cls(**{name: int(row.get(name) or 0) for name in COUNTERS})
+
+    def __add__(self, other: "Totals") -> "Totals":
+        return Totals(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    @property
+    def spend_usd(self) -> Decimal:
+        return nanos_to_usd(self.cost_nanos)
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def metric(self, by: str) -> int:
+        return {"tokens": self.tokens, "spend": self.cost_nanos, "requests": self.requests}[by]
+
+
+def segments(start: datetime, end: datetime, rolled_through: datetime | None) -> list[tuple[type, datetime, datetime]]:
+    """[(level model, from, to)] covering [start, end): coarsest rolled level first."""
+    tz = zone()
+    out: list[tuple[type, datetime, datetime]] = []
+    rolled_end = min(end, rolled_through) if rolled_through else start
+    t = start
+    while t < rolled_end:
+        month_start, month_end = month_bounds(t, tz)
+        day_start, day_end = day_bounds(t, tz)
+        if month_start == t and month_end <= rolled_end:
+            piece = (MonthlyUsage, t, month_end)
+        elif day_start == t and day_end <= rolled_end:
+            piece = (DailyUsage, t, day_end)
+        else:
+            hour_end = next_hour(t, tz)
+            if hour_end > rolled_end:
+                break
+            piece = (HourlyUsage, t, hour_end)
+        if out and out[-1][0] is piece[0] and out[-1][2] == piece[1]:
+            out[-1] = (piece[0], out[-1][1], piece[2])
+        else:
+            out.append(piece)
+        t = piece[2]
+    if t < end:
+        out.append((FiveMinuteUsage, t, end))
+    return out
+
+
+def _grouped(start: datetime, end: datetime, user_id: int | None, group_by: tuple[str, ...]) -> list[dict]:
+    sums = {name: Sum(name) for name in COUNTERS}
+    rows: list[dict] = []
+    for model, a, b in segments(start, end, watermark()):
+        qs = model.objects.filter(bucket_start__gte=a, bucket_start__lt=b)
+        if user_id is not None:
+            qs = qs.filter(user_id=user_id)
+        if group_by:
+            rows += list(qs.values(*group_by).annotate(**sums).order_by())
+        else:
+            rows.append(qs.aggregate(**sums))
+    return rows
+
+
+def totals_between(start: datetime, end: datetime, user_id: int | None = None) -> Totals:
+    total = Totals()
+    for row in _grouped(start, end, user_id, ()):
+        total += Totals.of(row)
+    return total
+
+
+def complete_through() -> datetime | None:
+    return watermark()
+
+
+@dataclass(frozen=True)
+class Summary:
+    period: Period
+    totals: Totals
+    previous: Totals
+    complete_through: datetime | None
+
+
+def summary(period: Period, user_id: int | None = None) -> Summary:
+    return Summary(period, totals_between(period.start, period.end, user_id),
+                   totals_between(period.previous_start, period.previous_end, user_id), complete_through())
+
+
+@dataclass(frozen=True)
+class DayPoint:
+    date: date
+    totals: Totals
+
+
+def daily_series(period: Period, user_id: int | None = None) -> list[DayPoint]:
+    """One point per local day of the period, oldest first, zeros where empty."""
+    tz = zone()
+    by_day = {day: Totals() for day in period.dates}
+    for row in _grouped(period.start, period.end, user_id, ("bucket_start",)):
+        day = local_date(row["bucket_start"], tz)
+        if day in by_day:
+            by_day[day] += Totals.of(row)
+    return [DayPoint(day, totals) for day, totals in by_day.items()]
+
+
+@dataclass(frozen=True)
+class FacadeRow:
+    facade_id: int
+    facade_name: str
+    totals: Totals
+    share: Decimal
+
+
+def _share(part: int, whole: int) -> Decimal:
+    return (Decimal(part) / whole).quantize(Decimal("0.0001")) if whole else Decimal(0)
+
+
+def by_facade(period: Period, user_id: int | None = None) -> list[FacadeRow]:
+    """Per facade, by spend (then name); share of spend, or of requests when nothing was spent."""
+    per: dict[int, Totals] = {}
+    for row in _grouped(period.start, period.end, user_id, ("facade_id",)):
+        per[row["facade_id"]] = per.get(row["facade_id"], Totals()) + Totals.of(row)
+    names = dict(ModelFacade.objects.filter(pk__in=per).values_list("pk", "name"))
+    total_cost = sum(t.cost_nanos for t in per.values())
+    total_requests = sum(t.requests for t in per.values())
+    rows = [FacadeRow(fid, names.get(fid, f"#{fid}"), t,
+                      _share(t.cost_nanos, total_cost) if total_cost else _share(t.requests, total_requests))
+            for fid, t in per.items() if t.requests or t.cost_nanos]
+    return sorted(rows, key=lambda r: (-r.totals.cost_nanos, r.facade_name))
+
+
+@dataclass(frozen=True)
+class LeaderRow:
+    rank: int
+    previous_rank: int | None
+    user_id: int
+    username: str
+    totals: Totals
+    share: Decimal
+
+
+def _per_user(start: datetime, end: datetime) -> dict[int, Totals]:
+    per: dict[int, Totals] = {}
+    for row in _grouped(start, end, None, ("user_id",)):
+        per[row["user_id"]] = per.get(row["user_id"], Totals()) + Totals.of(row)
+    return {uid: t for uid, t in per.items() if t.requests or t.cost_nanos or t.tokens}
+
+
+def _ranked(per: dict[int, Totals], by: str) -> list[tuple[int, Totals]]:
+    return sorted(per.items(), key=lambda item: (-item[1].metric(by), item[0]))
+
+
+def leaderboard(period: Period, by: str = "tokens", limit: int | None = None, offset: int = 0) -> list[LeaderRow]:
+    """Users ranked by tokens, spend or requests (ties by user id), with last period's rank."""
+    if by not in LEADERBOARD_METRICS:
+        raise ValueError(f"unknown ranking {by!r}; use one of {', '.join(LEADERBOARD_METRICS)}")
+    ranked = _ranked(_per_user(period.start, period.end), by)
+    previous = {uid: rank for rank, (uid, _) in enumerate(_ranked(_per_user(period.previous_start,
+                                                                              period.previous_end), by), 1)}
+    whole = sum(t.metric(by) for _, t in ranked)
+    page = ranked[offset : None if limit is None else offset + limit]
+    names = dict(get_user_model().objects.filter(pk__in=[uid for uid, _ in page]).values_list("pk", "username"))
+    return [LeaderRow(offset + i, previous.get(uid), uid, names.get(uid, f"#{uid}"), t, _share(t.metric(by), whole))
+            for i, (uid, t) in enumerate(page, 1)]
+
+
+def leaderboard_count(period: Period) -> int:
+    return len(_per_user(period.start, period.end))
+
+
+def spend_by_user(start: datetime | None, end: datetime, user_ids: set[int] | None = None) -> dict[int, int]:
+    """Each user's exact spend in nanodollars over [start, end) (start None: since the beginning)."""
+    if start is None:
+        earliest = [m.objects.order_by("bucket_start").values_list("bucket_start", flat=True).first()
+                    for m in (MonthlyUsage, DailyUsage, HourlyUsage, FiveMinuteUsage)]
+        known = [e for e in earliest if e is not None]
+        if not known:
+            return {}
+        start = month_bounds(min(known), zone())[0]
+    spend: dict[int, int] = {}
+    for model, a, b in segments(start, end, watermark()):
+        qs = model.objects.filter(bucket_start__gte=a, bucket_start__lt=b)
+        if user_ids is not None:
+            qs = qs.filter(user_id__in=user_ids)
+        for uid, nanos in qs.values_list("user_id").annotate(s=Sum("cost_nanos")).values_list("user_id", "s"):
+            spend[uid] = spend.get(uid, 0) + int(nanos or 0)
+    return spend

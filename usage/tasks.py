@@ -1,0 +1,54 @@
+"""Scheduled work (django-q2), declared here and synced by `manage.py setup_schedules`.
+
+Buffer draining is not scheduled: buffers are per host and a schedule runs on whichever cluster
+takes it, so every gateway process drains its own host's buffer (usage.store).
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from usage import drain, rollups
+
+PREFIX = "codevector:"
+
+# name -> (function path, schedule type, minutes between runs)
+SCHEDULES = {
+    f"{PREFIX}rollup-usage": ("usage.tasks.roll_up_usage", "I", 1),
+    f"{PREFIX}usage-retention": ("usage.tasks.apply_retention", "D", None),
+}
+
+
+def roll_up_usage() -> str:
+    return rollups.roll_up().line()
+
+
+def apply_retention() -> str:
+    pruned = rollups.prune()
+    applied = drain.prune_applied_ids(timezone.now() - timedelta(days=settings.USAGE_APPLIED_IDS_DAYS))
+    return (f"Pruned {pruned.five_minute_rows} 5-minute row(s), {pruned.hour_rows} hour row(s), "
+            f"{applied} applied delta id(s).")
+
+
+def sync_schedules() -> tuple[list[str], list[str], list[str]]:
+    """Create or update our schedules by name; remove ours that are no longer declared. Schedules
+    outside our prefix (made by hand) are left alone. Returns (created, updated, removed)."""
+    from django_q.models import Schedule
+
+    created, updated = [], []
+    for name, (func, schedule_type, minutes) in SCHEDULES.items():
+        wanted = {"func": func, "schedule_type": schedule_type, "minutes": minutes, "repeats": -1}
+        schedule = Schedule.objects.filter(name=name).first()
+        if schedule is None:
+            Schedule.objects.create(name=name, **wanted)
+            created.append(name)
+        elif any(getattr(schedule, field) != value for field, value in wanted.items()):
+            for field, value in wanted.items():
+                setattr(schedule, field, value)
+            schedule.save()
+            updated.append(name)
+    stale = Schedule.objects.filter(name__startswith=PREFIX).exclude(name__in=SCHEDULES)
+    removed = list(stale.values_list("name", flat=True))
+    stale.delete()
+    return created, updated, removed
