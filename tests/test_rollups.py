@@ -131,8 +131,8 @@ def test_rollups_are_idempotent_and_pruning_keeps_every_total(alice, gpt, settin
               for m in (HourlyUsage, DailyUsage, MonthlyUsage)}
     assert rollups.roll_up(now=now).hours == 0
     pruned = rollups.prune(now=now)
-    assert pruned.five_minute_rows == 48  # older than a day and rolled; the last day's stay
-    assert FiveMinuteUsage.objects.count() == 24
+    assert pruned.five_minute_rows == 49  # bucket starts before now - 1 day (hours 0 to 48), all rolled
+    assert FiveMinuteUsage.objects.count() == 23
     assert {m: sorted((r.bucket_start, r.input_tokens) for r in m.objects.all())
             for m in (HourlyUsage, DailyUsage, MonthlyUsage)} == before
     assert queries.totals_between(base, now).input_tokens == sum(range(1, 73))
