@@ -150,3 +150,33 @@ def test_four_drainers_at_once_count_every_delta_once(test_database_url, tmp_pat
     applied = sum(int(out.decode().split("Replayed ")[1].split()[0]) for out, _ in outputs)
     assert applied == 8000
     assert actual_table() == expected_table(deltas)
+
+
+def test_replays_into_rolled_and_pruned_periods_are_exact_at_every_level(tmp_path, alice, gpt, settings):
+    """Degraded mode meets the rollups: an outage's deltas replayed after their hours, days and
+    month were rolled, and after their 5-minute rows were pruned."""
+    from usage import queries, rollups
+    from usage.models import DailyUsage, HourlyUsage, MonthlyUsage
+
+    settings.USAGE_5MIN_RETENTION_DAYS = 1
+    march = datetime(2026, 3, 1, tzinfo=UTC)
+    live = [UsageDelta(id=uuid.uuid4().hex, user_id=alice.pk, facade_id=gpt.pk, at=march + timedelta(hours=h),
+                       input_tokens=100, cost_nanos=1000) for h in range(0, 24 * 40, 7)]
+    from usage.ledger import record_many
+
+    record_many(live)
+    now = datetime(2026, 4, 12, tzinfo=UTC)
+    rollups.roll_up(now=now)
+    rollups.prune(now=now)
+    assert FiveMinuteUsage.objects.filter(bucket_start__lt=datetime(2026, 4, 1, tzinfo=UTC)).count() == 0
+    buffered = [UsageDelta(id=uuid.uuid4().hex, user_id=alice.pk, facade_id=gpt.pk,
+                           at=march + timedelta(days=d, minutes=13), input_tokens=1, cost_nanos=1) for d in range(40)]
+    buffer_files(tmp_path, buffered, per_file=15)
+    drain(tmp_path)
+    everything = live + buffered
+    for model, name in ((HourlyUsage, "hour"), (DailyUsage, "day"), (MonthlyUsage, "month")):
+        assert sum(r.input_tokens for r in model.objects.all()) == sum(
+            d.input_tokens for d in everything if d.at < rollups.watermark()), name
+    assert MonthlyUsage.objects.get(bucket_start=march).input_tokens == sum(
+        d.input_tokens for d in everything if d.at < datetime(2026, 4, 1, tzinfo=UTC))
+    assert queries.totals_between(march, now).input_tokens == sum(d.input_tokens for d in everything)
