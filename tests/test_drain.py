@@ -174,9 +174,14 @@ def test_replays_into_rolled_and_pruned_periods_are_exact_at_every_level(tmp_pat
     buffer_files(tmp_path, buffered, per_file=15)
     drain(tmp_path)
     everything = live + buffered
-    for model, name in ((HourlyUsage, "hour"), (DailyUsage, "day"), (MonthlyUsage, "month")):
+    rolled = rollups.watermark()
+    assert rolled == datetime(2026, 4, 11, 23, tzinfo=UTC)  # now minus the grace, to the hour
+    # Each level holds exactly the deltas of the periods it has rolled: hours before the
+    # watermark, whole days before its day, whole months before its month.
+    for model, end in ((HourlyUsage, rolled), (DailyUsage, datetime(2026, 4, 11, tzinfo=UTC)),
+                       (MonthlyUsage, datetime(2026, 4, 1, tzinfo=UTC))):
         assert sum(r.input_tokens for r in model.objects.all()) == sum(
-            d.input_tokens for d in everything if d.at < rollups.watermark()), name
+            d.input_tokens for d in everything if d.at < end), model.__name__
     assert MonthlyUsage.objects.get(bucket_start=march).input_tokens == sum(
         d.input_tokens for d in everything if d.at < datetime(2026, 4, 1, tzinfo=UTC))
     assert queries.totals_between(march, now).input_tokens == sum(d.input_tokens for d in everything)

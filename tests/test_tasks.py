@@ -9,7 +9,6 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_q.models import Schedule
 
-from usage import rollups
 from usage.ledger import UsageDelta, record_many
 from usage.models import AppliedDelta, DailyUsage
 
@@ -62,4 +61,3 @@ def test_retention_task_prunes_old_applied_ids_and_rolled_rows(alice, gpt, setti
     AppliedDelta.objects.create(delta_id="new", applied_at=timezone.now() - timedelta(days=29))
     assert "1 applied delta id(s)" in apply_retention()
     assert list(AppliedDelta.objects.values_list("delta_id", flat=True)) == ["new"]
-    assert rollups.watermark() is not None
