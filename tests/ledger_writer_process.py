@@ -1,6 +1,6 @@
 """A separate writer process for the ledger concurrency test and bench/ledger.py.
 
-Usage: python tests/ledger_writer_process.py SEED COUNT USER_IDS FACADE_IDS [--sync] [--start-at EPOCH]
+Usage: python tests/ledger_writer_process.py SEED COUNT USER_IDS FACADE_IDS [--sync] [--start-at EPOCH] [--spread SECONDS]
 DATABASE_URL names the database. Deltas come from `deltas_for(seed, ...)`, so the parent can
 recompute exactly what each process wrote.
 """
@@ -19,7 +19,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "codevector.settings")
 ANCHOR = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
-def deltas_for(seed: int, count: int, user_ids: list[int], facade_ids: list[int]):
+def deltas_for(seed: int, count: int, user_ids: list[int], facade_ids: list[int], spread: int = 900):
     """Random deltas over a few keys plus one shared hot key (the first user and facade, one bucket)."""
     from usage.ledger import UsageDelta
 
@@ -29,7 +29,7 @@ def deltas_for(seed: int, count: int, user_ids: list[int], facade_ids: list[int]
             user, facade, at = user_ids[0], facade_ids[0], ANCHOR
         else:
             user, facade = rng.choice(user_ids), rng.choice(facade_ids)
-            at = ANCHOR + timedelta(seconds=rng.randrange(0, 900))
+            at = ANCHOR + timedelta(seconds=rng.randrange(0, spread))
         inp = rng.randrange(0, 100_000)
         yield UsageDelta(
             id=uuid.UUID(int=rng.getrandbits(128)).hex, user_id=user, facade_id=facade, at=at,
@@ -61,7 +61,8 @@ def main():
     seed, count = int(sys.argv[1]), int(sys.argv[2])
     users = [int(x) for x in sys.argv[3].split(",")]
     facades = [int(x) for x in sys.argv[4].split(",")]
-    deltas = list(deltas_for(seed, count, users, facades))
+    spread = int(sys.argv[sys.argv.index("--spread") + 1]) if "--spread" in sys.argv else 900
+    deltas = list(deltas_for(seed, count, users, facades, spread))
     if "--start-at" in sys.argv:  # a shared start line, so the bench times only the writing
         time.sleep(max(0.0, float(sys.argv[sys.argv.index("--start-at") + 1]) - time.time()))
     if "--sync" in sys.argv:
