@@ -91,14 +91,14 @@ def main():
         with connection.cursor() as cursor:
             cursor.execute(FILL, {"scale": 0.02, "start": start, "end": start + timedelta(days=1) - timedelta(minutes=5)})
             cursor.execute("SELECT coalesce(sum(requests), 0) FROM usage_bucket_5min")
-            one_day = cursor.fetchone()[0]
+            one_day = int(cursor.fetchone()[0])
             days = (now - start).days + 1
             scale = 0.02 * args.requests * 98 / 90 / max(one_day * days, 1)
             cursor.execute("TRUNCATE usage_bucket_5min")
             cursor.execute(FILL, {"scale": scale, "start": start, "end": now})
             cursor.execute("SELECT count(*), sum(requests) FROM usage_bucket_5min WHERE bucket_start >= %s",
                            [now - timedelta(days=90)])
-            rows, requests = cursor.fetchone()
+            rows, requests = (int(v or 0) for v in cursor.fetchone())
         print(f"filled {rows:,} 5-minute rows holding {requests:,} requests over the last 90 days "
               f"in {time.perf_counter() - started:.0f} s")
         started = time.perf_counter()
