@@ -110,10 +110,11 @@ def segments(start: datetime, end: datetime, rolled_through: datetime | None) ->
     return out
 
 
-def _grouped(start: datetime, end: datetime, user_id: int | None, group_by: tuple[str, ...]) -> list[dict]:
+def _grouped(start: datetime, end: datetime, user_id: int | None, group_by: tuple[str, ...],
+             rolled_through: datetime | None) -> list[dict]:
     sums = {name: Sum(name) for name in COUNTERS}
     rows: list[dict] = []
-    for model, a, b in segments(start, end, watermark()):
+    for model, a, b in segments(start, end, rolled_through):
         qs = model.objects.filter(bucket_start__gte=a, bucket_start__lt=b)
         if user_id is not None:
             qs = qs.filter(user_id=user_id)
@@ -124,9 +125,10 @@ def _grouped(start: datetime, end: datetime, user_id: int | None, group_by: tupl
     return rows
 
 
-def totals_between(start: datetime, end: datetime, user_id: int | None = None) -> Totals:
+def totals_between(start: datetime, end: datetime, user_id: int | None = None,
+                   rolled_through: datetime | None = None) -> Totals:
     total = Totals()
-    for row in _grouped(start, end, user_id, ()):
+    for row in _grouped(start, end, user_id, (), rolled_through or watermark()):
         total += Totals.of(row)
     return total
 
@@ -144,8 +146,9 @@ class Summary:
 
 
 def summary(period: Period, user_id: int | None = None) -> Summary:
-    return Summary(period, totals_between(period.start, period.end, user_id),
-                   totals_between(period.previous_start, period.previous_end, user_id), complete_through())
+    rolled = watermark()
+    return Summary(period, totals_between(period.start, period.end, user_id, rolled),
+                   totals_between(period.previous_start, period.previous_end, user_id, rolled), rolled)
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ def daily_series(period: Period, user_id: int | None = None) -> list[DayPoint]:
     """One point per local day of the period, oldest first, zeros where empty."""
     tz = zone()
     by_day = {day: Totals() for day in period.dates}
-    for row in _grouped(period.start, period.end, user_id, ("bucket_start",)):
+    for row in _grouped(period.start, period.end, user_id, ("bucket_start",), watermark()):
         day = local_date(row["bucket_start"], tz)
         if day in by_day:
             by_day[day] += Totals.of(row)
@@ -180,7 +183,7 @@ def _share(part: int, whole: int) -> Decimal:
 def by_facade(period: Period, user_id: int | None = None) -> list[FacadeRow]:
     """Per facade, by spend (then name); share of spend, or of requests when nothing was spent."""
     per: dict[int, Totals] = {}
-    for row in _grouped(period.start, period.end, user_id, ("facade_id",)):
+    for row in _grouped(period.start, period.end, user_id, ("facade_id",), watermark()):
         per[row["facade_id"]] = per.get(row["facade_id"], Totals()) + Totals.of(row)
     names = dict(ModelFacade.objects.filter(pk__in=per).values_list("pk", "name"))
     total_cost = sum(t.cost_nanos for t in per.values())
@@ -201,9 +204,9 @@ class LeaderRow:
     share: Decimal
 
 
-def _per_user(start: datetime, end: datetime) -> dict[int, Totals]:
+def _per_user(start: datetime, end: datetime, rolled_through: datetime | None) -> dict[int, Totals]:
     per: dict[int, Totals] = {}
-    for row in _grouped(start, end, None, ("user_id",)):
+    for row in _grouped(start, end, None, ("user_id",), rolled_through):
         per[row["user_id"]] = per.get(row["user_id"], Totals()) + Totals.of(row)
     return {uid: t for uid, t in per.items() if t.requests or t.cost_nanos or t.tokens}
 
@@ -216,9 +219,10 @@ def leaderboard(period: Period, by: str = "tokens", limit: int | None = None, of
     """Users ranked by tokens, spend or requests (ties by user id), with last period's rank."""
     if by not in LEADERBOARD_METRICS:
         raise ValueError(f"unknown ranking {by!r}; use one of {', '.join(LEADERBOARD_METRICS)}")
-    ranked = _ranked(_per_user(period.start, period.end), by)
+    rolled = watermark()
+    ranked = _ranked(_per_user(period.start, period.end, rolled), by)
     previous = {uid: rank for rank, (uid, _) in enumerate(_ranked(_per_user(period.previous_start,
-                                                                              period.previous_end), by), 1)}
+                                                                              period.previous_end, rolled), by), 1)}
     whole = sum(t.metric(by) for _, t in ranked)
     page = ranked[offset : None if limit is None else offset + limit]
     names = dict(get_user_model().objects.filter(pk__in=[uid for uid, _ in page]).values_list("pk", "username"))
@@ -227,7 +231,7 @@ def leaderboard(period: Period, by: str = "tokens", limit: int | None = None, of
 
 
 def leaderboard_count(period: Period) -> int:
-    return len(_per_user(period.start, period.end))
+    return len(_per_user(period.start, period.end, watermark()))
 
 
 def spend_by_user(start: datetime | None, end: datetime, user_ids: set[int] | None = None) -> dict[int, int]:
