@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from django.db.models import IntegerField, Sum, Value
+from django.db.models import Sum
 from django.utils import timezone
 
 from gateway.models import ModelFacade
@@ -112,21 +112,17 @@ def segments(start: datetime, end: datetime, rolled_through: datetime | None) ->
 
 def _grouped(start: datetime, end: datetime, user_id: int | None, group_by: tuple[str, ...],
              rolled_through: datetime | None) -> list[dict]:
-    """Counter sums per `group_by` for each level's part of [start, end), in one round trip
-    (a UNION ALL of one aggregate per level); the caller adds the parts up."""
     sums = {name: Sum(name) for name in COUNTERS}
-    parts = []
+    rows: list[dict] = []
     for model, a, b in segments(start, end, rolled_through):
         qs = model.objects.filter(bucket_start__gte=a, bucket_start__lt=b)
         if user_id is not None:
             qs = qs.filter(user_id=user_id)
-        keys = group_by or ("all",)
-        if not group_by:
-            qs = qs.annotate(all=Value(1, output_field=IntegerField()))
-        parts.append(qs.values(*keys).annotate(**sums).order_by())
-    if not parts:
-        return []
-    return list(parts[0].union(*parts[1:], all=True)) if len(parts) > 1 else list(parts[0])
+        if group_by:
+            rows += list(qs.values(*group_by).annotate(**sums).order_by())
+        else:
+            rows.append(qs.aggregate(**sums))
+    return rows
 
 
 def totals_between(start: datetime, end: datetime, user_id: int | None = None,
