@@ -115,7 +115,12 @@ def roll_up(until: datetime | None = None, now: datetime | None = None,
             if current >= target:
                 break
             end = next_hour(current, tz)
-            _roll_hour(cursor, current, end, tz, summary)
+            gap_end = _empty_until(cursor, current, target, tz)
+            if gap_end > end:
+                _skip_empty_hours(cursor, current, gap_end, tz, summary)
+                end = gap_end
+            else:
+                _roll_hour(cursor, current, end, tz, summary)
             _execute(cursor, sql.SET_WATERMARK, [end, settings.TIME_ZONE, timezone.now()])
         done += 1
         if progress:
@@ -123,6 +128,29 @@ def roll_up(until: datetime | None = None, now: datetime | None = None,
     summary.watermark = current
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _empty_until(cursor, start: datetime, target: datetime, tz) -> datetime:
+    """The first local hour at or after `start` that has 5-minute rows (or `target`): the hours
+    before it have nothing to roll."""
+    _execute(cursor, sql.NEXT_5MIN_FROM, [start])
+    following = as_utc(cursor.fetchone()[0])
+    return target if following is None else min(target, hour_start(following, tz))
+
+
+def _skip_empty_hours(cursor, start: datetime, end: datetime, tz, summary: RollupSummary) -> None:
+    """Advance over hours without 5-minute rows. Days and months wholly inside are empty; the
+    day and month holding `start` may end inside and have hour or day rows before it: roll them."""
+    tables = sql.LEVEL_TABLES
+    day_start, day_end = day_bounds(start, tz)
+    if day_start < start and day_end <= end:
+        summary.rows += _execute(cursor, sql.roll_from(tables["day"], tables["hour"]), [day_start, day_start, day_end])
+        summary.days += 1
+    month_start, month_end = month_bounds(start, tz)
+    if month_start < start and month_end <= end:
+        summary.rows += _execute(cursor, sql.roll_from(tables["month"], tables["day"]),
+                                 [month_start, month_start, month_end])
+        summary.months += 1
 
 
 def _count_hours(start: datetime, end: datetime, tz) -> int:

@@ -88,6 +88,7 @@ ENSURE_STATE = (f"INSERT INTO {STATE_TABLE} (id, watermark, time_zone, updated_a
                 "ON CONFLICT (id) DO NOTHING")
 SET_WATERMARK = f"UPDATE {STATE_TABLE} SET watermark = %s, time_zone = %s, updated_at = %s WHERE id = 1"
 EARLIEST_5MIN = "SELECT MIN(bucket_start) FROM usage_bucket_5min"
+NEXT_5MIN_FROM = "SELECT MIN(bucket_start) FROM usage_bucket_5min WHERE bucket_start >= %s"
 
 
 def roll_from(target: str, source: str) -> str:
