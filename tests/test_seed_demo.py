@@ -12,7 +12,7 @@ from django.db.models import Sum
 from gateway.demo import DEMO_FACADES
 from gateway.models import ApiKey, ModelFacade
 from usage.demo import DEMO_EMAIL_DOMAIN, seed_demo
-from usage.models import FiveMinuteUsage
+from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
 from usage.periods import local_date
 
 NOW = datetime(2026, 3, 18, 15, 30, tzinfo=UTC)  # a Wednesday
@@ -71,7 +71,8 @@ def test_it_reuses_the_demo_facades_and_creates_the_missing_ones():
 def test_the_same_seed_gives_the_same_history():
     seed_demo(days=10, users=4, seed=42, now=NOW)
     first = five_minute_rows()
-    FiveMinuteUsage.objects.all().delete()
+    for level in (FiveMinuteUsage, HourlyUsage, DailyUsage, MonthlyUsage):  # seed_demo rolls the history up
+        level.objects.all().delete()
 
     seed_demo(days=10, users=4, seed=42, now=NOW)
 
@@ -82,7 +83,8 @@ def test_the_same_seed_gives_the_same_history():
 def test_another_seed_gives_another_history():
     seed_demo(days=10, users=4, seed=1, now=NOW)
     first = five_minute_rows()
-    FiveMinuteUsage.objects.all().delete()
+    for level in (FiveMinuteUsage, HourlyUsage, DailyUsage, MonthlyUsage):  # seed_demo rolls the history up
+        level.objects.all().delete()
 
     seed_demo(days=10, users=4, seed=2, now=NOW)
 
