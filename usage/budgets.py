@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import models, transaction
 
 from usage.models import Budget
 from usage.periods import local_midnight
@@ -259,3 +259,32 @@ class BudgetBook:
                 spent += local.since(start)
             states.append(BudgetState(rule, spent, start, resets_at))
         return states
+
+
+def states_for(user_id: int, now: datetime | None = None) -> list[BudgetState]:
+    """The budgets that apply to a user now, with their exact spend (for pages and the API)."""
+    from django.utils import timezone
+
+    from usage.queries import spend_by_user
+
+    now = now or timezone.now()
+    rules = [BudgetRule.of(b) for b in Budget.objects.filter(is_active=True).filter(
+        models.Q(user_id=user_id) | models.Q(user__isnull=True))]
+    states = []
+    for rule in applicable(rules, user_id):
+        start, resets_at = period_window(rule.period, now)
+        spent = spend_by_user(start, now, {user_id}).get(user_id, 0)
+        states.append(BudgetState(rule, spent, start, resets_at))
+    return states
+
+
+def state_of(budget: Budget, now: datetime | None = None) -> BudgetState:
+    """One budget's current period and spend (a default budget: spend is per user, so none here)."""
+    from django.utils import timezone
+
+    from usage.queries import spend_by_user
+
+    now = now or timezone.now()
+    start, resets_at = period_window(budget.period, now)
+    spent = spend_by_user(start, now, {budget.user_id}).get(budget.user_id, 0) if budget.user_id else 0
+    return BudgetState(BudgetRule.of(budget), spent, start, resets_at)

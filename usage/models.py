@@ -139,6 +139,12 @@ class Budget(models.Model):
     def is_default(self) -> bool:
         return self.user_id is None
 
+    @property
+    def limit_usd(self):
+        from usage.pricing import nanos_to_usd
+
+        return nanos_to_usd(self.limit_nanos)
+
 
 class RollupState(models.Model):
     """The rollups' watermark (one row): every local hour that ends at or before it is rolled into

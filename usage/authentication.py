@@ -1,0 +1,23 @@
+"""API-key authentication for the usage API (DRF): `Authorization: Bearer cvk_...`."""
+
+from rest_framework import authentication, exceptions
+
+from gateway.models import KEY_PREFIX, ApiKey, hash_key
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        scheme, _, raw = header.partition(" ")
+        raw = raw.strip()
+        if scheme.lower() != "bearer" or not raw.startswith(KEY_PREFIX):
+            return None  # not ours: let session authentication answer
+        key = ApiKey.objects.usable().select_related("user").filter(digest=hash_key(raw)).first()
+        if key is None:
+            raise exceptions.AuthenticationFailed("Invalid API key: it is unknown, revoked or expired.")
+        return key.user, key
+
+    def authenticate_header(self, request):
+        return self.keyword

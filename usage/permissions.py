@@ -1,0 +1,17 @@
+"""Who may see whose usage through the API."""
+
+from rest_framework.permissions import BasePermission
+
+DASHBOARD_PERMISSION = "usage.view_usage_dashboard"
+
+
+def sees_everyone(user) -> bool:
+    """Superusers, and staff holding usage.view_usage_dashboard (by session or their own key)."""
+    return bool(user and user.is_active and (user.is_superuser or (user.is_staff and user.has_perm(DASHBOARD_PERMISSION))))
+
+
+class SeesEveryone(BasePermission):
+    message = "This needs a staff account with the usage.view_usage_dashboard permission."
+
+    def has_permission(self, request, view):
+        return sees_everyone(request.user)
