@@ -13,6 +13,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import aiohttp
 from django.conf import settings
@@ -73,7 +74,7 @@ class Call:
     cost: int | None = None
     extra_headers: list = field(default_factory=list)
 
-    @property
+    @cached_property
     def headers(self) -> dict[str, str]:
         return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope["headers"]}
 
