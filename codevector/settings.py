@@ -232,12 +232,16 @@ Q_CLUSTER = {
     "label": "Task queue",
 }
 
+# --- API ------------------------------------------------------------------------------
+API_THROTTLE_RATE = env_str("API_THROTTLE_RATE", "600/min")
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "usage.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_RATES": {"usage": API_THROTTLE_RATE},
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

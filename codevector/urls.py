@@ -2,11 +2,17 @@ from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
 
+from usage import api
 from usage.api_budgets import BudgetDetail, BudgetList, MyBudgets
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
+    path("api/usage/summary/", api.SummaryView.as_view(), name="api-usage-summary"),
+    path("api/usage/series/", api.SeriesView.as_view(), name="api-usage-series"),
+    path("api/usage/models/", api.ModelsView.as_view(), name="api-usage-models"),
+    path("api/usage/leaderboard/", api.LeaderboardView.as_view(), name="api-usage-leaderboard"),
+    path("api/me/usage/", api.MyUsageView.as_view(), name="api-my-usage"),
     path("api/budgets/", BudgetList.as_view(), name="api-budgets"),
     path("api/budgets/<int:pk>/", BudgetDetail.as_view(), name="api-budget"),
     path("api/me/budgets/", MyBudgets.as_view(), name="api-my-budgets"),
