@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from usage import api
 from usage.api_budgets import BudgetDetail, BudgetList, MyBudgets
@@ -13,6 +14,8 @@ urlpatterns = [
     path("api/usage/models/", api.ModelsView.as_view(), name="api-usage-models"),
     path("api/usage/leaderboard/", api.LeaderboardView.as_view(), name="api-usage-leaderboard"),
     path("api/me/usage/", api.MyUsageView.as_view(), name="api-my-usage"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/budgets/", BudgetList.as_view(), name="api-budgets"),
     path("api/budgets/<int:pk>/", BudgetDetail.as_view(), name="api-budget"),
     path("api/me/budgets/", MyBudgets.as_view(), name="api-my-budgets"),

@@ -9,6 +9,7 @@ import csv
 import io
 
 from django.contrib.auth import get_user_model
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.pagination import PageNumberPagination
@@ -104,12 +105,14 @@ def series_data(period, user_id) -> list[dict]:
     return [{"date": point.date.isoformat(), **counters(point.totals)} for point in queries.daily_series(period, user_id)]
 
 
+@extend_schema(parameters=[UsageParams], responses=dict)
 class SummaryView(UsageView):
     def get(self, request):
         period, user_id = self.scope(request)
         return Response({**self.frame(period), **summary_data(period, user_id)})
 
 
+@extend_schema(parameters=[UsageParams], responses=dict)
 class SeriesView(UsageView):
     renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
 
@@ -118,6 +121,7 @@ class SeriesView(UsageView):
         return Response({**self.frame(period), "series": series_data(period, user_id)})
 
 
+@extend_schema(parameters=[UsageParams], responses=dict)
 class ModelsView(UsageView):
     renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
 
@@ -132,6 +136,7 @@ class LeaderboardPagination(PageNumberPagination):
     page_size = 100
 
 
+@extend_schema(parameters=[LeaderboardParams], responses=dict)
 class LeaderboardView(UsageView):
     permission_classes = [SeesEveryone]
     renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
@@ -151,6 +156,7 @@ class LeaderboardView(UsageView):
         return paginator.get_paginated_response(rows)
 
 
+@extend_schema(responses=dict)
 class MyUsageView(UsageView):
     def get(self, request):
         params = UsageParams(data={"period": request.query_params.get("period", "7d")})
