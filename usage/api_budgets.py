@@ -4,6 +4,8 @@
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import generics, serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -32,6 +34,7 @@ class BudgetSerializer(serializers.ModelSerializer):
         data["limit_usd"] = usd(budget.limit_nanos)
         return data
 
+    @extend_schema_field(OpenApiTypes.OBJECT)
     def get_state(self, budget):
         if budget.user_id is None:
             return None  # a default's spend is per user: see /api/me/budgets/ or the user's page
@@ -64,6 +67,7 @@ class BudgetDetail(generics.RetrieveUpdateAPIView):
     queryset = Budget.objects.select_related("user")
 
 
+@extend_schema(responses=dict)
 class MyBudgets(APIView):
     permission_classes = [IsAuthenticated]
 

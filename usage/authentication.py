@@ -1,5 +1,6 @@
 """API-key authentication for the usage API (DRF): `Authorization: Bearer cvk_...`."""
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from gateway.models import KEY_PREFIX, ApiKey, hash_key
@@ -21,3 +22,13 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return self.keyword
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    """Describes ApiKeyAuthentication in the OpenAPI schema as a bearer token."""
+
+    target_class = "usage.authentication.ApiKeyAuthentication"
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "A CodeVector API key (cvk_...)."}
