@@ -3,12 +3,15 @@ from django.urls import path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from codevector.docs import docs_page
 from usage import api
 from usage.api_budgets import BudgetDetail, BudgetList, MyBudgets
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
+    path("docs/", docs_page, name="docs-index"),
+    path("docs/<slug:page>/", docs_page, name="docs-page"),
     path("api/usage/summary/", api.SummaryView.as_view(), name="api-usage-summary"),
     path("api/usage/series/", api.SeriesView.as_view(), name="api-usage-series"),
     path("api/usage/models/", api.ModelsView.as_view(), name="api-usage-models"),
