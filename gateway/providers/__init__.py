@@ -93,3 +93,13 @@ def rename_model(raw: bytes, upstream: str, public: str) -> bytes:
         return raw
     old, new = json.dumps(upstream).encode(), json.dumps(public).encode()
     return raw.replace(b'"model":' + old, b'"model":' + new).replace(b'"model": ' + old, b'"model": ' + new)
+
+
+def renamed_body(raw: bytes, public_model: str) -> tuple[object, bytes]:
+    """A whole JSON response, parsed, with its `model` renamed to the facade's public name
+    (ValueError if it is not JSON)."""
+    body = json.loads(raw)
+    if isinstance(body, dict) and "model" in body:
+        body["model"] = public_model
+        raw = json.dumps(body, separators=(",", ":")).encode()
+    return body, raw

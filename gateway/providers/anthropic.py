@@ -9,7 +9,7 @@ the current API): the latest value of each field wins, the two are never added.
 import json
 from datetime import UTC, datetime
 
-from gateway.providers import Usage, estimate_tokens, int_field, rename_model, text_of
+from gateway.providers import Usage, renamed_body, estimate_tokens, int_field, rename_model, text_of
 
 NAME = "anthropic"
 VERSION = "2023-06-01"
@@ -60,10 +60,7 @@ def _fields(usage) -> dict[str, int]:
 
 
 def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[bytes, Usage]:
-    body = json.loads(raw)
-    if isinstance(body, dict) and "model" in body:
-        body["model"] = public_model
-        raw = json.dumps(body, separators=(",", ":")).encode()
+    body, raw = renamed_body(raw, public_model)
     fields = _fields(body.get("usage") if isinstance(body, dict) else None)
     if fields:
         return raw, _usage(fields)

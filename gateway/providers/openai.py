@@ -2,7 +2,7 @@
 
 import json
 
-from gateway.providers import Usage, estimate_tokens, int_field, rename_model, text_of
+from gateway.providers import Usage, renamed_body, estimate_tokens, int_field, rename_model, text_of
 
 NAME = "openai"
 
@@ -62,10 +62,7 @@ def completion_text(body: dict) -> str:
 
 def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[bytes, Usage]:
     """Rename the model in a whole (non-streamed) response and read its usage, estimated if absent."""
-    body = json.loads(raw)
-    if isinstance(body, dict) and "model" in body:
-        body["model"] = public_model
-        raw = json.dumps(body, separators=(",", ":")).encode()
+    body, raw = renamed_body(raw, public_model)
     usage = usage_from(body.get("usage") if isinstance(body, dict) else None)
     if usage is None:
         usage = Usage(input_tokens=estimate_tokens(prompt_text(request_body)),
