@@ -60,6 +60,7 @@ class KeyCache:
         self._by_digest: dict[str, KeyInfo] = {}
         self._unknown: dict[str, float] = {}  # digest -> monotonic time until which it stays unknown
         self._used: set[int] = set()
+        self._tokens, self._tokens_at = 0.0, time.monotonic()
         self.loaded = False
 
     def replace(self, keys: dict[str, KeyInfo]) -> None:
@@ -74,7 +75,20 @@ class KeyCache:
             if info.expires_at is not None and info.expires_at <= timezone.now():
                 return digest, None, False
             return digest, info, False
-        return digest, None, self._unknown.get(digest, 0.0) < time.monotonic()
+        return digest, None, self._unknown.get(digest, 0.0) < time.monotonic() and self._lookup_allowed()
+
+    def _lookup_allowed(self) -> bool:
+        """A token bucket over all unknown keys: random keys (each new to the negative cache) cannot
+        send more than GATEWAY_KEY_LOOKUPS_PER_SECOND queries to the database; the rest get 401 until
+        the next refresh brings new keys in."""
+        now = time.monotonic()
+        rate = settings.GATEWAY_KEY_LOOKUPS_PER_SECOND
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
     def learn(self, digest: str, info: KeyInfo | None) -> None:
         if info is not None:

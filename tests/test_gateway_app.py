@@ -369,3 +369,18 @@ def test_no_key_appears_in_any_log_line(gw, caplog, monkeypatch):
     secret_part = gw.key[12:]
     for line in lines:
         assert secret_part not in line and "sk-upstream-secret-456" not in line
+
+
+def test_random_keys_cannot_flood_the_database_with_lookups(gw, settings):
+    """Each unknown key costs a database look-up only within GATEWAY_KEY_LOOKUPS_PER_SECOND."""
+    from gateway.keys import KeyCache
+
+    settings.GATEWAY_KEY_LOOKUPS_PER_SECOND = 5
+    cache = KeyCache()
+    cache.replace({})
+    time.sleep(1.1)  # the bucket fills to one second's worth
+    asks = [cache.find(f"cvk_random-{i}")[2] for i in range(50)]
+    assert sum(asks) == 5
+    _, fresh = ApiKey.objects.create_key(gw.user)
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=fresh, max_retries=0)
+    assert client.models.list().data  # a real new key still gets through the gateway's own bucket
