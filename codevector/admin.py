@@ -1,7 +1,47 @@
 from django.contrib import admin
+from django.urls import path, reverse
 
 
 class CodeVectorAdminSite(admin.AdminSite):
     site_header = "CodeVector"
     site_title = "CodeVector admin"
     index_title = "Gateway administration"
+
+    def get_urls(self):
+        # Imported here: this module is loaded while the admin app starts, before the models.
+        from usage import views
+
+        def page(view):
+            return self.admin_view(lambda request, **kwargs: view(request, site=self, **kwargs))
+
+        # Before the site's own URLs, so /admin/usage/ takes the place of the usage app's index.
+        return [
+            path("usage/", page(views.dashboard_view), name="usage_dashboard"),
+            path("usage/leaderboard/", page(views.leaderboard_view), name="usage_leaderboard"),
+            *super().get_urls(),
+        ]
+
+    def get_app_list(self, request, app_label=None):
+        """The usage pages join the navigation (index and sidebar) as the usage app's first rows."""
+        from usage.views import can_view_usage
+
+        app_list = super().get_app_list(request, app_label)
+        if app_label not in (None, "usage") or not can_view_usage(request.user):
+            return app_list
+        usage_app = next((app for app in app_list if app["app_label"] == "usage"), None)
+        if usage_app is None:
+            usage_app = {"name": "Usage", "app_label": "usage", "app_url": reverse("admin:usage_dashboard"),
+                         "has_module_perms": True, "models": []}
+            app_list.append(usage_app)
+            app_list.sort(key=lambda app: app["name"].lower())
+        usage_app["models"][:0] = [
+            self._page_entry("Dashboard", "UsageDashboard", reverse("admin:usage_dashboard", current_app=self.name)),
+            self._page_entry("Leaderboard", "UsageLeaderboard",
+                             reverse("admin:usage_leaderboard", current_app=self.name)),
+        ]
+        return app_list
+
+    @staticmethod
+    def _page_entry(name, object_name, url):
+        return {"name": name, "object_name": object_name, "perms": {"view": True}, "admin_url": url,
+                "add_url": None, "view_only": True}
