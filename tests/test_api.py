@@ -66,28 +66,59 @@ def test_summary_equals_the_read_module_network_wide_and_per_user(history, staff
     assert len(mine["spend_usd"].split(".")[1]) == 9
 
 
-def test_series_is_dense_and_its_csv_matches_the_json(history, staff):
+@pytest.mark.parametrize("period, days", [("7d", 7), ("30d", 30), ("90d", 90)])
+def test_series_is_dense_and_its_csv_matches_the_json(history, staff, alice, period, days):
     client = as_user(staff)
-    data = client.get("/api/usage/series/?period=30d").json()
-    assert len(data["series"]) == 30
-    expected = queries.daily_series(queries.resolve_period("30d"))
-    assert [(p["date"], p["requests"], p["spend_usd"]) for p in data["series"]] == [
-        (p.date.isoformat(), p.totals.requests, format(p.totals.spend_usd, "f")) for p in expected]
-    response = client.get("/api/usage/series/?period=30d&format=csv")
-    assert response["content-type"].startswith("text/csv")
+    for user_id, suffix in ((None, ""), (alice.pk, f"&user={alice.pk}")):
+        data = client.get(f"/api/usage/series/?period={period}{suffix}").json()
+        assert len(data["series"]) == days
+        expected = queries.daily_series(queries.resolve_period(period), user_id)
+        assert data["series"] == [{"date": p.date.isoformat(), **expected_counters(p.totals)} for p in expected]
+        response = client.get(f"/api/usage/series/?period={period}{suffix}&format=csv")
+        assert response["content-type"].startswith("text/csv")
+        assert response["content-disposition"] == f'attachment; filename="codevector-series-{period}.csv"'
+        rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+        assert rows == [{k: str(v) for k, v in p.items()} for p in data["series"]]
+
+
+@pytest.mark.parametrize("period", ["7d", "30d", "90d"])
+def test_models_breakdown_and_csv(history, staff, bob, period):
+    client = as_user(staff)
+    for user_id, suffix in ((None, ""), (bob.pk, f"&user={bob.pk}")):
+        data = client.get(f"/api/usage/models/?period={period}{suffix}").json()
+        expected = queries.by_facade(queries.resolve_period(period), user_id)
+        assert data["models"] == [{"facade": r.facade_name, **expected_counters(r.totals), "share": str(r.share)}
+                                  for r in expected]
+        text = client.get(f"/api/usage/models/?period={period}{suffix}&format=csv").content.decode()
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert rows == [{k: str(v) for k, v in m.items()} for m in data["models"]]
+
+
+def test_an_empty_csv_still_has_its_header_row(staff):
+    text = as_user(staff).get("/api/usage/models/?period=7d&format=csv").content.decode()
+    assert text == ",".join(api.MODEL_FIELDS) + "\n"
+    text = as_user(staff).get("/api/usage/leaderboard/?format=csv").content.decode()
+    assert text == ",".join(api.LEADERBOARD_FIELDS) + "\n"
+
+
+def test_a_csv_request_with_bad_parameters_gets_a_400_that_says_why(staff):
+    response = as_user(staff).get("/api/usage/series/?period=1y&format=csv")
+    assert response.status_code == 400
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
-    assert rows == [{k: str(v) for k, v in p.items()} for p in data["series"]]
+    assert [r["field"] for r in rows] == ["period"] and "1y" in rows[0]["message"]
 
 
-def test_models_breakdown_and_csv(history, staff):
-    client = as_user(staff)
-    data = client.get("/api/usage/models/?period=90d").json()
-    expected = queries.by_facade(queries.resolve_period("90d"))
-    assert [(m["facade"], m["requests"], m["share"]) for m in data["models"]] == [
-        (r.facade_name, r.totals.requests, str(r.share)) for r in expected]
-    rows = list(csv.DictReader(io.StringIO(client.get("/api/usage/models/?period=90d&format=csv").content.decode())))
-    assert [r["facade"] for r in rows] == [m["facade"] for m in data["models"]]
-    assert list(rows[0]) == list(data["models"][0])
+@pytest.mark.parametrize("period", ["7d", "30d", "90d"])
+@pytest.mark.parametrize("by", ["tokens", "spend", "requests"])
+def test_leaderboard_equals_the_read_module(history, staff, period, by):
+    data = as_user(staff).get(f"/api/usage/leaderboard/?by={by}&period={period}").json()
+    board = queries.leaderboard(queries.resolve_period(period), by)
+    assert data["count"] == 2 and data["next"] is None and data["previous"] is None
+    assert data["results"] == [
+        {"rank": r.rank, "previous_rank": r.previous_rank, "user_id": r.user_id, "username": r.username,
+         "requests": r.totals.requests, "input_tokens": r.totals.input_tokens, "output_tokens": r.totals.output_tokens,
+         "tokens": r.totals.tokens, "spend_usd": format(r.totals.spend_usd, "f"), "share": str(r.share)}
+        for r in board]
 
 
 def test_leaderboard_pages_ranks_and_csv(history, staff, alice, bob):
@@ -110,9 +141,15 @@ def test_key_holders_see_only_themselves(history, alice, bob):
     assert client.get(f"/api/usage/summary/?user={alice.pk}").status_code == 200
     assert client.get(f"/api/usage/series/?user={bob.pk}").status_code == 403
     assert client.get("/api/usage/leaderboard/").status_code == 403
-    me = client.get("/api/me/usage/?period=30d").json()
-    assert me["summary"]["requests"] == queries.summary(queries.resolve_period("30d"), alice.pk).totals.requests
-    assert len(me["series"]) == 30
+    for period, days in (("7d", 7), ("30d", 30), ("90d", 90)):
+        me = client.get(f"/api/me/usage/?period={period}&user={bob.pk}").json()  # `user` is ignored here
+        resolved = queries.resolve_period(period)
+        assert {k: me["summary"][k] for k in expected_counters(queries.Totals())} == expected_counters(
+            queries.summary(resolved, alice.pk).totals)
+        assert me["series"] == [{"date": p.date.isoformat(), **expected_counters(p.totals)}
+                                for p in queries.daily_series(resolved, alice.pk)]
+        assert len(me["series"]) == days
+    assert client.get("/api/me/usage/?period=1y").status_code == 400
 
 
 def test_staff_without_the_permission_see_only_themselves(history, alice):

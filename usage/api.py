@@ -24,11 +24,16 @@ from usage.permissions import SeesEveryone, sees_everyone
 
 COUNTER_FIELDS = ("requests", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
                   "error_requests", "estimated_requests")
+SERIES_FIELDS = ("date", *COUNTER_FIELDS, "spend_usd")
+MODEL_FIELDS = ("facade", *COUNTER_FIELDS, "spend_usd", "share")
+LEADERBOARD_FIELDS = ("rank", "previous_rank", "user_id", "username", "requests", "input_tokens", "output_tokens",
+                      "tokens", "spend_usd", "share")
 
 
 class CSVRenderer(BaseRenderer):
     """The rows of a usage answer (its `series`, `models` or `results` list) as CSV, with a header
-    row of the JSON field names."""
+    row of the JSON field names (the view's `csv_fields`, so an empty answer still has its header).
+    An error answer becomes `field,message` rows."""
 
     media_type = "text/csv"
     format = "csv"
@@ -36,13 +41,28 @@ class CSVRenderer(BaseRenderer):
     ROW_KEYS = ("series", "models", "results")
 
     def render(self, data, accepted_media_type=None, renderer_context=None):
-        rows = data if isinstance(data, list) else next((data[k] for k in self.ROW_KEYS if k in data), [data])
+        context = renderer_context or {}
+        response, view = context.get("response"), context.get("view")
+        if response is not None and response.status_code >= 400:
+            fields, rows = ["field", "message"], list(self.errors(data))
+        else:
+            rows = next((data[k] for k in self.ROW_KEYS if k in data), [])
+            fields = list(getattr(view, "csv_fields", ()) or (rows[0] if rows else ()))
+            if response is not None and view is not None:
+                period = data.get("period") if isinstance(data, dict) else None  # validated; paginated: absent
+                suffix = f"-{period}" if period in queries.PERIODS else ""
+                response["Content-Disposition"] = f'attachment; filename="codevector-{view.csv_name}{suffix}.csv"'
         out = io.StringIO()
-        if rows:
-            writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
         return out.getvalue().encode()
+
+    @staticmethod
+    def errors(data):
+        for field, messages in (data.items() if isinstance(data, dict) else [("detail", data)]):
+            for message in messages if isinstance(messages, list) else [messages]:
+                yield {"field": field, "message": str(message)}
 
 
 class UsageThrottle(UserRateThrottle):
@@ -51,6 +71,10 @@ class UsageThrottle(UserRateThrottle):
 
 def money(nanos: int) -> str:
     return format(queries.nanos_to_usd(nanos), "f")
+
+
+def local_iso(moment) -> str:
+    return moment.astimezone(queries.zone()).isoformat()
 
 
 def counters(totals: queries.Totals) -> dict:
@@ -91,10 +115,9 @@ class UsageView(APIView):
 
     @staticmethod
     def frame(period: queries.Period) -> dict:
-        return {"period": period.key, "start": period.start.astimezone(queries.zone()).isoformat(),
-                "end": period.end.astimezone(queries.zone()).isoformat(),
-                "complete_through": (queries.complete_through().astimezone(queries.zone()).isoformat()
-                                     if queries.complete_through() else None)}
+        complete = queries.complete_through()
+        return {"period": period.key, "start": local_iso(period.start), "end": local_iso(period.end),
+                "complete_through": local_iso(complete) if complete else None}
 
 
 def summary_data(period, user_id) -> dict:
@@ -115,6 +138,7 @@ class SummaryView(UsageView):
 @extend_schema(parameters=[UsageParams], responses=dict)
 class SeriesView(UsageView):
     renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
+    csv_name, csv_fields = "series", SERIES_FIELDS
 
     def get(self, request):
         period, user_id = self.scope(request)
@@ -124,6 +148,7 @@ class SeriesView(UsageView):
 @extend_schema(parameters=[UsageParams], responses=dict)
 class ModelsView(UsageView):
     renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
+    csv_name, csv_fields = "models", MODEL_FIELDS
 
     def get(self, request):
         period, user_id = self.scope(request)
@@ -140,6 +165,7 @@ class LeaderboardPagination(PageNumberPagination):
 class LeaderboardView(UsageView):
     permission_classes = [SeesEveryone]
     renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
+    csv_name, csv_fields = "leaderboard", LEADERBOARD_FIELDS
 
     def get(self, request):
         params = LeaderboardParams(data=request.query_params)
