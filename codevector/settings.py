@@ -261,6 +261,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"UsagePeriodEnum": "usage.queries.PERIODS"},
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

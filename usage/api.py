@@ -7,9 +7,10 @@ point; times are ISO 8601 with offset.
 
 import csv
 import io
+from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.pagination import PageNumberPagination
@@ -65,12 +66,82 @@ class CSVRenderer(BaseRenderer):
                 yield {"field": field, "message": str(message)}
 
 
+# Response shapes, for the OpenAPI schema (the views build plain dicts).
+class CountersOut(serializers.Serializer):
+    requests = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    cached_input_tokens = serializers.IntegerField()
+    cache_write_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    error_requests = serializers.IntegerField()
+    estimated_requests = serializers.IntegerField()
+    spend_usd = serializers.DecimalField(max_digits=30, decimal_places=9, help_text="Exact USD, 9 decimal places.")
+
+
+class FrameOut(serializers.Serializer):
+    period = serializers.ChoiceField(choices=list(queries.PERIODS))
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    complete_through = serializers.DateTimeField(allow_null=True, help_text="Rolled up through this moment; "
+                                                 "the numbers are exact either way.")
+
+
+class SummaryOut(FrameOut, CountersOut):
+    pass
+
+
+class DayOut(CountersOut):
+    date = serializers.DateField()
+
+
+class SeriesOut(FrameOut):
+    series = DayOut(many=True)
+
+
+class ModelRowOut(CountersOut):
+    facade = serializers.CharField()
+    share = serializers.DecimalField(max_digits=5, decimal_places=4, help_text="Share of the period's spend, 0 to 1.")
+
+
+class ModelsOut(FrameOut):
+    models = ModelRowOut(many=True)
+
+
+class LeaderRowOut(serializers.Serializer):
+    rank = serializers.IntegerField()
+    previous_rank = serializers.IntegerField(allow_null=True)
+    user_id = serializers.IntegerField()
+    username = serializers.CharField()
+    requests = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    tokens = serializers.IntegerField()
+    spend_usd = serializers.DecimalField(max_digits=30, decimal_places=9)
+    share = serializers.DecimalField(max_digits=5, decimal_places=4, help_text="Share of the ranked metric, 0 to 1.")
+
+
+class LeaderboardOut(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = LeaderRowOut(many=True)
+
+
+class MyUsageOut(serializers.Serializer):
+    summary = SummaryOut()
+    series = DayOut(many=True)
+
+
 class UsageThrottle(UserRateThrottle):
     scope = "usage"
 
 
 def money(nanos: int) -> str:
     return format(queries.nanos_to_usd(nanos), "f")
+
+
+def share(fraction: Decimal) -> str:
+    return str(fraction.quantize(Decimal("0.0001")))  # the read module gives a bare 0 for an empty whole
 
 
 def local_iso(moment) -> str:
@@ -128,14 +199,14 @@ def series_data(period, user_id) -> list[dict]:
     return [{"date": point.date.isoformat(), **counters(point.totals)} for point in queries.daily_series(period, user_id)]
 
 
-@extend_schema(parameters=[UsageParams], responses=dict)
+@extend_schema(parameters=[UsageParams], responses=SummaryOut)
 class SummaryView(UsageView):
     def get(self, request):
         period, user_id = self.scope(request)
         return Response({**self.frame(period), **summary_data(period, user_id)})
 
 
-@extend_schema(parameters=[UsageParams], responses=dict)
+@extend_schema(parameters=[UsageParams], responses=SeriesOut)
 class SeriesView(UsageView):
     renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
     csv_name, csv_fields = "series", SERIES_FIELDS
@@ -145,14 +216,14 @@ class SeriesView(UsageView):
         return Response({**self.frame(period), "series": series_data(period, user_id)})
 
 
-@extend_schema(parameters=[UsageParams], responses=dict)
+@extend_schema(parameters=[UsageParams], responses=ModelsOut)
 class ModelsView(UsageView):
     renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
     csv_name, csv_fields = "models", MODEL_FIELDS
 
     def get(self, request):
         period, user_id = self.scope(request)
-        rows = [{"facade": row.facade_name, **counters(row.totals), "share": str(row.share)}
+        rows = [{"facade": row.facade_name, **counters(row.totals), "share": share(row.share)}
                 for row in queries.by_facade(period, user_id)]
         return Response({**self.frame(period), "models": rows})
 
@@ -161,7 +232,8 @@ class LeaderboardPagination(PageNumberPagination):
     page_size = 100
 
 
-@extend_schema(parameters=[LeaderboardParams], responses=dict)
+@extend_schema(parameters=[LeaderboardParams, OpenApiParameter("page", int, description="Page number, 100 rows a page.")],
+               responses=LeaderboardOut)
 class LeaderboardView(UsageView):
     permission_classes = [SeesEveryone]
     renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
@@ -178,11 +250,12 @@ class LeaderboardView(UsageView):
         rows = [{"rank": row.rank, "previous_rank": row.previous_rank, "user_id": row.user_id,
                  "username": row.username, "requests": row.totals.requests, "input_tokens": row.totals.input_tokens,
                  "output_tokens": row.totals.output_tokens, "tokens": row.totals.tokens,
-                 "spend_usd": money(row.totals.cost_nanos), "share": str(row.share)} for row in page]
+                 "spend_usd": money(row.totals.cost_nanos), "share": share(row.share)} for row in page]
         return paginator.get_paginated_response(rows)
 
 
-@extend_schema(responses=dict)
+@extend_schema(parameters=[OpenApiParameter("period", str, enum=list(queries.PERIODS), default="7d")],
+               responses=MyUsageOut)
 class MyUsageView(UsageView):
     def get(self, request):
         params = UsageParams(data={"period": request.query_params.get("period", "7d")})
