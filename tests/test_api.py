@@ -49,6 +49,11 @@ def with_key(user):
     return client
 
 
+def csv_row(row: dict) -> dict:
+    """A JSON row as csv.DictReader reads it back: every value a string, null empty."""
+    return {k: "" if v is None else str(v) for k, v in row.items()}
+
+
 def expected_counters(totals):
     return {**{name: getattr(totals, name) for name in api.COUNTER_FIELDS},
             "spend_usd": format(totals.spend_usd, "f")}
@@ -78,7 +83,7 @@ def test_series_is_dense_and_its_csv_matches_the_json(history, staff, alice, per
         assert response["content-type"].startswith("text/csv")
         assert response["content-disposition"] == f'attachment; filename="codevector-series-{period}.csv"'
         rows = list(csv.DictReader(io.StringIO(response.content.decode())))
-        assert rows == [{k: str(v) for k, v in p.items()} for p in data["series"]]
+        assert rows == [csv_row(p) for p in data["series"]]
 
 
 @pytest.mark.parametrize("period", ["7d", "30d", "90d"])
@@ -91,7 +96,7 @@ def test_models_breakdown_and_csv(history, staff, bob, period):
                                   for r in expected]
         text = client.get(f"/api/usage/models/?period={period}{suffix}&format=csv").content.decode()
         rows = list(csv.DictReader(io.StringIO(text)))
-        assert rows == [{k: str(v) for k, v in m.items()} for m in data["models"]]
+        assert rows == [csv_row(m) for m in data["models"]]
 
 
 def test_an_empty_csv_still_has_its_header_row(staff):
@@ -132,6 +137,23 @@ def test_leaderboard_pages_ranks_and_csv(history, staff, alice, bob):
     rows = list(csv.DictReader(io.StringIO(
         client.get("/api/usage/leaderboard/?by=requests&period=7d&format=csv").content.decode())))
     assert [r["username"] for r in rows] == ["alice", "bob"] and "previous_rank" in rows[0]
+
+
+def test_leaderboard_pages_by_100_and_its_csv_is_the_whole_board(staff, gpt):
+    users = [User.objects.create_user(f"user{i:03}") for i in range(105)]
+    now = timezone.now()
+    record_many([UsageDelta(id=uuid.uuid4().hex, user_id=u.pk, facade_id=gpt.pk, at=now - timedelta(minutes=1),
+                            input_tokens=1000 - i, output_tokens=1, cost_nanos=1_000 * (1000 - i))
+                 for i, u in enumerate(users)])
+    client = as_user(staff)
+    first = client.get("/api/usage/leaderboard/?period=7d").json()
+    assert first["count"] == 105 and len(first["results"]) == 100 and first["previous"] is None
+    assert [r["username"] for r in first["results"][:2]] == ["user000", "user001"]
+    second = client.get(first["next"]).json()
+    assert [r["rank"] for r in second["results"]] == [101, 102, 103, 104, 105] and second["next"] is None
+    rows = list(csv.DictReader(io.StringIO(client.get("/api/usage/leaderboard/?period=7d&format=csv").content.decode())))
+    assert rows == [csv_row(r) for r in first["results"] + second["results"]]
+    assert client.get("/api/usage/leaderboard/?page=3").status_code == 404
 
 
 def test_key_holders_see_only_themselves(history, alice, bob):

@@ -244,14 +244,19 @@ class LeaderboardView(UsageView):
         params.is_valid(raise_exception=True)
         period = queries.resolve_period(params.validated_data["period"])
         by = params.validated_data["by"]
-        paginator = LeaderboardPagination()
         board = queries.leaderboard(period, by)
+        if request.accepted_renderer.format == "csv":  # a download is the whole board, not its first page
+            return Response({"period": period.key, "results": [self.row(r) for r in board]})
+        paginator = LeaderboardPagination()
         page = paginator.paginate_queryset(board, request, view=self)
-        rows = [{"rank": row.rank, "previous_rank": row.previous_rank, "user_id": row.user_id,
-                 "username": row.username, "requests": row.totals.requests, "input_tokens": row.totals.input_tokens,
-                 "output_tokens": row.totals.output_tokens, "tokens": row.totals.tokens,
-                 "spend_usd": money(row.totals.cost_nanos), "share": share(row.share)} for row in page]
-        return paginator.get_paginated_response(rows)
+        return paginator.get_paginated_response([self.row(r) for r in page])
+
+    @staticmethod
+    def row(row: queries.LeaderRow) -> dict:
+        return {"rank": row.rank, "previous_rank": row.previous_rank, "user_id": row.user_id,
+                "username": row.username, "requests": row.totals.requests, "input_tokens": row.totals.input_tokens,
+                "output_tokens": row.totals.output_tokens, "tokens": row.totals.tokens,
+                "spend_usd": money(row.totals.cost_nanos), "share": share(row.share)}
 
 
 @extend_schema(parameters=[OpenApiParameter("period", str, enum=list(queries.PERIODS), default="7d")],
