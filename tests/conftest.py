@@ -153,3 +153,15 @@ def gateway_server(django_db_setup, django_db_blocker):
     yield gateway
     with django_db_blocker.unblock():
         gateway.stop()
+        end_sessions_left_by_the_server()
+
+
+def end_sessions_left_by_the_server():
+    """The stopped server's threads (Django's sync thread with CONN_MAX_AGE, the cache refresh)
+    keep PostgreSQL sessions open; end them, or the test database cannot be dropped."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                           " WHERE datname = current_database() AND pid <> pg_backend_pid()")

@@ -44,9 +44,10 @@ def test_a_pinned_gateway_url_rewrites_every_docs_page(live_server, page):
 
     page.reload()
     assert "https://gw.example.com:8443/api/" in page.locator("pre.example").first.inner_text()
-    page.fill("#gateway-url", "ftp://nope")
-    page.click("#gateway-url-form button[type=submit]")
-    assert "Not a gateway URL" in page.inner_text("#gateway-url-status")
+    for bad in ("ftp://nope", "gw.example.com", "https://gw.example.com/v1"):  # scheme, host, no path
+        page.fill("#gateway-url", bad)
+        page.click("#gateway-url-form button[type=submit]")
+        assert "Not a gateway URL" in page.inner_text("#gateway-url-status"), bad
     assert "https://gw.example.com:8443/api/" in page.locator("pre.example").first.inner_text()
 
     page.click("#gateway-url-clear")
