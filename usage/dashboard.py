@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.core.paginator import Paginator
-from django.db import models
 
 from usage import queries
 from usage.display import compact, usd_cents
@@ -159,16 +158,8 @@ def page_links(params, page) -> list[dict]:
 def budget_states(user_id: int, now) -> list["budgets.BudgetState"]:
     """The budgets that apply to a user (their own, else the defaults) with the spend so far."""
     from usage import budgets
-    from usage.models import Budget
 
-    rules = [budgets.BudgetRule.of(b) for b in Budget.objects.filter(is_active=True)
-             .filter(models.Q(user_id=user_id) | models.Q(user__isnull=True))]
-    states = []
-    for rule in budgets.applicable(rules, user_id):
-        start, resets_at = budgets.period_window(rule.period, now)
-        spent = queries.spend_by_user(start, now, {user_id}).get(user_id, 0)
-        states.append(budgets.BudgetState(rule, spent, start, resets_at))
-    return states
+    return budgets.states_for(user_id, now)
 
 
 def degraded_events(period: "queries.Period") -> list[dict]:
