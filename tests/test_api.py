@@ -162,6 +162,8 @@ def test_key_holders_see_only_themselves(history, alice, bob):
     assert own["requests"] == queries.summary(queries.resolve_period("90d"), alice.pk).totals.requests
     assert client.get(f"/api/usage/summary/?user={alice.pk}").status_code == 200
     assert client.get(f"/api/usage/series/?user={bob.pk}").status_code == 403
+    assert client.get("/api/usage/models/?user=999999").status_code == 403  # unknown ids look the same
+    assert client.get("/api/usage/summary/?user=abc").status_code == 400
     assert client.get("/api/usage/leaderboard/").status_code == 403
     for period, days in (("7d", 7), ("30d", 30), ("90d", 90)):
         me = client.get(f"/api/me/usage/?period={period}&user={bob.pk}").json()  # `user` is ignored here

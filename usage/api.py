@@ -12,7 +12,7 @@ from decimal import Decimal
 from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
@@ -156,11 +156,6 @@ class UsageParams(serializers.Serializer):
     period = serializers.ChoiceField(choices=list(queries.PERIODS), default="7d")
     user = serializers.IntegerField(required=False, min_value=1)
 
-    def validate_user(self, value):
-        if not get_user_model().objects.filter(pk=value).exists():
-            raise serializers.ValidationError(f"No user has the id {value}.")
-        return value
-
 
 class LeaderboardParams(serializers.Serializer):
     period = serializers.ChoiceField(choices=list(queries.PERIODS), default="7d")
@@ -179,8 +174,10 @@ class UsageView(APIView):
         period = queries.resolve_period(params.validated_data["period"])
         user = params.validated_data.get("user")
         if sees_everyone(request.user):
+            if user is not None and not get_user_model().objects.filter(pk=user).exists():
+                raise ValidationError({"user": [f"No user has the id {user}."]})
             return period, user
-        if user is not None and user != request.user.pk:
+        if user is not None and user != request.user.pk:  # 403 whether or not that id exists: no probing
             raise PermissionDenied("You may see only your own usage.")
         return period, request.user.pk
 
