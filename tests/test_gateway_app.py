@@ -105,7 +105,8 @@ def test_chat_completion_is_proxied_renamed_and_counted_exactly(gw):
     assert response.model == "gpt-test" and response.choices[0].message.content.startswith("Mock reply")
     assert response.usage.prompt_tokens_details.cached_tokens > 0
     assert ledger() == openai_expected(response.usage)
-    assert raw.headers["x-codevector-cost-usd"] == f"{ledger()['cost_nanos'] / 1e9:.9f}"
+    nanos = ledger()["cost_nanos"]  # integer arithmetic: no float near money
+    assert raw.headers["x-codevector-cost-usd"] == f"{nanos // 10**9}.{nanos % 10**9:09d}"
     assert raw.headers["x-codevector-request-id"].startswith("req_")
     assert gw.mock.seen[-1]["body"]["model"] == "gpt-4o-mini"
 
