@@ -106,6 +106,14 @@ def test_an_empty_csv_still_has_its_header_row(staff):
     assert text == ",".join(api.LEADERBOARD_FIELDS) + "\n"
 
 
+def test_csv_names_that_spreadsheets_would_run_as_formulas_are_defused(staff, gpt):
+    sneaky = User.objects.create_user("-2+3")
+    record_many([UsageDelta(id=uuid.uuid4().hex, user_id=sneaky.pk, facade_id=gpt.pk, at=timezone.now(),
+                            input_tokens=5, output_tokens=1, cost_nanos=9)])
+    rows = list(csv.DictReader(io.StringIO(as_user(staff).get("/api/usage/leaderboard/?format=csv").content.decode())))
+    assert [r["username"] for r in rows] == ["'-2+3"]
+
+
 def test_a_csv_request_with_bad_parameters_gets_a_400_that_says_why(staff):
     response = as_user(staff).get("/api/usage/series/?period=1y&format=csv")
     assert response.status_code == 400

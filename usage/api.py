@@ -56,8 +56,15 @@ class CSVRenderer(BaseRenderer):
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(self.defused(row) for row in rows)
         return out.getvalue().encode()
+
+    @staticmethod
+    def defused(row: dict) -> dict:
+        """A name a spreadsheet would run as a formula (a username may start with + - or @) gets a
+        leading apostrophe, as OWASP advises for CSV; numbers and dates never start that way."""
+        return {k: "'" + v if k in ("username", "facade") and isinstance(v, str) and v[:1] in ("=", "+", "-", "@")
+                else v for k, v in row.items()}
 
     @staticmethod
     def errors(data):
