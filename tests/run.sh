@@ -8,7 +8,9 @@ PY=.venv/bin/python
 export USAGE_BUFFER_DIR="${USAGE_BUFFER_DIR:-$PWD/var/test/usage-buffer}"
 mkdir -p var/test "$USAGE_BUFFER_DIR"
 
-pg_url="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/codevector}"
+# A name of this run's own, so test databases (test_<name>_gwN) never collide with another run
+# on the same server (a developer's and CI's, or two checkouts).
+pg_url="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/codevector_run$$}"
 workers="${TEST_WORKERS:-2}"
 status=0
 
