@@ -160,7 +160,11 @@ def test_sigterm_under_load_counts_every_request_that_got_a_whole_answer(world, 
                 pass
 
         tasks = [asyncio.create_task(one(i)) for i in range(80)]
-        await asyncio.sleep(0.4)
+        # Signal once answers are flowing (a fixed sleep raced a slow start on a loaded machine:
+        # no request had connected yet, so none got a whole answer and the test proved nothing).
+        deadline = time.monotonic() + 15
+        while not whole and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         os.kill(gateway.proc.pid, signal.SIGTERM)
         await asyncio.gather(*tasks)
         await client.close()
