@@ -10,7 +10,7 @@ WORKERS ?= 1
 
 export USAGE_BUFFER_DIR ?= $(CURDIR)/var/usage-buffer
 
-.PHONY: install run test bench migrate clean
+.PHONY: install browser run test bench migrate clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,19 @@ run: migrate
 	  --bind 127.0.0.1:$(PORT) --workers $(WORKERS) --graceful-timeout 30 & \
 	wait
 
-test: install
+# The browser tests drive Debian's Chromium: the one on PATH, else installed here as root; never a
+# browser download by a test tool (only package registries are reachable where this runs).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Chromium for the browser tests (apt-get install chromium)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "Chromium is missing for the browser tests: run 'sudo apt-get update && sudo apt-get install -y chromium', then make test again." >&2; \
+	    exit 1; \
+	  fi; }
+
+test: install browser
 	tests/run.sh
 
 bench: install

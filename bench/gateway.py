@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "codevector.settings")
 
-from tests.servers import free_port  # noqa: E402
-from tests.servers import Process, manage, wait_for_port  # noqa: E402
+from tests.support.servers import free_port  # noqa: E402
+from tests.support.servers import Process, manage, wait_for_port  # noqa: E402
 
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 DB = "codevector_bench_gateway"

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 DB = "codevector_bench_ledger"
 URL = f"{SERVER}/{DB}"
-WRITER = ROOT / "tests" / "ledger_writer_process.py"
+WRITER = ROOT / "tests" / "support" / "ledger_writer_process.py"
 
 
 def sh(*args, **kwargs):

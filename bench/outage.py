@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "codevector.settings")
 
-from tests.pg_cluster import PrivateCluster  # noqa: E402
-from tests.servers import manage, start_gateway, start_mock_upstream  # noqa: E402
+from tests.support.pg_cluster import PrivateCluster  # noqa: E402
+from tests.support.servers import manage, start_gateway, start_mock_upstream  # noqa: E402
 
 
 def percentile(values, fraction):

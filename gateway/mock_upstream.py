@@ -1,6 +1,6 @@
 """A fake OpenAI- and Anthropic-shaped model server for the demo, the tests and the benchmarks.
 
-Responses follow the public API references (and ../shared/fixtures): OpenAI chunks carry
+Responses follow the public API references (and tests/support/wire/): OpenAI chunks carry
 `"usage": null` until a final usage chunk, sent only when `stream_options.include_usage` is
 asked for, then `data: [DONE]`; Anthropic streams carry `ping`, input and cache counts in
 `message_start` and cumulative counts in `message_delta`.

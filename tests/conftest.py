@@ -5,7 +5,7 @@ from django.contrib.auth.models import User
 from django.db import connection
 
 from gateway.models import ModelFacade
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,6 +14,28 @@ pg_url="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/codevector_run$$
 workers="${TEST_WORKERS:-2}"
 status=0
 
+# pytest-django names its databases test_<name> and test_<name>_gwN (one per xdist worker). Drop
+# them whatever way this script ends (a failure, Ctrl-C, a kill by TERM): a test run that failed must
+# not leave databases behind on a shared server.
+drop_test_databases() {
+  "$PY" - "$pg_url" <<'PY' 2>/dev/null || true
+import sys
+import psycopg
+from psycopg import sql
+server, name = sys.argv[1].rsplit("/", 1)
+name = name.split("?", 1)[0]
+with psycopg.connect(server + "/postgres", connect_timeout=3, autocommit=True) as conn:
+    rows = conn.execute("SELECT datname FROM pg_database WHERE datname = %s OR datname LIKE %s",
+                        ("test_" + name, "test_" + name.replace("_", r"\_") + r"\_gw%")).fetchall()
+    for (database,) in rows:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        print(f"=== dropped the test database {database}")
+PY
+}
+trap drop_test_databases EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 run_suite() {  # name, database url, extra pytest args...
   local name=$1 url=$2
   shift 2

@@ -18,7 +18,7 @@ from django.db.models import Sum
 
 from gateway.mock_upstream import FAILURES, counts
 from gateway.models import ApiKey, ModelFacade
-from tests.servers import free_port
+from tests.support.servers import free_port
 from usage.models import FiveMinuteUsage
 from usage.pricing import Prices, cost_nanos
 from usage.sql import COUNTERS

@@ -13,8 +13,8 @@ import openai
 import psycopg
 import pytest
 
-from tests.pg_cluster import PrivateCluster
-from tests.servers import manage, start_gateway, start_mock_upstream
+from tests.support.pg_cluster import PrivateCluster
+from tests.support.servers import manage, start_gateway, start_mock_upstream
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ from django.contrib.auth.models import User
 from django.db import connection
 
 from gateway.models import ModelFacade
-from tests.ledger_writer_process import deltas_for
+from tests.support.ledger_writer_process import deltas_for
 from usage.ledger import five_minute_start
 from usage.models import FiveMinuteUsage
 from usage.sql import COUNTERS
 
-SCRIPT = Path(__file__).with_name("ledger_writer_process.py")
+SCRIPT = Path(__file__).parent / "support" / "ledger_writer_process.py"
 
 
 @pytest.mark.postgres_only

@@ -9,7 +9,7 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter
 
-from tests.fixtures import events, raw
+from tests.support.fixtures import events, raw
 
 PROMPT = [{"role": "user", "content": "Describe the mock upstream in some detail, please. " * 6}]
 

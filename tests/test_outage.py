@@ -7,8 +7,8 @@ import time
 import psycopg
 import pytest
 
-from tests.pg_cluster import PrivateCluster
-from tests.servers import manage, start_gateway, start_mock_upstream
+from tests.support.pg_cluster import PrivateCluster
+from tests.support.servers import manage, start_gateway, start_mock_upstream
 from usage.pricing import Prices, cost_nanos
 
 PRICES = Prices(input_micros=150_000, cached_input_micros=75_000, output_micros=600_000)

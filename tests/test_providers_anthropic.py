@@ -5,7 +5,7 @@ import json
 
 from gateway.providers import Usage
 from gateway.providers.anthropic import StreamState, error_body, finish_response, models_list
-from tests.fixtures import events, raw
+from tests.support.fixtures import events, raw
 
 FIXTURE_USAGE = Usage(input_tokens=2021, cached_input_tokens=1800, cache_write_tokens=200, output_tokens=57)
 

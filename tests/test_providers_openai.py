@@ -4,7 +4,7 @@ import json
 
 from gateway.providers import Usage
 from gateway.providers.openai import StreamState, error_body, finish_response, prepare_request
-from tests.fixtures import events, raw
+from tests.support.fixtures import events, raw
 
 
 def run_stream(name, caller_wants_usage):

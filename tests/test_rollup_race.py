@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from django.db.models import Sum
 
 from gateway.models import ModelFacade
-from tests.ledger_writer_process import ANCHOR, deltas_for
+from tests.support.ledger_writer_process import ANCHOR, deltas_for
 from usage import rollups
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage
 from usage.periods import day_bounds
@@ -44,7 +44,7 @@ def test_late_deltas_racing_rollups_are_exact_at_every_level(test_database_url):
     env = {**os.environ, "DATABASE_URL": test_database_url}
     args = [",".join(map(str, users)), ",".join(map(str, facades)), "--sync", "--spread", str(HOURS * 3600)]
     roller = subprocess.Popen([sys.executable, "-c", ROLLER], cwd=ROOT, env=env)
-    writers = [subprocess.Popen([sys.executable, "tests/ledger_writer_process.py", str(seed), "600", *args],
+    writers = [subprocess.Popen([sys.executable, "tests/support/ledger_writer_process.py", str(seed), "600", *args],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL) for seed in range(3)]
     assert [w.wait(timeout=180) for w in writers] == [0, 0, 0]
     assert roller.wait(timeout=180) == 0

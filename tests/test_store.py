@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 
-from tests.pg_proxy import PgProxy
+from tests.support.pg_proxy import PgProxy
 from usage.buffer import OPEN_SUFFIX, SEALED_SUFFIX
 from usage.drain import LOST_MARKER, deltas_from_log, replay_log
 from usage.ledger import PostgresWriter, UsageDelta, postgres_conninfo

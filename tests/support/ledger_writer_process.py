@@ -1,6 +1,6 @@
 """A separate writer process for the ledger concurrency test and bench/ledger.py.
 
-Usage: python tests/ledger_writer_process.py SEED COUNT USER_IDS FACADE_IDS [--sync] [--start-at EPOCH] [--spread SECONDS]
+Usage: python tests/support/ledger_writer_process.py SEED COUNT USER_IDS FACADE_IDS [--sync] [--start-at EPOCH] [--spread SECONDS]
 DATABASE_URL names the database. Deltas come from `deltas_for(seed, ...)`, so the parent can
 recompute exactly what each process wrote.
 """
@@ -13,7 +13,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "codevector.settings")
 
 ANCHOR = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -1,10 +1,10 @@
-"""The provider wire-format fixtures in ../shared/fixtures (each parsed by the official SDKs)."""
+"""The provider wire-format fixtures in tests/support/wire/ (each parsed by the official SDKs)."""
 
 from pathlib import Path
 
 from gateway.providers import SSEReader
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "wire"
 
 
 def raw(name: str) -> bytes:
