@@ -33,9 +33,7 @@ run: migrate
 	$(PY) manage.py collectstatic --no-input -v0
 	$(PY) manage.py setup_local --mock-url http://127.0.0.1:$(MOCK_PORT) --url http://127.0.0.1:$(PORT)
 	@trap 'kill 0' INT TERM EXIT; \
-	if $(PY) manage.py help mock_upstream >/dev/null 2>&1; then \
-	  $(PY) manage.py mock_upstream --port $(MOCK_PORT) & \
-	fi; \
+	$(PY) manage.py mock_upstream --port $(MOCK_PORT) & \
 	$(PY) manage.py qcluster & \
 	$(BIN)/gunicorn codevector.asgi:application -k uvicorn_worker.UvicornWorker \
 	  --bind 127.0.0.1:$(PORT) --workers $(WORKERS) --graceful-timeout 30 & \

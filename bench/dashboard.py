@@ -77,7 +77,7 @@ def main():
     from gateway.models import ModelFacade
     from usage import queries, rollups
     from usage.models import RollupState
-    from usage.periods import day_bounds, hour_start
+    from usage.calendar import day_bounds, hour_start
 
     now = timezone.now()
     if fresh:
@@ -125,7 +125,7 @@ def main():
           f"5-minute rows after it: {queries.FiveMinuteUsage.objects.filter(bucket_start__gte=rollups.watermark()).count():,}")
     print(f"rollup of one day ({summary.hours} hours, {summary.days} day): {one_day_seconds:.2f} s (goal <= 10 s)")
     for key in ("7d", "30d", "90d"):
-        period = queries.resolve_period(key)
+        period = queries.resolve_window(key)
         network = {
             "summary": timed(lambda: queries.summary(period)),
             "series": timed(lambda: queries.daily_series(period)),

@@ -11,7 +11,7 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from gateway.demo import ensure_demo_facades
+from codevector.demo import ensure_demo_facades
 from gateway.models import ApiKey, hash_key
 
 ADMIN_USERNAME = "admin"

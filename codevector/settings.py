@@ -243,7 +243,7 @@ if not re.fullmatch(r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", API_THROTTL
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "usage.authentication.ApiKeyAuthentication",
+        "gateway.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -261,7 +261,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"UsagePeriodEnum": "usage.queries.PERIODS"},
+    "ENUM_NAME_OVERRIDES": {"UsagePeriodEnum": "usage.queries.WINDOWS"},
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

@@ -5,7 +5,8 @@ from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from gateway.models import ApiKey, ModelFacade, hash_key, micros_to_usd, usd_to_micros
+from gateway.models import ApiKey, ModelFacade, hash_key
+from usage.money import micros_to_usd, usd_to_micros
 
 PRICE_FIELDS = {
     "input_price": ("input_price_micros", "Input"),

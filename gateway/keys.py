@@ -8,6 +8,7 @@ works at once, behind a short negative cache so random keys cannot load the data
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -46,13 +47,19 @@ def load_usable_keys() -> dict[str, KeyInfo]:
 
 def load_key(digest: str) -> KeyInfo | None:
     close_old_connections()
-    key = ApiKey.objects.usable().select_related("user").filter(digest=digest).first()
+    key = ApiKey.objects.find_usable(digest)
     return _info(key) if key else None
 
 
 def touch_keys(key_ids: set[int]) -> None:
     close_old_connections()
     ApiKey.objects.filter(pk__in=key_ids).update(last_used_at=timezone.now())
+
+
+class KeyLookup(NamedTuple):
+    digest: str
+    info: KeyInfo | None
+    ask_database: bool  # unknown here, and the look-up budget allows asking the database
 
 
 class KeyCache:
@@ -67,15 +74,14 @@ class KeyCache:
         self._by_digest, self.loaded = keys, True
         self._unknown.clear()
 
-    def find(self, raw_key: str) -> tuple[str, KeyInfo | None, bool]:
-        """(digest, key info or None, whether the database should be asked)."""
+    def find(self, raw_key: str) -> KeyLookup:
         digest = hash_key(raw_key)
         info = self._by_digest.get(digest)
         if info is not None:
             if info.expires_at is not None and info.expires_at <= timezone.now():
-                return digest, None, False
-            return digest, info, False
-        return digest, None, self._unknown.get(digest, 0.0) < time.monotonic() and self._lookup_allowed()
+                return KeyLookup(digest, None, False)
+            return KeyLookup(digest, info, False)
+        return KeyLookup(digest, None, self._unknown.get(digest, 0.0) < time.monotonic() and self._lookup_allowed())
 
     def _lookup_allowed(self) -> bool:
         """A token bucket over all unknown keys: random keys (each new to the negative cache) cannot

@@ -1,7 +1,6 @@
 import hashlib
 import secrets
 from datetime import timedelta
-from decimal import Decimal
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -77,22 +76,6 @@ class ModelFacade(models.Model):
         )
 
 
-def usd_to_micros(usd: Decimal) -> int:
-    """USD per million tokens -> integer micro-USD; refuses negatives and sub-micro precision."""
-    if not isinstance(usd, Decimal) or not usd.is_finite():
-        raise ValueError(f"{usd!r} is not a price")
-    if usd < 0:
-        raise ValueError(f"a price cannot be negative ({usd})")
-    micros = usd * 1_000_000
-    if micros != micros.to_integral_value():
-        raise ValueError(f"{usd} has more than 6 digits after the point")
-    return int(micros)
-
-
-def micros_to_usd(micros: int) -> Decimal:
-    return (Decimal(micros) / 1_000_000).normalize() if micros else Decimal("0")
-
-
 def hash_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
@@ -103,6 +86,10 @@ class ApiKeyQuerySet(models.QuerySet):
         return self.filter(revoked_at__isnull=True, user__is_active=True).filter(
             models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
         )
+
+    def find_usable(self, digest: str) -> "ApiKey | None":
+        """The usable key with this digest, its user loaded (the gateway's and the API's one look-up)."""
+        return self.usable().select_related("user").filter(digest=digest).first()
 
 
 class ApiKeyManager(models.Manager.from_queryset(ApiKeyQuerySet)):

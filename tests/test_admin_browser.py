@@ -53,7 +53,7 @@ def test_the_usage_pages_render_exact_numbers_and_draw_their_charts(live_server,
     for key in ("7d", "30d", "90d"):
         page.click(f"a[data-period='{key}']")
         page.wait_for_url(f"**period={key}")
-        totals = queries.summary(queries.resolve_period(key)).totals
+        totals = queries.summary(queries.resolve_window(key)).totals
         values = {kpi: page.get_attribute(f"[data-kpi='{kpi}'] .usage-card-value", "data-value")
                   for kpi in ("spend", "requests", "input_tokens", "output_tokens")}
         assert Decimal(values["spend"]) == totals.spend_usd
@@ -65,7 +65,7 @@ def test_the_usage_pages_render_exact_numbers_and_draw_their_charts(live_server,
         assert page.evaluate(CANVAS_PIXELS, "token-consumption") > 100
         page.screenshot(path=str(SCREENSHOTS / f"usage-{key}.png"), full_page=True)
     page.goto(f"{live_server.url}/admin/auth/user/{alice.pk}/usage/?period=90d")
-    mine = queries.summary(queries.resolve_period("90d"), alice.pk).totals
+    mine = queries.summary(queries.resolve_window("90d"), alice.pk).totals
     assert int(page.get_attribute("[data-kpi='requests'] .usage-card-value", "data-value")) == mine.requests
     page.screenshot(path=str(SCREENSHOTS / "usage-user.png"), full_page=True)
     page.goto(f"{live_server.url}/admin/usage/leaderboard/?period=90d&by=spend")

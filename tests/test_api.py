@@ -62,7 +62,7 @@ def expected_counters(totals):
 @pytest.mark.parametrize("period", ["7d", "30d", "90d"])
 def test_summary_equals_the_read_module_network_wide_and_per_user(history, staff, alice, period):
     data = as_user(staff).get(f"/api/usage/summary/?period={period}").json()
-    resolved = queries.resolve_period(period)
+    resolved = queries.resolve_window(period)
     assert {k: data[k] for k in expected_counters(queries.Totals())} == expected_counters(
         queries.summary(resolved).totals)
     assert data["period"] == period and data["start"].endswith("+00:00") and data["complete_through"] is None
@@ -77,7 +77,7 @@ def test_series_is_dense_and_its_csv_matches_the_json(history, staff, alice, per
     for user_id, suffix in ((None, ""), (alice.pk, f"&user={alice.pk}")):
         data = client.get(f"/api/usage/series/?period={period}{suffix}").json()
         assert len(data["series"]) == days
-        expected = queries.daily_series(queries.resolve_period(period), user_id)
+        expected = queries.daily_series(queries.resolve_window(period), user_id)
         assert data["series"] == [{"date": p.date.isoformat(), **expected_counters(p.totals)} for p in expected]
         response = client.get(f"/api/usage/series/?period={period}{suffix}&format=csv")
         assert response["content-type"].startswith("text/csv")
@@ -91,7 +91,7 @@ def test_models_breakdown_and_csv(history, staff, bob, period):
     client = as_user(staff)
     for user_id, suffix in ((None, ""), (bob.pk, f"&user={bob.pk}")):
         data = client.get(f"/api/usage/models/?period={period}{suffix}").json()
-        expected = queries.by_facade(queries.resolve_period(period), user_id)
+        expected = queries.by_facade(queries.resolve_window(period), user_id)
         assert data["models"] == [{"facade": r.facade_name, **expected_counters(r.totals), "share": str(r.share)}
                                   for r in expected]
         text = client.get(f"/api/usage/models/?period={period}{suffix}&format=csv").content.decode()
@@ -125,7 +125,7 @@ def test_a_csv_request_with_bad_parameters_gets_a_400_that_says_why(staff):
 @pytest.mark.parametrize("by", ["tokens", "spend", "requests"])
 def test_leaderboard_equals_the_read_module(history, staff, period, by):
     data = as_user(staff).get(f"/api/usage/leaderboard/?by={by}&period={period}").json()
-    board = queries.leaderboard(queries.resolve_period(period), by)
+    board = queries.leaderboard(queries.resolve_window(period), by)
     assert data["count"] == 2 and data["next"] is None and data["previous"] is None
     assert data["results"] == [
         {"rank": r.rank, "previous_rank": r.previous_rank, "user_id": r.user_id, "username": r.username,
@@ -140,7 +140,7 @@ def test_leaderboard_pages_ranks_and_csv(history, staff, alice, bob):
     assert data["count"] == 2 and data["next"] is None
     assert [(r["rank"], r["username"], r["previous_rank"]) for r in data["results"]] == [
         (1, "alice", 1), (2, "bob", 2)]
-    board = queries.leaderboard(queries.resolve_period("90d"), "spend")
+    board = queries.leaderboard(queries.resolve_window("90d"), "spend")
     assert [r["spend_usd"] for r in data["results"]] == [format(r.totals.spend_usd, "f") for r in board]
     rows = list(csv.DictReader(io.StringIO(
         client.get("/api/usage/leaderboard/?by=requests&period=7d&format=csv").content.decode())))
@@ -167,7 +167,7 @@ def test_leaderboard_pages_by_100_and_its_csv_is_the_whole_board(staff, gpt):
 def test_key_holders_see_only_themselves(history, alice, bob):
     client = with_key(alice)
     own = client.get("/api/usage/summary/?period=90d").json()
-    assert own["requests"] == queries.summary(queries.resolve_period("90d"), alice.pk).totals.requests
+    assert own["requests"] == queries.summary(queries.resolve_window("90d"), alice.pk).totals.requests
     assert client.get(f"/api/usage/summary/?user={alice.pk}").status_code == 200
     assert client.get(f"/api/usage/series/?user={bob.pk}").status_code == 403
     assert client.get("/api/usage/models/?user=999999").status_code == 403  # unknown ids look the same
@@ -175,7 +175,7 @@ def test_key_holders_see_only_themselves(history, alice, bob):
     assert client.get("/api/usage/leaderboard/").status_code == 403
     for period, days in (("7d", 7), ("30d", 30), ("90d", 90)):
         me = client.get(f"/api/me/usage/?period={period}&user={bob.pk}").json()  # `user` is ignored here
-        resolved = queries.resolve_period(period)
+        resolved = queries.resolve_window(period)
         assert {k: me["summary"][k] for k in expected_counters(queries.Totals())} == expected_counters(
             queries.summary(resolved, alice.pk).totals)
         assert me["series"] == [{"date": p.date.isoformat(), **expected_counters(p.totals)}
@@ -194,7 +194,7 @@ def test_staff_without_the_permission_see_only_themselves(history, alice):
 
 def test_superusers_and_staff_keys_see_everyone(history, alice):
     root = User.objects.create_superuser("root", "r@example.com", "pw")
-    total = queries.summary(queries.resolve_period("7d")).totals.requests
+    total = queries.summary(queries.resolve_window("7d")).totals.requests
     assert with_key(root).get("/api/usage/summary/").json()["requests"] == total
     assert with_key(root).get(f"/api/usage/summary/?user={alice.pk}").status_code == 200
 

@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.core.management import CommandError, call_command
 
-from usage.budgets import BudgetRule, BudgetState, applicable, period_window, tightest, usd_to_nanos
+from usage.budgets import BudgetRule, BudgetState, applicable, budget_period_bounds, tightest
+from usage.money import usd_to_nanos
 from usage.models import Budget
 
 NY = ZoneInfo("America/New_York")
@@ -38,7 +39,7 @@ KOLKATA = ZoneInfo("Asia/Kolkata")
     ],
 )
 def test_periods_follow_local_calendar_boundaries(period, now, tz, start, reset):
-    assert period_window(period, now, tz) == (start, reset)
+    assert budget_period_bounds(period, now, tz) == (start, reset)
 
 
 def test_a_users_own_budget_wins_and_defaults_fill_the_periods_they_lack():

@@ -2,7 +2,8 @@ from decimal import Decimal
 
 import pytest
 
-from usage.pricing import Prices, cost_nanos, nanos_to_usd
+from usage.money import nanos_to_usd
+from usage.pricing import Prices, cost_nanos
 
 SONNET = Prices(input_micros=3_000_000, cached_input_micros=300_000, cache_write_micros=3_750_000,
                 output_micros=15_000_000)

@@ -15,7 +15,7 @@ from gateway.models import ModelFacade
 from tests.support.ledger_writer_process import ANCHOR, deltas_for
 from usage import rollups
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage
-from usage.periods import day_bounds
+from usage.calendar import day_bounds
 
 ROOT = Path(__file__).resolve().parent.parent
 HOURS = 30

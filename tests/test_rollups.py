@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 from usage import queries, rollups
 from usage.ledger import UsageDelta, five_minute_start, record_many
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
-from usage.periods import day_bounds, local_date
+from usage.calendar import day_bounds, local_date
 from usage.sql import COUNTERS
 
 START = datetime(2026, 3, 7, 12, 0, tzinfo=UTC)  # the weekend New York springs forward
@@ -68,7 +68,7 @@ def test_every_read_equals_the_sum_of_every_delta_at_every_step(zone, program, a
 
 def check_reads(deltas, now, users, zone):
     tz = ZoneInfo(zone)
-    period = queries.resolve_period("7d", now)
+    period = queries.resolve_window("7d", now)
     for user in (None, users[0]):
         uid = user.pk if user else None
         assert queries.summary(period, uid).totals == brute(deltas, period.start, now, uid)

@@ -9,11 +9,10 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.db.models import Sum
 
-from gateway.demo import DEMO_FACADES
 from gateway.models import ApiKey, ModelFacade
-from usage.demo import DEMO_EMAIL_DOMAIN, seed_demo
+from codevector.demo import DEMO_EMAIL_DOMAIN, DEMO_FACADES, seed_demo
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
-from usage.periods import local_date
+from usage.calendar import local_date
 
 NOW = datetime(2026, 3, 18, 15, 30, tzinfo=UTC)  # a Wednesday
 COUNTERS = ["requests", "error_requests", "estimated_requests", "input_tokens", "cached_input_tokens",

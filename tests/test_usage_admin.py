@@ -92,7 +92,7 @@ def test_the_network_page_shows_the_read_modules_numbers(client, carol, history,
 
     html = client.get(f"/admin/usage/?period={period}").content.decode()
 
-    p = queries.resolve_period(period)
+    p = queries.resolve_window(period)
     summary = queries.summary(p)
     assert summary.totals.requests > 0 and summary.totals != summary.previous
     assert kpis(html) == expected_kpis(summary.totals)
@@ -107,7 +107,7 @@ def test_a_users_page_shows_their_numbers_alone(client, carol, alice, history, p
 
     html = client.get(f"/admin/auth/user/{alice.pk}/usage/?period={period}").content.decode()
 
-    p = queries.resolve_period(period)
+    p = queries.resolve_window(period)
     summary = queries.summary(p, user_id=alice.pk)
     assert summary.totals != queries.summary(p).totals
     assert kpis(html) == expected_kpis(summary.totals)
@@ -122,7 +122,7 @@ def test_the_leaderboard_shows_the_read_modules_ranking(client, carol, history, 
 
     html = client.get(f"/admin/usage/leaderboard/?period={period}&by={by}").content.decode()
 
-    rows = queries.leaderboard(queries.resolve_period(period), by=by)
+    rows = queries.leaderboard(queries.resolve_window(period), by=by)
     assert list(table_rows(html, "usage-leaderboard", "data-user")) == [str(r.user_id) for r in rows]
     assert table_rows(html, "usage-leaderboard", "data-user") == {
         str(r.user_id): [str(r.rank), str(r.totals.requests), str(r.totals.input_tokens), str(r.totals.output_tokens),
@@ -180,7 +180,7 @@ def test_an_unknown_period_shows_the_last_7_days(client, carol, history):
 
     html = client.get("/admin/usage/?period=1y").content.decode()
 
-    assert kpis(html) == expected_kpis(queries.summary(queries.resolve_period("7d")).totals)
+    assert kpis(html) == expected_kpis(queries.summary(queries.resolve_window("7d")).totals)
     assert 'data-period="7d" class="active"' in html
 
 

@@ -12,7 +12,8 @@ from django.contrib.auth.admin import UserAdmin
 from django.shortcuts import get_object_or_404
 from django.urls import path
 
-from usage import admin_budgets, dashboard, display, queries, views  # noqa: F401  (admin_budgets registers Budget)
+from usage import admin_budgets, dashboard, queries, views  # noqa: F401  (admin_budgets registers Budget)
+from usage.money import usd_for_people
 
 User = get_user_model()
 
@@ -33,12 +34,12 @@ class UsageUserAdmin(UserAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = dict(extra_context or {})
         if object_id and views.can_view_usage(request.user):
-            period = queries.resolve_period(dashboard.DEFAULT_PERIOD)
+            period = queries.resolve_window(dashboard.DEFAULT_WINDOW)
             user = self.get_object(request, object_id)
             if user is not None:
                 spend = queries.summary(period, user_id=user.pk).totals.spend_usd
-                extra_context["usage_spend"] = {"label": dashboard.PERIOD_LABELS[period.key], "value": f"{spend:f}",
-                                                "display": display.usd_cents(spend)}
+                extra_context["usage_spend"] = {"label": dashboard.WINDOW_LABELS[period.key], "value": f"{spend:f}",
+                                                "display": usd_for_people(spend)}
         return super().change_view(request, object_id, form_url, extra_context)
 
 

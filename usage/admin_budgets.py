@@ -6,9 +6,9 @@ from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html
 
-from usage.budgets import period_window, state_of, usd_to_nanos
+from usage.budgets import budget_period_bounds, state_of
+from usage.money import nanos_to_usd, usd_for_people, usd_to_nanos
 from usage.models import Budget
-from usage.pricing import nanos_to_usd
 
 
 class BudgetForm(forms.ModelForm):
@@ -66,12 +66,12 @@ class BudgetAdmin(admin.ModelAdmin):
 
     @admin.display(description="Cap", ordering="limit_nanos")
     def cap(self, obj):
-        return f"${obj.limit_usd:,.2f}"
+        return usd_for_people(obj.limit_usd)
 
     @admin.display(description="Spend this period")
     def spend(self, obj):
         state = self._state(obj)
-        return f"${nanos_to_usd(state.spend_nanos):,.2f}" if state else "per user"
+        return usd_for_people(nanos_to_usd(state.spend_nanos)) if state else "per user"
 
     @admin.display(description="Used")
     def progress(self, obj):
@@ -84,7 +84,7 @@ class BudgetAdmin(admin.ModelAdmin):
 
     @admin.display(description="Resets")
     def resets(self, obj):
-        _, resets_at = period_window(obj.period, timezone.now())
+        _, resets_at = budget_period_bounds(obj.period, timezone.now())
         return timezone.localtime(resets_at).strftime("%Y-%m-%d %H:%M %Z") if resets_at else "never"
 
     @admin.display(description="Status")
@@ -101,6 +101,6 @@ class BudgetAdmin(admin.ModelAdmin):
         state = self._state(obj)
         if state is None:
             return "A default budget: each user's spend is shown on their usage page."
-        return format_html("{} spent of {} ({}%), {} remaining; resets {}.", f"${nanos_to_usd(state.spend_nanos):,.2f}",
-                           f"${obj.limit_usd:,.2f}", state.percent_used, f"${nanos_to_usd(max(state.remaining_nanos, 0)):,.2f}",
+        return format_html("{} spent of {} ({}%), {} remaining; resets {}.", usd_for_people(nanos_to_usd(state.spend_nanos)),
+                           usd_for_people(obj.limit_usd), state.percent_used, usd_for_people(nanos_to_usd(max(state.remaining_nanos, 0))),
                            self.resets(obj))

@@ -51,7 +51,7 @@ class CSVRenderer(BaseRenderer):
             fields = list(getattr(view, "csv_fields", ()) or (rows[0] if rows else ()))
             if response is not None and view is not None:
                 period = data.get("period") if isinstance(data, dict) else None  # validated; paginated: absent
-                suffix = f"-{period}" if period in queries.PERIODS else ""
+                suffix = f"-{period}" if period in queries.WINDOWS else ""
                 response["Content-Disposition"] = f'attachment; filename="codevector-{view.csv_name}{suffix}.csv"'
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
@@ -86,7 +86,7 @@ class CountersOut(serializers.Serializer):
 
 
 class FrameOut(serializers.Serializer):
-    period = serializers.ChoiceField(choices=list(queries.PERIODS))
+    period = serializers.ChoiceField(choices=list(queries.WINDOWS))
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
     complete_through = serializers.DateTimeField(allow_null=True, help_text="Rolled up through this moment; "
@@ -160,12 +160,12 @@ def counters(totals: queries.Totals) -> dict:
 
 
 class UsageParams(serializers.Serializer):
-    period = serializers.ChoiceField(choices=list(queries.PERIODS), default="7d")
+    period = serializers.ChoiceField(choices=list(queries.WINDOWS), default="7d")
     user = serializers.IntegerField(required=False, min_value=1)
 
 
 class LeaderboardParams(serializers.Serializer):
-    period = serializers.ChoiceField(choices=list(queries.PERIODS), default="7d")
+    period = serializers.ChoiceField(choices=list(queries.WINDOWS), default="7d")
     by = serializers.ChoiceField(choices=list(queries.LEADERBOARD_METRICS), default="tokens")
 
 
@@ -174,11 +174,11 @@ class UsageView(APIView):
     throttle_classes = [UsageThrottle]
     renderer_classes = [JSONRenderer, BrowsableAPIRenderer]
 
-    def scope(self, request) -> tuple[queries.Period, int | None]:
+    def scope(self, request) -> tuple[queries.Window, int | None]:
         """The period, and whose usage: the caller's own unless they may see everyone."""
         params = UsageParams(data=request.query_params)
         params.is_valid(raise_exception=True)
-        period = queries.resolve_period(params.validated_data["period"])
+        period = queries.resolve_window(params.validated_data["period"])
         user = params.validated_data.get("user")
         if sees_everyone(request.user):
             if user is not None and not get_user_model().objects.filter(pk=user).exists():
@@ -189,7 +189,7 @@ class UsageView(APIView):
         return period, request.user.pk
 
     @staticmethod
-    def frame(period: queries.Period) -> dict:
+    def frame(period: queries.Window) -> dict:
         complete = queries.complete_through()
         return {"period": period.key, "start": local_iso(period.start), "end": local_iso(period.end),
                 "complete_through": local_iso(complete) if complete else None}
@@ -246,7 +246,7 @@ class LeaderboardView(UsageView):
     def get(self, request):
         params = LeaderboardParams(data=request.query_params)
         params.is_valid(raise_exception=True)
-        period = queries.resolve_period(params.validated_data["period"])
+        period = queries.resolve_window(params.validated_data["period"])
         by = params.validated_data["by"]
         board = queries.leaderboard(period, by)
         if request.accepted_renderer.format == "csv":  # a download is the whole board, not its first page
@@ -263,12 +263,12 @@ class LeaderboardView(UsageView):
                 "spend_usd": money(row.totals.cost_nanos), "share": share(row.share)}
 
 
-@extend_schema(parameters=[OpenApiParameter("period", str, enum=list(queries.PERIODS), default="7d")],
+@extend_schema(parameters=[OpenApiParameter("period", str, enum=list(queries.WINDOWS), default="7d")],
                responses=MyUsageOut)
 class MyUsageView(UsageView):
     def get(self, request):
         params = UsageParams(data={"period": request.query_params.get("period", "7d")})
         params.is_valid(raise_exception=True)
-        period = queries.resolve_period(params.validated_data["period"])
+        period = queries.resolve_window(params.validated_data["period"])
         return Response({"summary": {**self.frame(period), **summary_data(period, request.user.pk)},
                          "series": series_data(period, request.user.pk)})

@@ -11,7 +11,8 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from usage.budgets import states_for, state_of, usd, usd_to_nanos
+from usage.budgets import states_for, state_of
+from usage.money import usd_exact, usd_to_nanos
 from usage.models import Budget
 from usage.permissions import SeesEveryone
 
@@ -31,7 +32,7 @@ class BudgetSerializer(serializers.ModelSerializer):
 
     def to_representation(self, budget):
         data = super().to_representation(budget)
-        data["limit_usd"] = usd(budget.limit_nanos)
+        data["limit_usd"] = usd_exact(budget.limit_nanos)
         return data
 
     @extend_schema_field(OpenApiTypes.OBJECT)

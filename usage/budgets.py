@@ -15,31 +15,30 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import models, transaction
+from django.utils import timezone
 
+from usage.calendar import day_bounds, local_date, local_midnight, month_bounds, zone
 from usage.models import Budget
-from usage.periods import local_midnight
-from usage.pricing import NANOS_PER_USD, nanos_to_usd
+from usage.money import usd_exact, usd_to_nanos
+from usage.queries import spend_by_user
 
-PERIODS = [p.value for p in Budget.Period]
+BUDGET_PERIODS = [p.value for p in Budget.Period]
 
 
-def period_window(period: str, now: datetime, tz: ZoneInfo | None = None) -> tuple[datetime | None, datetime | None]:
+def budget_period_bounds(period: str, now: datetime, tz: ZoneInfo | None = None) -> tuple[datetime | None, datetime | None]:
     """(start, reset) of the budget period holding `now`; (None, None) for `total`."""
-    tz = tz or ZoneInfo(settings.TIME_ZONE)
-    today = now.astimezone(tz).date()
+    tz = tz or zone()
     if period == Budget.Period.DAILY:
-        first, following = today, today + timedelta(days=1)
-    elif period == Budget.Period.WEEKLY:
-        first = today - timedelta(days=today.weekday())
-        following = first + timedelta(days=7)
-    elif period == Budget.Period.MONTHLY:
-        first = today.replace(day=1)
-        following = (first + timedelta(days=32)).replace(day=1)
-    elif period == Budget.Period.TOTAL:
+        return day_bounds(now, tz)
+    if period == Budget.Period.WEEKLY:
+        today = local_date(now, tz)
+        monday = today - timedelta(days=today.weekday())
+        return local_midnight(monday, tz), local_midnight(monday + timedelta(days=7), tz)
+    if period == Budget.Period.MONTHLY:
+        return month_bounds(now, tz)
+    if period == Budget.Period.TOTAL:
         return None, None
-    else:
-        raise ValueError(f"unknown budget period {period!r}")
-    return local_midnight(first, tz), local_midnight(following, tz)
+    raise ValueError(f"unknown budget period {period!r}")
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ def applicable(rules: list[BudgetRule], user_id: int) -> list[BudgetRule]:
     """A user's own budgets plus the defaults of the periods they have none of."""
     own = {r.period: r for r in rules if r.user_id == user_id}
     defaults = {r.period: r for r in rules if r.user_id is None}
-    return [own.get(period) or defaults[period] for period in PERIODS if period in own or period in defaults]
+    return [own.get(period) or defaults[period] for period in BUDGET_PERIODS if period in own or period in defaults]
 
 
 @dataclass(frozen=True)
@@ -93,15 +92,15 @@ class BudgetState:
 
     def refusal_message(self) -> str:
         reset = f"It resets at {self.resets_at.isoformat()}." if self.resets_at else "It does not reset."
-        return (f"Budget exceeded: your {self.rule.period} budget is ${usd(self.rule.limit_nanos)} and "
-                f"${usd(self.spend_nanos)} has been spent. {reset} Ask an administrator to raise it.")
+        return (f"Budget exceeded: your {self.rule.period} budget is ${usd_exact(self.rule.limit_nanos)} and "
+                f"${usd_exact(self.spend_nanos)} has been spent. {reset} Ask an administrator to raise it.")
 
     def as_dict(self) -> dict:
         return {
             "period": self.rule.period,
-            "limit_usd": usd(self.rule.limit_nanos),
-            "spend_usd": usd(self.spend_nanos),
-            "remaining_usd": usd(self.remaining_nanos),
+            "limit_usd": usd_exact(self.rule.limit_nanos),
+            "spend_usd": usd_exact(self.spend_nanos),
+            "remaining_usd": usd_exact(self.remaining_nanos),
             "resets_at": self.resets_at.isoformat() if self.resets_at else None,
             "warn_percent": self.rule.warn_percent,
             "warning": self.warning,
@@ -109,30 +108,43 @@ class BudgetState:
         }
 
 
-def usd(nanos: int) -> str:
-    return format(nanos_to_usd(nanos), "f")
-
-
-def usd_to_nanos(amount: Decimal) -> int:
-    if not amount.is_finite() or amount < 0:
-        raise ValueError("the amount must be a number of USD, zero or more")
-    nanos = amount * NANOS_PER_USD
-    if nanos != nanos.to_integral_value():
-        raise ValueError("the amount has more than 9 digits after the point")
-    return int(nanos)
-
-
 def tightest(states: list[BudgetState]) -> BudgetState | None:
     """The applicable budget with the least remaining (the one the response headers describe)."""
     return min(states, key=lambda s: (s.remaining_nanos, s.rule.period), default=None)
+
+
+@dataclass(frozen=True)
+class BudgetVerdict:
+    """What budgets say of one request: the headers to send, and why it is refused (None: let it through)."""
+
+    headers: tuple[tuple[str, str], ...] = ()
+    refusal: str | None = None
+
+
+NO_BUDGET = BudgetVerdict()
+
+
+def verdict(states: list[BudgetState]) -> BudgetVerdict:
+    """The tightest budget (the tightest exceeded one, if any) in headers; refused if any is exceeded."""
+    over = [s for s in states if s.exceeded]
+    tight = tightest(over or states)
+    if tight is None:
+        return NO_BUDGET
+    headers = [("x-codevector-budget-limit-usd", usd_exact(tight.rule.limit_nanos)),
+               ("x-codevector-budget-remaining-usd", usd_exact(max(tight.remaining_nanos, 0)))]
+    if tight.resets_at:
+        headers.append(("x-codevector-budget-reset", timezone.localtime(tight.resets_at).isoformat()))
+    if any(s.warning for s in states):
+        headers.append(("x-codevector-budget-warning", "true"))
+    return BudgetVerdict(tuple(headers), over[0].refusal_message() if over else None)
 
 
 @transaction.atomic
 def set_budget(*, username: str | None, period: str, amount_usd: Decimal, warn_percent: int | None,
                active: bool) -> tuple[Budget, bool]:
     """Create or update the budget of a user (or the default) for a period."""
-    if period not in PERIODS:
-        raise ValueError(f"the period must be one of {', '.join(PERIODS)}")
+    if period not in BUDGET_PERIODS:
+        raise ValueError(f"the period must be one of {', '.join(BUDGET_PERIODS)}")
     if warn_percent is not None and not 1 <= warn_percent <= 100:
         raise ValueError("the warning threshold is a percent from 1 to 100")
     user = None
@@ -202,16 +214,12 @@ class BudgetBook:
         self.loaded = False
 
     def refresh(self, now: datetime | None = None) -> None:
-        from django.utils import timezone
-
         now = now or timezone.now()
         read_started = monotonic()
-        from usage.queries import spend_by_user
-
         rules = [BudgetRule.of(b) for b in Budget.objects.filter(is_active=True)]
         spend = {}
         for period in {r.period for r in rules}:
-            start, _ = period_window(period, now)
+            start, _ = budget_period_bounds(period, now)
             users = None if any(r.user_id is None and r.period == period for r in rules) else \
                 {r.user_id for r in rules if r.period == period}
             spend[period] = (start, spend_by_user(start, now, users))
@@ -231,7 +239,7 @@ class BudgetBook:
     def _applicable(self, user_id: int) -> list[BudgetRule]:
         """`applicable()` from the indexes built at refresh: O(periods), not O(budgets)."""
         own = self._own.get(user_id, {})
-        return [own.get(period) or self._defaults[period] for period in PERIODS
+        return [own.get(period) or self._defaults[period] for period in BUDGET_PERIODS
                 if period in own or period in self._defaults]
 
     def add_spend(self, user_id: int, at: datetime, nanos: int) -> None:
@@ -239,10 +247,10 @@ class BudgetBook:
             self._local.setdefault(user_id, LocalSpend()).add(monotonic(), at, nanos)
 
     def _window(self, period: str, now: datetime) -> tuple[datetime | None, datetime | None]:
-        """period_window, remembered until the period ends (zoneinfo arithmetic is not free)."""
+        """budget_period_bounds, remembered until the period ends (zoneinfo arithmetic is not free)."""
         window = self._windows.get(period)
         if window is None or (window[1] is not None and not window[0] <= now < window[1]):
-            window = self._windows[period] = period_window(period, now)
+            window = self._windows[period] = budget_period_bounds(period, now)
         return window
 
     def states(self, user_id: int, now: datetime) -> list[BudgetState]:
@@ -260,19 +268,19 @@ class BudgetBook:
             states.append(BudgetState(rule, spent, start, resets_at))
         return states
 
+    def check(self, user_id: int, now: datetime) -> BudgetVerdict:
+        """The gateway's one question per request, answered from the snapshot (no database)."""
+        return verdict(self.states(user_id, now))
+
 
 def states_for(user_id: int, now: datetime | None = None) -> list[BudgetState]:
     """The budgets that apply to a user now, with their exact spend (for pages and the API)."""
-    from django.utils import timezone
-
-    from usage.queries import spend_by_user
-
     now = now or timezone.now()
     rules = [BudgetRule.of(b) for b in Budget.objects.filter(is_active=True).filter(
         models.Q(user_id=user_id) | models.Q(user__isnull=True))]
     states = []
     for rule in applicable(rules, user_id):
-        start, resets_at = period_window(rule.period, now)
+        start, resets_at = budget_period_bounds(rule.period, now)
         spent = spend_by_user(start, now, {user_id}).get(user_id, 0)
         states.append(BudgetState(rule, spent, start, resets_at))
     return states
@@ -280,11 +288,7 @@ def states_for(user_id: int, now: datetime | None = None) -> list[BudgetState]:
 
 def state_of(budget: Budget, now: datetime | None = None) -> BudgetState:
     """One budget's current period and spend (a default budget: spend is per user, so none here)."""
-    from django.utils import timezone
-
-    from usage.queries import spend_by_user
-
     now = now or timezone.now()
-    start, resets_at = period_window(budget.period, now)
+    start, resets_at = budget_period_bounds(budget.period, now)
     spent = spend_by_user(start, now, {budget.user_id}).get(budget.user_id, 0) if budget.user_id else 0
     return BudgetState(BudgetRule.of(budget), spent, start, resets_at)

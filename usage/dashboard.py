@@ -9,17 +9,18 @@ from decimal import ROUND_HALF_UP, Decimal
 from django.core.paginator import Paginator
 
 from usage import queries
-from usage.display import compact, usd_cents
+from usage.display import compact
+from usage.money import usd_for_people
 
-DEFAULT_PERIOD = "7d"
-PERIOD_LABELS = {"7d": "Last 7 days", "30d": "Last 30 days", "90d": "Last 90 days"}
+DEFAULT_WINDOW = "7d"
+WINDOW_LABELS = {"7d": "Last 7 days", "30d": "Last 30 days", "90d": "Last 90 days"}
 LEADERBOARD_ORDERS = {"tokens": "Tokens", "spend": "Spend", "requests": "Requests"}
 LEADERBOARD_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
 class Change:
-    """Against the previous period of the same length: a percent, or `new`, or nothing to compare."""
+    """Against the previous window of the same length: a percent, or `new`, or nothing to compare."""
 
     percent: Decimal | None
     direction: str  # up, down, flat, new, none
@@ -53,7 +54,7 @@ class Card:
 def cards(summary: "queries.Summary") -> list[Card]:
     now, before = summary.totals, summary.previous
     spend = now.spend_usd
-    result = [Card("spend", "Spend (estimated USD)", f"{spend:f}", usd_cents(spend), f"${spend:,f}",
+    result = [Card("spend", "Spend (estimated USD)", f"{spend:f}", usd_for_people(spend), f"${spend:,f}",
                    Change.between(now.cost_nanos, before.cost_nanos))]
     for key, label in [("requests", "Requests"), ("input_tokens", "Input tokens"), ("output_tokens", "Output tokens")]:
         value = getattr(now, key)
@@ -72,34 +73,43 @@ def chart_data(series: list["queries.DayPoint"]) -> dict:
     }
 
 
-def period_from(params) -> "queries.Period":
-    """The period a page asks for (?period=); an unknown one falls back to the default."""
+def window_from(params) -> "queries.Window":
+    """The window a page asks for (?period=); an unknown one falls back to the default."""
     try:
-        return queries.resolve_period(params.get("period", DEFAULT_PERIOD))
+        return queries.resolve_window(params.get("period", DEFAULT_WINDOW))
     except ValueError:
-        return queries.resolve_period(DEFAULT_PERIOD)
+        return queries.resolve_window(DEFAULT_WINDOW)
 
 
-def period_tabs(params, active: str) -> list[dict]:
-    """Links to the same page for each period, keeping the other parameters except the page."""
-    tabs = []
-    for key, label in PERIOD_LABELS.items():
+def tabs(params, name: str, labels: dict[str, str], active: str) -> list[dict]:
+    """Links to the same page for each value of the `name` parameter, keeping the other parameters
+    except the page number."""
+    links = []
+    for key, label in labels.items():
         query = params.copy()
-        query["period"] = key
+        query[name] = key
         query.pop("page", None)
-        tabs.append({"key": key, "label": label, "active": key == active, "query": query.urlencode()})
-    return tabs
+        links.append({"key": key, "label": label, "active": key == active, "query": query.urlencode()})
+    return links
 
 
-def panel(period: "queries.Period", user_id: int | None = None) -> dict:
+def window_tabs(params, active: str) -> list[dict]:
+    return tabs(params, "period", WINDOW_LABELS, active)
+
+
+def order_tabs(params, active: str) -> list[dict]:
+    return tabs(params, "by", LEADERBOARD_ORDERS, active)
+
+
+def panel(window: "queries.Window", user_id: int | None = None) -> dict:
     """Cards, charts and the per-model table, network-wide or for one user."""
-    summary = queries.summary(period, user_id=user_id)
+    summary = queries.summary(window, user_id=user_id)
     return {
-        "period": period,
+        "window": window,
         "summary": summary,
         "cards": cards(summary),
-        "chart_data": chart_data(queries.daily_series(period, user_id=user_id)),
-        "facades": queries.by_facade(period, user_id=user_id),
+        "chart_data": chart_data(queries.daily_series(window, user_id=user_id)),
+        "facades": queries.by_facade(window, user_id=user_id),
         "complete_through": summary.complete_through,
     }
 
@@ -107,21 +117,21 @@ def panel(period: "queries.Period", user_id: int | None = None) -> dict:
 class LeaderboardRows:
     """The leaderboard as a sequence Paginator can page: one count, one query per page."""
 
-    def __init__(self, period: "queries.Period", by: str):
-        self.period, self.by = period, by
+    def __init__(self, window: "queries.Window", by: str):
+        self.window, self.by = window, by
 
     def count(self) -> int:
-        return queries.leaderboard_count(self.period)
+        return queries.leaderboard_count(self.window)
 
     def __len__(self):
         return self.count()
 
-    def __getitem__(self, window: slice):
-        return queries.leaderboard(self.period, by=self.by, limit=window.stop - window.start, offset=window.start)
+    def __getitem__(self, rows: slice):
+        return queries.leaderboard(self.window, by=self.by, limit=rows.stop - rows.start, offset=rows.start)
 
 
-def leaderboard_page(period: "queries.Period", by: str, page_number) -> "Paginator.page":
-    paginator = Paginator(LeaderboardRows(period, by), LEADERBOARD_PAGE_SIZE)
+def leaderboard_page(window: "queries.Window", by: str, page_number) -> "Paginator.page":
+    paginator = Paginator(LeaderboardRows(window, by), LEADERBOARD_PAGE_SIZE)
     return paginator.get_page(page_number)
 
 
@@ -130,16 +140,6 @@ def rank_change(row: "queries.LeaderRow") -> str:
         return "new"
     moved = row.previous_rank - row.rank
     return f"▲{moved}" if moved > 0 else f"▼{-moved}" if moved < 0 else "="
-
-
-def order_tabs(params, active: str) -> list[dict]:
-    tabs = []
-    for key, label in LEADERBOARD_ORDERS.items():
-        query = params.copy()
-        query["by"] = key
-        query.pop("page", None)
-        tabs.append({"key": key, "label": label, "active": key == active, "query": query.urlencode()})
-    return tabs
 
 
 def page_links(params, page) -> list[dict]:
@@ -162,13 +162,13 @@ def budget_states(user_id: int, now) -> list["budgets.BudgetState"]:
     return budgets.states_for(user_id, now)
 
 
-def degraded_events(period: "queries.Period") -> list[dict]:
-    """What degraded mode did in the period (replays, losses, refusals), for the page's banner."""
+def degraded_events(window: "queries.Window") -> list[dict]:
+    """What degraded mode did in the window (replays, losses, refusals), for the page's banner."""
     from django.db.models import Sum
 
     from usage.models import BufferEvent
 
-    rows = (BufferEvent.objects.filter(at__gte=period.start, at__lt=period.end).values("kind")
+    rows = (BufferEvent.objects.filter(at__gte=window.start, at__lt=window.end).values("kind")
             .annotate(total=Sum("count")).order_by("kind"))
     labels = dict(BufferEvent.Kind.choices)
     return [{"kind": row["kind"], "label": labels.get(row["kind"], row["kind"]), "count": row["total"]}

@@ -1,8 +1,7 @@
-"""How usage numbers are shown: compact counts (1.2M), money to the cent, shares as percents."""
+"""How usage counts are shown: compact counts (1.2M) and shares as percents (money: usage.money)."""
 
 from decimal import ROUND_HALF_UP, Decimal
 
-CENT = Decimal("0.01")
 UNITS = [(10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")]
 
 
@@ -17,12 +16,6 @@ def compact(number: int) -> str:
             break
     shown = rounded.to_integral() if rounded == rounded.to_integral() else rounded
     return f"{shown}{suffix}"
-
-
-def usd_cents(amount: Decimal) -> str:
-    rounded = amount.quantize(CENT, rounding=ROUND_HALF_UP)
-    sign = "-" if rounded < 0 else ""
-    return f"{sign}${abs(rounded):,.2f}"
 
 
 def percent(fraction: Decimal) -> str:

@@ -112,10 +112,10 @@ def write_statements(deltas: Iterable[UsageDelta], vendor: str = "postgresql") -
        by the watermark), so it is visible at every level at once and no rolled period is ever
        recomputed from 5-minute rows that retention may have pruned.
     """
-    from usage.periods import as_utc, day_bounds, hour_start, month_bounds, zone
+    from usage.calendar import as_utc, day_bounds, hour_start, month_bounds, zone
 
     rows = list(merge_deltas(deltas).items())
-    locked = yield sql.LOCK_WATERMARK[vendor], []
+    locked = yield sql.LOCK_WATERMARK_FOR_WRITE[vendor], []
     watermark = as_utc(locked[0][1]) if locked else None
     yield from _add_rows(sql.LEVEL_TABLES["5min"], rows)
     late = [(key, counters) for key, counters in rows if watermark is not None and key[0] < watermark]

@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.db import models
 
+from usage.money import nanos_to_usd
+
 
 class UsageBucket(models.Model):
     """One row of counters per (bucket start, user, facade); the four levels share this shape.
@@ -141,8 +143,6 @@ class Budget(models.Model):
 
     @property
     def limit_usd(self):
-        from usage.pricing import nanos_to_usd
-
         return nanos_to_usd(self.limit_nanos)
 
 

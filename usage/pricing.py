@@ -3,8 +3,6 @@
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
-NANOS_PER_USD = 1_000_000_000
-
 
 @dataclass(frozen=True, slots=True)
 class Prices:
@@ -33,8 +31,3 @@ def cost_nanos(prices: Prices, *, input_tokens: int, cached_input_tokens: int, c
         + output_tokens * prices.output_micros
     )
     return int((Decimal(milli_nanos) / 1000).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-
-
-def nanos_to_usd(nanos: int) -> Decimal:
-    """Exact USD with 9 digits after the point, as the API and headers show it."""
-    return (Decimal(nanos) / NANOS_PER_USD).quantize(Decimal("0.000000001"))

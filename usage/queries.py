@@ -14,19 +14,18 @@ from django.contrib.auth import get_user_model
 from django.db.models import Sum
 from django.utils import timezone
 
-from gateway.models import ModelFacade
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
-from usage.periods import day_bounds, local_date, local_midnight, month_bounds, next_hour, zone
-from usage.pricing import nanos_to_usd
+from usage.calendar import day_bounds, local_date, local_midnight, month_bounds, next_hour, zone
+from usage.money import nanos_to_usd
 from usage.rollups import watermark
 from usage.sql import COUNTERS
 
-PERIODS = {"7d": 7, "30d": 30, "90d": 90}
+WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 LEADERBOARD_METRICS = ("tokens", "spend", "requests")
 
 
 @dataclass(frozen=True)
-class Period:
+class Window:
     key: str
     days: int
     start: datetime
@@ -36,16 +35,16 @@ class Period:
     dates: list[date]
 
 
-def resolve_period(key: str, now: datetime | None = None) -> Period:
+def resolve_window(key: str, now: datetime | None = None) -> Window:
     """Last 7, 30 or 90 days: today (TIME_ZONE) up to now plus the days before; the previous
-    period is the same window moved back by as many days."""
-    if key not in PERIODS:
-        raise ValueError(f"unknown period {key!r}; use one of {', '.join(PERIODS)}")
-    days = PERIODS[key]
+    window is the same window moved back by as many days."""
+    if key not in WINDOWS:
+        raise ValueError(f"unknown window {key!r}; use one of {', '.join(WINDOWS)}")
+    days = WINDOWS[key]
     now = now or timezone.now()
     tz = zone()
     first = local_date(now, tz) - timedelta(days=days - 1)
-    return Period(
+    return Window(
         key=key, days=days, start=local_midnight(first, tz), end=now,
         previous_start=local_midnight(first - timedelta(days=days), tz), previous_end=now - timedelta(days=days),
         dates=[first + timedelta(days=i) for i in range(days)],
@@ -139,16 +138,16 @@ def complete_through() -> datetime | None:
 
 @dataclass(frozen=True)
 class Summary:
-    period: Period
+    window: Window
     totals: Totals
     previous: Totals
     complete_through: datetime | None
 
 
-def summary(period: Period, user_id: int | None = None) -> Summary:
+def summary(window: Window, user_id: int | None = None) -> Summary:
     rolled = watermark()
-    return Summary(period, totals_between(period.start, period.end, user_id, rolled),
-                   totals_between(period.previous_start, period.previous_end, user_id, rolled), rolled)
+    return Summary(window, totals_between(window.start, window.end, user_id, rolled),
+                   totals_between(window.previous_start, window.previous_end, user_id, rolled), rolled)
 
 
 @dataclass(frozen=True)
@@ -157,11 +156,11 @@ class DayPoint:
     totals: Totals
 
 
-def daily_series(period: Period, user_id: int | None = None) -> list[DayPoint]:
-    """One point per local day of the period, oldest first, zeros where empty."""
+def daily_series(window: Window, user_id: int | None = None) -> list[DayPoint]:
+    """One point per local day of the window, oldest first, zeros where empty."""
     tz = zone()
-    by_day = {day: Totals() for day in period.dates}
-    for row in _grouped(period.start, period.end, user_id, ("bucket_start",), watermark()):
+    by_day = {day: Totals() for day in window.dates}
+    for row in _grouped(window.start, window.end, user_id, ("bucket_start",), watermark()):
         day = local_date(row["bucket_start"], tz)
         if day in by_day:
             by_day[day] += Totals.of(row)
@@ -180,15 +179,16 @@ def _share(part: int, whole: int) -> Decimal:
     return (Decimal(part) / whole).quantize(Decimal("0.0001")) if whole else Decimal(0)
 
 
-def by_facade(period: Period, user_id: int | None = None) -> list[FacadeRow]:
+def by_facade(window: Window, user_id: int | None = None) -> list[FacadeRow]:
     """Per facade, by spend (then name); share of spend, or of requests when nothing was spent."""
     per: dict[int, Totals] = {}
-    for row in _grouped(period.start, period.end, user_id, ("facade_id",), watermark()):
+    names: dict[int, str] = {}
+    for row in _grouped(window.start, window.end, user_id, ("facade_id", "facade__name"), watermark()):
         per[row["facade_id"]] = per.get(row["facade_id"], Totals()) + Totals.of(row)
-    names = dict(ModelFacade.objects.filter(pk__in=per).values_list("pk", "name"))
+        names[row["facade_id"]] = row["facade__name"]
     total_cost = sum(t.cost_nanos for t in per.values())
     total_requests = sum(t.requests for t in per.values())
-    rows = [FacadeRow(fid, names.get(fid, f"#{fid}"), t,
+    rows = [FacadeRow(fid, names[fid], t,
                       _share(t.cost_nanos, total_cost) if total_cost else _share(t.requests, total_requests))
             for fid, t in per.items() if t.requests or t.cost_nanos]
     return sorted(rows, key=lambda r: (-r.totals.cost_nanos, r.facade_name))
@@ -215,14 +215,14 @@ def _ranked(per: dict[int, Totals], by: str) -> list[tuple[int, Totals]]:
     return sorted(per.items(), key=lambda item: (-item[1].metric(by), item[0]))
 
 
-def leaderboard(period: Period, by: str = "tokens", limit: int | None = None, offset: int = 0) -> list[LeaderRow]:
-    """Users ranked by tokens, spend or requests (ties by user id), with last period's rank."""
+def leaderboard(window: Window, by: str = "tokens", limit: int | None = None, offset: int = 0) -> list[LeaderRow]:
+    """Users ranked by tokens, spend or requests (ties by user id), with last window's rank."""
     if by not in LEADERBOARD_METRICS:
         raise ValueError(f"unknown ranking {by!r}; use one of {', '.join(LEADERBOARD_METRICS)}")
     rolled = watermark()
-    ranked = _ranked(_per_user(period.start, period.end, rolled), by)
-    previous = {uid: rank for rank, (uid, _) in enumerate(_ranked(_per_user(period.previous_start,
-                                                                              period.previous_end, rolled), by), 1)}
+    ranked = _ranked(_per_user(window.start, window.end, rolled), by)
+    previous = {uid: rank for rank, (uid, _) in enumerate(_ranked(_per_user(window.previous_start,
+                                                                              window.previous_end, rolled), by), 1)}
     whole = sum(t.metric(by) for _, t in ranked)
     page = ranked[offset : None if limit is None else offset + limit]
     names = dict(get_user_model().objects.filter(pk__in=[uid for uid, _ in page]).values_list("pk", "username"))
@@ -230,8 +230,8 @@ def leaderboard(period: Period, by: str = "tokens", limit: int | None = None, of
             for i, (uid, t) in enumerate(page, 1)]
 
 
-def leaderboard_count(period: Period) -> int:
-    return len(_per_user(period.start, period.end, watermark()))
+def leaderboard_count(window: Window) -> int:
+    return len(_per_user(window.start, window.end, watermark()))
 
 
 def spend_by_user(start: datetime | None, end: datetime, user_ids: set[int] | None = None) -> dict[int, int]:

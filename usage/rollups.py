@@ -22,7 +22,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from usage import sql
-from usage.periods import as_utc, day_bounds, hour_start, month_bounds, next_hour, zone
+from usage.calendar import as_utc, day_bounds, hour_start, month_bounds, next_hour, zone
 
 
 class RebuildRefused(ValueError):
@@ -64,7 +64,7 @@ def ensure_state() -> None:
 
 def watermark() -> datetime | None:
     with connection.cursor() as cursor:
-        cursor.execute(sql.LOCK_WATERMARK["sqlite"])  # a plain read on both databases
+        cursor.execute(sql.LOCK_WATERMARK_FOR_WRITE["sqlite"])  # a plain read on both databases
         row = cursor.fetchone()
     return as_utc(row[1]) if row else None
 

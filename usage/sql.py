@@ -63,7 +63,7 @@ def claim_delta_ids(rows: int) -> str:
     )
 
 
-# PostgreSQL only: the fate of a transaction whose id was read before COMMIT (see LOCK_WATERMARK).
+# PostgreSQL only: the fate of a transaction whose id was read before COMMIT (see LOCK_WATERMARK_FOR_WRITE).
 TXID_STATUS = "SELECT txid_status(%s)"
 
 PRUNE_APPLIED_DELTA_IDS = f"DELETE FROM {APPLIED_DELTA_TABLE} WHERE applied_at < %s"
@@ -76,7 +76,7 @@ STATE_TABLE = "usage_rollup_state"
 # Every ledger write begins here. On PostgreSQL the share lock orders the write against a rollup
 # (which takes FOR UPDATE before it aggregates), and the transaction id read in the same round
 # trip lets a cut COMMIT be resolved with txid_status(). SQLite's write lock serialises anyway.
-LOCK_WATERMARK = {
+LOCK_WATERMARK_FOR_WRITE = {
     "postgresql": f"SELECT txid_current(), (SELECT watermark FROM {STATE_TABLE} WHERE id = 1 FOR SHARE)",
     "sqlite": f"SELECT NULL, (SELECT watermark FROM {STATE_TABLE} WHERE id = 1)",
 }

@@ -25,31 +25,31 @@ def _require_permission(request):
 
 def dashboard_view(request, site):
     _require_permission(request)
-    period = dashboard.period_from(request.GET)
+    window = dashboard.window_from(request.GET)
     ctx = {
         **site.each_context(request),
-        **dashboard.panel(period),
+        **dashboard.panel(window),
         "title": "Usage",
-        "tabs": dashboard.period_tabs(request.GET, period.key),
-        "degraded": dashboard.degraded_events(period),
-        "buffer": buffer_overview(since=period.start),
+        "tabs": dashboard.window_tabs(request.GET, window.key),
+        "degraded": dashboard.degraded_events(window),
+        "buffer": buffer_overview(since=window.start),
     }
     return TemplateResponse(request, "admin/usage/dashboard.html", ctx)
 
 
 def leaderboard_view(request, site):
     _require_permission(request)
-    period = dashboard.period_from(request.GET)
+    window = dashboard.window_from(request.GET)
     by = request.GET.get("by")
     by = by if by in dashboard.LEADERBOARD_ORDERS else "tokens"
-    page = dashboard.leaderboard_page(period, by, request.GET.get("page"))
+    page = dashboard.leaderboard_page(window, by, request.GET.get("page"))
     ctx = {
         **site.each_context(request),
         "title": "Leaderboard",
-        "period": period,
+        "window": window,
         "by": by,
         "orders": dashboard.order_tabs(request.GET, by),
-        "tabs": dashboard.period_tabs(request.GET, period.key),
+        "tabs": dashboard.window_tabs(request.GET, window.key),
         "page": page,
         "rows": [(row, dashboard.rank_change(row)) for row in page.object_list],
         "page_links": dashboard.page_links(request.GET, page),
@@ -59,14 +59,14 @@ def leaderboard_view(request, site):
 
 def user_usage_view(request, site, user, opts):
     _require_permission(request)
-    period = dashboard.period_from(request.GET)
+    window = dashboard.window_from(request.GET)
     ctx = {
         **site.each_context(request),
-        **dashboard.panel(period, user_id=user.pk),
+        **dashboard.panel(window, user_id=user.pk),
         "title": f"Usage of {user.get_username()}",
         "opts": opts,
         "original": user,
-        "tabs": dashboard.period_tabs(request.GET, period.key),
+        "tabs": dashboard.window_tabs(request.GET, window.key),
         "api_keys": user.api_keys.order_by("-created_at"),
         "budgets": dashboard.budget_states(user.pk, timezone.now()),
     }

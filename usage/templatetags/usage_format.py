@@ -1,23 +1,23 @@
-"""Filters for the usage pages: money to the cent, compact and grouped counts, shares."""
+"""Filters for the usage pages: money for people, compact and grouped counts, shares."""
 
 from decimal import Decimal
 
 from django import template
 
 from usage import display
-from usage.pricing import nanos_to_usd
+from usage.money import nanos_to_usd, usd_for_people
 
 register = template.Library()
 
 
 @register.filter
 def usd(amount: Decimal) -> str:
-    return display.usd_cents(amount)
+    return usd_for_people(amount)
 
 
 @register.filter
 def nanos_usd(nanos: int) -> str:
-    return display.usd_cents(nanos_to_usd(nanos))
+    return usd_for_people(nanos_to_usd(nanos))
 
 
 @register.filter

@@ -1,4 +1,4 @@
-from django.core.management import call_command, get_commands
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from codevector.local import set_up_local
@@ -13,10 +13,8 @@ class Command(BaseCommand):
 
     def handle(self, mock_url, url, **options):
         setup = set_up_local(mock_url)
-        if "seed_demo" in get_commands():
-            call_command("seed_demo", stdout=self.stdout, stderr=self.stderr)
-        if "setup_schedules" in get_commands():
-            call_command("setup_schedules", stdout=self.stdout, stderr=self.stderr)
+        call_command("seed_demo", stdout=self.stdout, stderr=self.stderr)
+        call_command("setup_schedules", stdout=self.stdout, stderr=self.stderr)
         names = ", ".join(f.name for f in setup.facades)
         self.stdout.write("")
         self.stdout.write(f"  Admin:     {url}/admin/")

@@ -3,7 +3,8 @@ from decimal import Decimal, InvalidOperation
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from gateway.models import ModelFacade, usd_to_micros
+from gateway.models import ModelFacade
+from usage.money import usd_to_micros
 
 PRICE_OPTIONS = {
     "input_price": "input_price_micros",

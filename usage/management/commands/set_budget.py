@@ -2,7 +2,8 @@ from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import BaseCommand, CommandError
 
-from usage.budgets import PERIODS, set_budget, usd as format_usd
+from usage.budgets import BUDGET_PERIODS, set_budget
+from usage.money import usd_exact
 
 
 class Command(BaseCommand):
@@ -13,7 +14,7 @@ class Command(BaseCommand):
         who.add_argument("username", nargs="?")
         who.add_argument("--default", action="store_true", help="The default for every user without their own.")
         parser.add_argument("--usd", required=True, metavar="AMOUNT", help="The cap in USD, such as 25 or 0.50.")
-        parser.add_argument("--period", required=True, choices=PERIODS)
+        parser.add_argument("--period", required=True, choices=BUDGET_PERIODS)
         parser.add_argument("--warn-percent", type=int, metavar="N", help="Warn past N%% of the cap (1-100).")
         parser.add_argument("--inactive", action="store_true", help="Keep the budget but do not enforce it.")
 
@@ -31,5 +32,5 @@ class Command(BaseCommand):
         who = "default" if budget.is_default else budget.user.username
         state = "inactive" if not budget.is_active else "active"
         warn = f", warning at {budget.warn_percent}%" if budget.warn_percent else ""
-        self.stdout.write(f"{'Created' if created else 'Updated'} {who} {period} budget: ${format_usd(budget.limit_nanos)}"
+        self.stdout.write(f"{'Created' if created else 'Updated'} {who} {period} budget: ${usd_exact(budget.limit_nanos)}"
                           f"{warn} ({state})")

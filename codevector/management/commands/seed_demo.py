@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from usage.demo import seed_demo
-from usage.pricing import nanos_to_usd
+from codevector.demo import seed_demo
+from usage.money import nanos_to_usd, usd_for_people
 
 
 class Command(BaseCommand):
@@ -26,7 +26,5 @@ class Command(BaseCommand):
             return
         self.stdout.write(
             f"Demo history: {days} days, {len(result.usernames)} users ({result.users_created} new, "
-            f"{result.keys_created} keys), {result.requests:,} requests, ${nanos_to_usd(result.cost_nanos):,.2f}."
+            f"{result.keys_created} keys), {result.requests:,} requests, {usd_for_people(nanos_to_usd(result.cost_nanos))}."
         )
-        if not result.rolled_up:
-            self.stdout.write("Not rolled up: the rollups module is not installed.")

@@ -1,11 +1,11 @@
-"""usage.periods: local hour, day and month boundaries, exact across DST and half-hour zones."""
+"""usage.calendar: local hour, day and month boundaries, exact across DST and half-hour zones."""
 
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from usage.periods import as_utc, day_bounds, hour_start, month_bounds, next_hour
+from usage.calendar import as_utc, day_bounds, hour_start, month_bounds, next_hour
 
 NY, KOLKATA, KATHMANDU = ZoneInfo("America/New_York"), ZoneInfo("Asia/Kolkata"), ZoneInfo("Asia/Kathmandu")
 

@@ -1,4 +1,4 @@
-"""Local calendar arithmetic for buckets and periods, in settings.TIME_ZONE, DST-exact.
+"""Calendar arithmetic for buckets, windows and budget periods, in settings.TIME_ZONE, DST-exact.
 
 Every boundary is an aware instant. Five-minute buckets divide every real UTC offset, so they are
 local boundaries everywhere; hours, days and months start on local boundaries: a 23- or 25-hour

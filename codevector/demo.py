@@ -1,5 +1,6 @@
-"""A demo history for `manage.py seed_demo` (and `make run` on a fresh database): demo users with
-keys, the demo facades, and months of usage written through the ledger at past times.
+"""Demo data for `make run` and `manage.py seed_demo`: the demo facades (pointing at the mock
+upstream, priced at public list prices per million tokens at the time of writing, in micro-USD),
+demo users with keys, and months of usage written through the ledger at past times.
 
 The history has a weekday rhythm (quiet weekends), a few heavy users and favourite models, and a
 growth trend (more users join and everyone uses more as the weeks pass). Everything random comes
@@ -14,10 +15,42 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from usage import ledger
+from gateway.models import ModelFacade
+from usage import ledger, rollups
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
-from usage.periods import local_date, local_midnight, zone
+from usage.calendar import local_date, local_midnight, zone
 from usage.pricing import cost_nanos
+
+DEMO_FACADES = [
+    # name, provider, input, cached input, cache write, output (micro-USD per million tokens)
+    ("gpt-4o-mini", "openai", 150_000, 75_000, 0, 600_000),
+    ("gpt-4o", "openai", 2_500_000, 1_250_000, 0, 10_000_000),
+    ("text-embedding-3-small", "openai", 20_000, 0, 0, 0),
+    ("claude-sonnet-4-5", "anthropic", 3_000_000, 300_000, 3_750_000, 15_000_000),
+    ("claude-haiku-4-5", "anthropic", 1_000_000, 100_000, 1_250_000, 5_000_000),
+]
+
+
+def ensure_demo_facades(mock_url: str) -> list[ModelFacade]:
+    """Create the demo facades that are missing; existing ones (and an admin's edits) are kept."""
+    mock_url = mock_url.rstrip("/")
+    facades = []
+    for name, provider, inp, cached, write, out in DEMO_FACADES:
+        facade, _ = ModelFacade.objects.get_or_create(
+            name=name,
+            defaults=dict(
+                provider=provider,
+                base_url=f"{mock_url}/v1" if provider == "openai" else mock_url,
+                upstream_model=name,
+                input_price_micros=inp,
+                cached_input_price_micros=cached,
+                cache_write_price_micros=write,
+                output_price_micros=out,
+            ),
+        )
+        facades.append(facade)
+    return facades
+
 
 DEMO_EMAIL_DOMAIN = "demo.codevector.invalid"
 DEMO_NAMES = [
@@ -58,7 +91,6 @@ class SeedResult:
     keys_created: int = 0
     requests: int = 0
     cost_nanos: int = 0
-    rolled_up: bool = False
     usernames: list[str] = field(default_factory=list)
 
 
@@ -73,8 +105,6 @@ def seed_demo(*, days: int = 90, users: int = 25, seed: int = 0, force: bool = F
         raise ValueError("days and users must be at least 1")
     if has_usage() and not force:
         return SeedResult(skipped=True)
-    from gateway.demo import ensure_demo_facades
-
     now = now or timezone.now()
     facades = ensure_demo_facades(mock_url)
     result = SeedResult()
@@ -86,7 +116,7 @@ def seed_demo(*, days: int = 90, users: int = 25, seed: int = 0, force: bool = F
         ledger.record_many(deltas[offset : offset + 5_000])
     result.requests = sum(d.requests for d in deltas)
     result.cost_nanos = sum(d.cost_nanos for d in deltas)
-    result.rolled_up = roll_up()
+    rollups.roll_up()
     return result
 
 
@@ -167,12 +197,3 @@ def _delta(rng, delta_id, user_id, facade, mix, at, requests) -> ledger.UsageDel
                              error_requests=errors, input_tokens=input_tokens, cached_input_tokens=cached,
                              cache_write_tokens=written, output_tokens=output_tokens, cost_nanos=cost)
 
-
-def roll_up() -> bool:
-    """Roll the history up to now, once the rollups module is there; False if it is not."""
-    try:
-        from usage import rollups
-    except ImportError:
-        return False
-    rollups.roll_up()
-    return True

@@ -1,4 +1,4 @@
-"""API-key authentication for the usage API (DRF): `Authorization: Bearer cvk_...`."""
+"""API-key authentication for Django REST framework (the usage API): `Authorization: Bearer cvk_...`."""
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
@@ -15,7 +15,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         raw = raw.strip()
         if scheme.lower() != "bearer" or not raw.startswith(KEY_PREFIX):
             return None  # not ours: let session authentication answer
-        key = ApiKey.objects.usable().select_related("user").filter(digest=hash_key(raw)).first()
+        key = ApiKey.objects.find_usable(hash_key(raw))
         if key is None:
             raise exceptions.AuthenticationFailed("Invalid API key: it is unknown, revoked or expired.")
         return key.user, key
@@ -27,7 +27,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 class ApiKeyScheme(OpenApiAuthenticationExtension):
     """Describes ApiKeyAuthentication in the OpenAPI schema as a bearer token."""
 
-    target_class = "usage.authentication.ApiKeyAuthentication"
+    target_class = "gateway.authentication.ApiKeyAuthentication"
     name = "apiKey"
 
     def get_security_definition(self, auto_schema):

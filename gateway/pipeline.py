@@ -1,0 +1,311 @@
+"""One gateway request, step by step: read → parse → resolve → check → forward → stream → record.
+
+A `Call` carries the request through the steps; a `Refusal` is an answer the gateway gives itself
+before forwarding (nothing is recorded). The steps read the process's snapshots (keys, facades,
+budgets) and write through the usage store; the ASGI shell in `gateway.app` owns those.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import aiohttp
+from django.utils import timezone
+
+from gateway import upstream
+from gateway.catalog import FacadeInfo
+from gateway.keys import KeyInfo, load_key, presented_key
+from gateway.providers import SSEReader, Usage, anthropic, openai, strict_json
+from usage.ledger import UsageDelta
+from usage.money import usd_exact
+from usage.pricing import cost_nanos
+
+logger = logging.getLogger("codevector.gateway")
+
+ENDPOINT_OF = {"openai": "/v1/chat/completions or /v1/embeddings", "anthropic": "/v1/messages"}
+
+
+class Refusal(Exception):
+    """A request the gateway answers itself, before forwarding: nothing is recorded."""
+
+    def __init__(self, status: int, message: str, *, type: str | None = None, code: str | None = None,
+                 param: str | None = None, headers: list | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+        self.headers = headers or []
+
+
+@dataclass
+class Call:
+    """One request on its way through the gateway."""
+
+    scope: dict
+    receive: object
+    send: object
+    protocol: object = openai
+    request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex)
+    started: float = field(default_factory=time.monotonic)
+    key: KeyInfo | None = None
+    facade: FacadeInfo | None = None
+    status: int = 0
+    usage: Usage | None = None
+    cost: int | None = None
+    extra_headers: list = field(default_factory=list)
+
+    @cached_property
+    def headers(self) -> dict[str, str]:
+        return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope["headers"]}
+
+    def response_headers(self, content_type: bytes) -> list[tuple[bytes, bytes]]:
+        headers = [(b"content-type", content_type), (b"x-codevector-request-id", self.request_id.encode())]
+        if self.cost is not None:
+            headers.append((b"x-codevector-cost-usd", usd_exact(self.cost).encode()))
+        return headers + self.extra_headers
+
+    async def respond(self, status: int, body: bytes, headers: list | None = None,
+                      content_type: bytes = b"application/json") -> None:
+        self.status = status
+        await self.send({"type": "http.response.start", "status": status,
+                         "headers": self.response_headers(content_type) + (headers or [])})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def refuse(self, refusal: Refusal) -> None:
+        await self.respond(refusal.status, self.protocol.error_body(
+            refusal.status, refusal.message, type=refusal.type, code=refusal.code, param=refusal.param),
+            refusal.headers)
+
+    def log(self) -> None:
+        """One JSON line per request, built only when the logger would write it (never a key)."""
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        usage = self.usage or Usage()
+        logger.info(json.dumps({
+            "event": "request", "request_id": self.request_id, "method": self.scope.get("method"),
+            "path": self.scope.get("path"), "status": self.status,
+            "user": self.key.username if self.key else None, "key_prefix": self.key.prefix if self.key else None,
+            "facade": self.facade.name if self.facade else None, "input_tokens": usage.input_tokens,
+            "cached_input_tokens": usage.cached_input_tokens, "cache_write_tokens": usage.cache_write_tokens,
+            "output_tokens": usage.output_tokens, "estimated": usage.estimated,
+            "cost_usd": usd_exact(self.cost) if self.cost is not None else None,
+            "latency_ms": round((time.monotonic() - self.started) * 1000, 2),
+        }, separators=(",", ":")))
+
+
+class Pipeline:
+    """The request steps, over the snapshots and store of one gateway process (`gateway.app`)."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+
+    # --- authenticate ----------------------------------------------------------------------------
+
+    async def authenticate(self, call: Call) -> None:
+        keys = self.gateway.keys
+        if not keys.loaded:
+            raise Refusal(503, "The gateway cannot check API keys yet: its database is unavailable. Retry shortly.",
+                          code="gateway_unavailable")
+        raw = presented_key(call.headers)
+        if raw is None:
+            raise Refusal(401, "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+                          code="missing_api_key")
+        found = keys.find(raw)
+        info = found.info
+        if info is None and found.ask_database:
+            try:
+                info = await self.gateway.in_db_thread(load_key, found.digest)
+            except Exception as exc:
+                logger.warning("key lookup failed: %s", exc)
+            keys.learn(found.digest, info)
+        if info is None:
+            raise Refusal(401, "Invalid API key: it is unknown, revoked or expired.", code="invalid_api_key")
+        call.key = info
+        keys.mark_used(info.key_id)
+
+    async def models(self, call: Call) -> None:
+        await self.authenticate(call)
+        facades = sorted(self.gateway.facades.values(), key=lambda f: f.name)
+        created = min((f.created for f in facades), default=0)
+        await call.respond(200, json.dumps(call.protocol.models_list(facades, created)).encode())
+
+    # --- read, parse, resolve, check -------------------------------------------------------------
+
+    @staticmethod
+    async def read_body(call: Call, limit: int) -> bytes:
+        too_large = Refusal(413, f"Request body is larger than the gateway's limit of {limit} bytes.",
+                            code="request_too_large")
+        declared = call.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        while True:
+            message = await call.receive()
+            if message["type"] == "http.disconnect":
+                raise Refusal(400, "The client went away before sending the whole body.")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    @staticmethod
+    def parse(raw: bytes) -> dict:
+        try:
+            body = strict_json(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Refusal(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise Refusal(400, "The request body must be a JSON object.", code="invalid_json")
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            raise Refusal(400, "'model' is required and must be a string naming a model.", param="model")
+        if "stream" in body and not isinstance(body["stream"], bool):
+            raise Refusal(400, "'stream' must be true or false.", param="stream")
+        return body
+
+    def resolve(self, call: Call, model: str) -> FacadeInfo:
+        facade = self.gateway.facades.get(model)
+        if facade is None:
+            raise Refusal(404, f"The model '{model}' does not exist or is not active on this gateway "
+                               "(GET /v1/models lists them).", code="model_not_found", param="model")
+        if facade.provider != call.protocol.NAME:
+            raise Refusal(400, f"The model '{model}' speaks the {facade.provider} protocol: "
+                               f"use {ENDPOINT_OF[facade.provider]}.", code="wrong_endpoint", param="model")
+        return facade
+
+    def check_budgets(self, call: Call) -> None:
+        verdict = self.gateway.budgets.check(call.key.user_id, timezone.now())
+        call.extra_headers += [(name.encode(), value.encode()) for name, value in verdict.headers]
+        if verdict.refusal is not None:
+            raise Refusal(429, verdict.refusal, type="budget_exceeded", code="budget_exceeded")
+
+    # --- forward, stream, record -----------------------------------------------------------------
+
+    async def proxy(self, call: Call, upstream_path: str, max_body_bytes: int) -> None:
+        store = self.gateway.store
+        if not store.accepting:
+            store.count_refusal()
+            raise Refusal(503, "The gateway cannot record usage right now (database and disk buffer both "
+                               "unavailable), so it is not serving requests. Retry shortly.",
+                          code="usage_unrecordable")
+        await self.authenticate(call)
+        body = self.parse(await self.read_body(call, max_body_bytes))
+        facade = call.facade = self.resolve(call, body["model"])
+        self.check_budgets(call)
+        credential = None
+        if facade.api_key_env:
+            credential = os.environ.get(facade.api_key_env)
+            if not credential:
+                raise Refusal(502, f"The upstream credential for '{facade.name}' is not configured on the gateway.",
+                              code="upstream_credential_missing")
+        stream = body.get("stream") is True and upstream_path != "/embeddings"
+        outgoing, caller_wants_usage = call.protocol.prepare_request(body, facade.upstream_model, stream)
+        headers = upstream.request_headers(call.headers, call.protocol.auth_headers(credential))
+        headers["content-type"] = "application/json"
+        if call.protocol is anthropic:
+            headers.setdefault("anthropic-version", anthropic.VERSION)
+        payload = json.dumps(outgoing, separators=(",", ":")).encode()
+        try:
+            response = await self.gateway.session.post(facade.base_url + upstream_path, data=payload,
+                                                       headers=headers, timeout=upstream.timeout())
+        except asyncio.TimeoutError:
+            await self.record(call, Usage(), error=True)
+            raise Refusal(504, f"The upstream for '{facade.name}' did not answer in time.", code="upstream_timeout")
+        except aiohttp.ClientError as exc:
+            await self.record(call, Usage(), error=True)
+            raise Refusal(502, f"The upstream for '{facade.name}' could not be reached ({type(exc).__name__}).",
+                          code="upstream_unreachable")
+        try:
+            if response.status >= 400 or not stream:
+                await self.whole_response(call, response, body)
+            else:
+                await self.streamed_response(call, response, body, caller_wants_usage)
+        finally:
+            response.release()
+
+    async def whole_response(self, call: Call, response: aiohttp.ClientResponse, body: dict) -> None:
+        try:
+            data = await response.read()
+        except asyncio.TimeoutError:
+            await self.record(call, Usage(), error=True)
+            raise Refusal(504, f"The upstream for '{call.facade.name}' did not answer in time.",
+                          code="upstream_timeout")
+        except aiohttp.ClientError:
+            await self.record(call, Usage(), error=True)
+            raise Refusal(502, f"The upstream for '{call.facade.name}' dropped the connection.",
+                          code="upstream_unreachable")
+        content_type = response.headers.get("content-type", "application/json").encode("latin-1")
+        if response.status >= 400:
+            await self.record(call, Usage(), error=True)
+            await call.respond(response.status, data, upstream.response_headers(response.headers), content_type)
+            return
+        try:
+            data, usage = call.protocol.finish_response(data, call.facade.name, body)
+        except ValueError:
+            await self.record(call, Usage(), error=True)
+            raise Refusal(502, f"The upstream for '{call.facade.name}' answered with something that is not JSON.",
+                          code="upstream_bad_response")
+        await self.record(call, usage)
+        await call.respond(response.status, data, upstream.response_headers(response.headers), content_type)
+
+    async def streamed_response(self, call: Call, response: aiohttp.ClientResponse, body: dict,
+                                caller_wants_usage: bool) -> None:
+        state = call.protocol.StreamState(call.facade.name, caller_wants_usage, body)
+        reader = SSEReader()
+        disconnected = asyncio.Event()
+        watcher = asyncio.get_running_loop().create_task(self.watch_disconnect(call, disconnected, response))
+        call.status = response.status
+        await call.send({"type": "http.response.start", "status": response.status,
+                         "headers": call.response_headers(b"text/event-stream; charset=utf-8")
+                         + [(b"cache-control", b"no-cache")] + upstream.response_headers(response.headers)})
+        recorded = False
+        error = False
+        try:
+            async for chunk in response.content.iter_any():
+                for raw, name, data in reader.feed(chunk):
+                    out = state.process(raw, name, data)
+                    if (state.done or state.error) and not recorded:
+                        # The delta is stored before the last event goes out.
+                        await self.record(call, state.usage(), error=state.error)
+                        recorded = True
+                    if out and not disconnected.is_set():
+                        await call.send({"type": "http.response.body", "body": out, "more_body": True})
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
+            error = not disconnected.is_set()
+        finally:
+            watcher.cancel()
+        if not recorded:
+            # Cut short: a disconnect is not an error; an upstream that stopped mid-stream is.
+            await self.record(call, state.usage(), error=error or (not state.done and not disconnected.is_set()))
+        if not disconnected.is_set():
+            await call.send({"type": "http.response.body", "body": reader.rest(), "more_body": False})
+
+    @staticmethod
+    async def watch_disconnect(call: Call, disconnected: asyncio.Event, response) -> None:
+        while True:
+            message = await call.receive()
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+                response.close()  # stop reading from the upstream
+                return
+
+    async def record(self, call: Call, usage: Usage, error: bool = False) -> None:
+        facade, key = call.facade, call.key
+        call.usage = usage
+        call.cost = cost_nanos(facade.prices, input_tokens=usage.input_tokens,
+                               cached_input_tokens=usage.cached_input_tokens,
+                               cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens)
+        now = timezone.now()
+        delta = UsageDelta(
+            id=call.request_id, user_id=key.user_id, facade_id=facade.facade_id, at=now, requests=1,
+            error_requests=int(error), estimated_requests=int(usage.estimated), input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens, cache_write_tokens=usage.cache_write_tokens,
+            output_tokens=usage.output_tokens, cost_nanos=call.cost,
+        )
+        await self.gateway.store.record(delta)
+        self.gateway.budgets.add_spend(key.user_id, now, call.cost)
