@@ -23,10 +23,10 @@ class CodeVectorAdminSite(admin.AdminSite):
 
     def get_app_list(self, request, app_label=None):
         """The usage pages join the navigation (index and sidebar) as the usage app's first rows."""
-        from usage.views import can_view_usage
+        from usage.permissions import sees_everyone  # as above: loaded before the models
 
         app_list = super().get_app_list(request, app_label)
-        if app_label not in (None, "usage") or not can_view_usage(request.user):
+        if app_label not in (None, "usage") or not sees_everyone(request.user):
             return app_list
         usage_app = next((app for app in app_list if app["app_label"] == "usage"), None)
         if usage_app is None:

@@ -101,9 +101,9 @@ def test_models_breakdown_and_csv(history, staff, bob, period):
 
 def test_an_empty_csv_still_has_its_header_row(staff):
     text = as_user(staff).get("/api/usage/models/?period=7d&format=csv").content.decode()
-    assert text == ",".join(api.MODEL_FIELDS) + "\n"
+    assert text == ",".join(api.ModelsView.csv_fields) + "\n"
     text = as_user(staff).get("/api/usage/leaderboard/?format=csv").content.decode()
-    assert text == ",".join(api.LEADERBOARD_FIELDS) + "\n"
+    assert text == ",".join(api.LeaderboardView.csv_fields) + "\n"
 
 
 def test_csv_names_that_spreadsheets_would_run_as_formulas_are_defused(staff, gpt):

@@ -14,6 +14,7 @@ from django.urls import path
 
 from usage import admin_budgets, dashboard, queries, views  # noqa: F401  (admin_budgets registers Budget)
 from usage.money import usd_for_people
+from usage.permissions import sees_everyone
 
 User = get_user_model()
 
@@ -33,7 +34,7 @@ class UsageUserAdmin(UserAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = dict(extra_context or {})
-        if object_id and views.can_view_usage(request.user):
+        if object_id and sees_everyone(request.user):
             period = queries.resolve_window(dashboard.DEFAULT_WINDOW)
             user = self.get_object(request, object_id)
             if user is not None:

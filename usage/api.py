@@ -7,7 +7,6 @@ point; times are ISO 8601 with offset.
 
 import csv
 import io
-from decimal import Decimal
 
 from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -21,14 +20,11 @@ from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from usage import queries
+from usage.calendar import zone
+from usage.counters import COUNTERS
 from usage.permissions import SeesEveryone, sees_everyone
 
-COUNTER_FIELDS = ("requests", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-                  "error_requests", "estimated_requests")
-SERIES_FIELDS = ("date", *COUNTER_FIELDS, "spend_usd")
-MODEL_FIELDS = ("facade", *COUNTER_FIELDS, "spend_usd", "share")
-LEADERBOARD_FIELDS = ("rank", "previous_rank", "user_id", "username", "requests", "input_tokens", "output_tokens",
-                      "tokens", "spend_usd", "share")
+COUNTER_FIELDS = tuple(name for name in COUNTERS if name != "cost_nanos")  # cost is shown as spend_usd
 
 
 class CSVRenderer(BaseRenderer):
@@ -73,41 +69,47 @@ class CSVRenderer(BaseRenderer):
                 yield {"field": field, "message": str(message)}
 
 
-# Response shapes, for the OpenAPI schema (the views build plain dicts).
-class CountersOut(serializers.Serializer):
-    requests = serializers.IntegerField()
-    input_tokens = serializers.IntegerField()
-    cached_input_tokens = serializers.IntegerField()
-    cache_write_tokens = serializers.IntegerField()
-    output_tokens = serializers.IntegerField()
-    error_requests = serializers.IntegerField()
-    estimated_requests = serializers.IntegerField()
-    spend_usd = serializers.DecimalField(max_digits=30, decimal_places=9, help_text="Exact USD, 9 decimal places.")
+# Response shapes: the views answer through these serializers, and the OpenAPI schema describes them.
+
+
+class LocalDateTimeField(serializers.DateTimeField):
+    """ISO 8601 in the gateway's TIME_ZONE, with its offset (DRF would write UTC as `Z`)."""
+
+    def to_representation(self, value):
+        return value.astimezone(zone()).isoformat() if value is not None else None
+
+
+def counter_fields(source: str) -> dict[str, serializers.Field]:
+    """One field per counter of usage.counters (cost as exact USD), read from `source` + name."""
+    fields = {name: serializers.IntegerField(source=source + name) for name in COUNTER_FIELDS}
+    fields["spend_usd"] = serializers.DecimalField(max_digits=30, decimal_places=9, source=source + "spend_usd",
+                                                   help_text="Exact USD, 9 decimal places.")
+    return fields
+
+
+def share_field(of: str) -> serializers.DecimalField:
+    return serializers.DecimalField(max_digits=5, decimal_places=4, help_text=f"Share of {of}, 0 to 1.")
 
 
 class FrameOut(serializers.Serializer):
-    period = serializers.ChoiceField(choices=list(queries.WINDOWS))
-    start = serializers.DateTimeField()
-    end = serializers.DateTimeField()
-    complete_through = serializers.DateTimeField(allow_null=True, help_text="Rolled up through this moment; "
-                                                 "the numbers are exact either way.")
+    period = serializers.ChoiceField(choices=list(queries.WINDOWS), source="window.key")
+    start = LocalDateTimeField(source="window.start")
+    end = LocalDateTimeField(source="window.end")
+    complete_through = LocalDateTimeField(allow_null=True, help_text="Rolled up through this moment; "
+                                          "the numbers are exact either way.")
 
 
-class SummaryOut(FrameOut, CountersOut):
-    pass
-
-
-class DayOut(CountersOut):
-    date = serializers.DateField()
+SummaryOut = type("SummaryOut", (FrameOut,), counter_fields("totals."))
+DayOut = type("DayOut", (serializers.Serializer,), {"date": serializers.DateField(), **counter_fields("totals.")})
 
 
 class SeriesOut(FrameOut):
     series = DayOut(many=True)
 
 
-class ModelRowOut(CountersOut):
-    facade = serializers.CharField()
-    share = serializers.DecimalField(max_digits=5, decimal_places=4, help_text="Share of the period's spend, 0 to 1.")
+ModelRowOut = type("ModelRowOut", (serializers.Serializer,), {
+    "facade": serializers.CharField(source="facade_name"), **counter_fields("totals."),
+    "share": share_field("the period's spend")})
 
 
 class ModelsOut(FrameOut):
@@ -119,12 +121,12 @@ class LeaderRowOut(serializers.Serializer):
     previous_rank = serializers.IntegerField(allow_null=True)
     user_id = serializers.IntegerField()
     username = serializers.CharField()
-    requests = serializers.IntegerField()
-    input_tokens = serializers.IntegerField()
-    output_tokens = serializers.IntegerField()
-    tokens = serializers.IntegerField()
-    spend_usd = serializers.DecimalField(max_digits=30, decimal_places=9)
-    share = serializers.DecimalField(max_digits=5, decimal_places=4, help_text="Share of the ranked metric, 0 to 1.")
+    requests = serializers.IntegerField(source="totals.requests")
+    input_tokens = serializers.IntegerField(source="totals.input_tokens")
+    output_tokens = serializers.IntegerField(source="totals.output_tokens")
+    tokens = serializers.IntegerField(source="totals.tokens")
+    spend_usd = serializers.DecimalField(max_digits=30, decimal_places=9, source="totals.spend_usd")
+    share = share_field("the ranked metric")
 
 
 class LeaderboardOut(serializers.Serializer):
@@ -139,24 +141,12 @@ class MyUsageOut(serializers.Serializer):
     series = DayOut(many=True)
 
 
+def csv_columns(serializer_class) -> tuple[str, ...]:
+    return tuple(serializer_class().fields)
+
+
 class UsageThrottle(UserRateThrottle):
     scope = "usage"
-
-
-def money(nanos: int) -> str:
-    return format(queries.nanos_to_usd(nanos), "f")
-
-
-def share(fraction: Decimal) -> str:
-    return str(fraction.quantize(Decimal("0.0001")))  # the read module gives a bare 0 for an empty whole
-
-
-def local_iso(moment) -> str:
-    return moment.astimezone(queries.zone()).isoformat()
-
-
-def counters(totals: queries.Totals) -> dict:
-    return {**{name: getattr(totals, name) for name in COUNTER_FIELDS}, "spend_usd": money(totals.cost_nanos)}
 
 
 class UsageParams(serializers.Serializer):
@@ -175,61 +165,50 @@ class UsageView(APIView):
     renderer_classes = [JSONRenderer, BrowsableAPIRenderer]
 
     def scope(self, request) -> tuple[queries.Window, int | None]:
-        """The period, and whose usage: the caller's own unless they may see everyone."""
+        """The window (?period=), and whose usage: the caller's own unless they may see everyone."""
         params = UsageParams(data=request.query_params)
         params.is_valid(raise_exception=True)
-        period = queries.resolve_window(params.validated_data["period"])
+        window = queries.resolve_window(params.validated_data["period"])
         user = params.validated_data.get("user")
         if sees_everyone(request.user):
             if user is not None and not get_user_model().objects.filter(pk=user).exists():
                 raise ValidationError({"user": [f"No user has the id {user}."]})
-            return period, user
+            return window, user
         if user is not None and user != request.user.pk:  # 403 whether or not that id exists: no probing
             raise PermissionDenied("You may see only your own usage.")
-        return period, request.user.pk
+        return window, request.user.pk
 
     @staticmethod
-    def frame(period: queries.Window) -> dict:
-        complete = queries.complete_through()
-        return {"period": period.key, "start": local_iso(period.start), "end": local_iso(period.end),
-                "complete_through": local_iso(complete) if complete else None}
-
-
-def summary_data(period, user_id) -> dict:
-    return counters(queries.summary(period, user_id).totals)
-
-
-def series_data(period, user_id) -> list[dict]:
-    return [{"date": point.date.isoformat(), **counters(point.totals)} for point in queries.daily_series(period, user_id)]
+    def frame(window: queries.Window, **rows) -> dict:
+        """What a usage answer is made of (FrameOut and the rows), for its serializer."""
+        return {"window": window, "complete_through": queries.complete_through(), **rows}
 
 
 @extend_schema(parameters=[UsageParams], responses=SummaryOut)
 class SummaryView(UsageView):
     def get(self, request):
-        period, user_id = self.scope(request)
-        return Response({**self.frame(period), **summary_data(period, user_id)})
+        window, user_id = self.scope(request)
+        return Response(SummaryOut(self.frame(window, totals=queries.summary(window, user_id).totals)).data)
 
 
 @extend_schema(parameters=[UsageParams], responses=SeriesOut)
 class SeriesView(UsageView):
     renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
-    csv_name, csv_fields = "series", SERIES_FIELDS
+    csv_name, csv_fields = "series", csv_columns(DayOut)
 
     def get(self, request):
-        period, user_id = self.scope(request)
-        return Response({**self.frame(period), "series": series_data(period, user_id)})
+        window, user_id = self.scope(request)
+        return Response(SeriesOut(self.frame(window, series=queries.daily_series(window, user_id))).data)
 
 
 @extend_schema(parameters=[UsageParams], responses=ModelsOut)
 class ModelsView(UsageView):
     renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
-    csv_name, csv_fields = "models", MODEL_FIELDS
+    csv_name, csv_fields = "models", csv_columns(ModelRowOut)
 
     def get(self, request):
-        period, user_id = self.scope(request)
-        rows = [{"facade": row.facade_name, **counters(row.totals), "share": share(row.share)}
-                for row in queries.by_facade(period, user_id)]
-        return Response({**self.frame(period), "models": rows})
+        window, user_id = self.scope(request)
+        return Response(ModelsOut(self.frame(window, models=queries.by_facade(window, user_id))).data)
 
 
 class LeaderboardPagination(PageNumberPagination):
@@ -241,26 +220,18 @@ class LeaderboardPagination(PageNumberPagination):
 class LeaderboardView(UsageView):
     permission_classes = [SeesEveryone]
     renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
-    csv_name, csv_fields = "leaderboard", LEADERBOARD_FIELDS
+    csv_name, csv_fields = "leaderboard", csv_columns(LeaderRowOut)
 
     def get(self, request):
         params = LeaderboardParams(data=request.query_params)
         params.is_valid(raise_exception=True)
-        period = queries.resolve_window(params.validated_data["period"])
-        by = params.validated_data["by"]
-        board = queries.leaderboard(period, by)
+        window = queries.resolve_window(params.validated_data["period"])
+        board = queries.leaderboard(window, params.validated_data["by"])
         if request.accepted_renderer.format == "csv":  # a download is the whole board, not its first page
-            return Response({"period": period.key, "results": [self.row(r) for r in board]})
+            return Response({"period": window.key, "results": LeaderRowOut(board, many=True).data})
         paginator = LeaderboardPagination()
         page = paginator.paginate_queryset(board, request, view=self)
-        return paginator.get_paginated_response([self.row(r) for r in page])
-
-    @staticmethod
-    def row(row: queries.LeaderRow) -> dict:
-        return {"rank": row.rank, "previous_rank": row.previous_rank, "user_id": row.user_id,
-                "username": row.username, "requests": row.totals.requests, "input_tokens": row.totals.input_tokens,
-                "output_tokens": row.totals.output_tokens, "tokens": row.totals.tokens,
-                "spend_usd": money(row.totals.cost_nanos), "share": share(row.share)}
+        return paginator.get_paginated_response(LeaderRowOut(page, many=True).data)
 
 
 @extend_schema(parameters=[OpenApiParameter("period", str, enum=list(queries.WINDOWS), default="7d")],
@@ -269,6 +240,8 @@ class MyUsageView(UsageView):
     def get(self, request):
         params = UsageParams(data={"period": request.query_params.get("period", "7d")})
         params.is_valid(raise_exception=True)
-        period = queries.resolve_window(params.validated_data["period"])
-        return Response({"summary": {**self.frame(period), **summary_data(period, request.user.pk)},
-                         "series": series_data(period, request.user.pk)})
+        window = queries.resolve_window(params.validated_data["period"])
+        return Response(MyUsageOut({
+            "summary": self.frame(window, totals=queries.summary(window, request.user.pk).totals),
+            "series": queries.daily_series(window, request.user.pk),
+        }).data)

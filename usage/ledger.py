@@ -5,9 +5,9 @@ Two ways in, one statement plan:
 - `GroupCommitter` (async, the gateway): every delta waiting while a write is in flight is merged
   into the next multi-row UPSERT, and each caller returns only once its own delta is committed.
 
-`write_statements` is the single definition of what a write does; it is a generator of
-(sql, params) pairs so the sync and async drivers run the very same plan (later steps, such as
-the late-data path, extend it here and both drivers follow).
+`write_statements` is the single definition of what a write does (the 5-minute UPSERT and the
+late-data path); it is a generator of (sql, params) pairs so the sync and async drivers run the
+very same plan.
 """
 
 import asyncio
@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from django.db import connections, transaction
 
 from usage import sql
+from usage.calendar import as_utc, day_bounds, hour_start, month_bounds, zone
+from usage.counters import COUNTERS, Counters, counter_values
 
 logger = logging.getLogger(__name__)
 
@@ -28,25 +30,20 @@ ROWS_PER_STATEMENT = 500
 BUCKET_SECONDS = 300
 
 
-@dataclass(frozen=True, slots=True)
-class UsageDelta:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageDelta(Counters):
+    """One request's counters (usage.counters), with where and when they belong."""
+
     id: str
     user_id: int
     facade_id: int
     at: datetime
     requests: int = 1
-    error_requests: int = 0
-    estimated_requests: int = 0
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    output_tokens: int = 0
-    cost_nanos: int = 0
 
     def __post_init__(self):
         if self.at.tzinfo is None:
             raise ValueError("a usage delta needs a timezone-aware time")
-        for name in sql.COUNTERS:
+        for name in COUNTERS:
             value = getattr(self, name)
             if type(value) is not int:
                 raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -56,7 +53,7 @@ class UsageDelta:
         return five_minute_start(self.at)
 
     def counters(self) -> tuple[int, ...]:
-        return tuple(getattr(self, name) for name in sql.COUNTERS)
+        return counter_values(self)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -112,8 +109,6 @@ def write_statements(deltas: Iterable[UsageDelta], vendor: str = "postgresql") -
        by the watermark), so it is visible at every level at once and no rolled period is ever
        recomputed from 5-minute rows that retention may have pruned.
     """
-    from usage.calendar import as_utc, day_bounds, hour_start, month_bounds, zone
-
     rows = list(merge_deltas(deltas).items())
     locked = yield sql.LOCK_WATERMARK_FOR_WRITE[vendor], []
     watermark = as_utc(locked[0][1]) if locked else None

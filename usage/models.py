@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.db import models
 
+from usage.counters import COUNTER_DEFINITIONS
 from usage.money import nanos_to_usd
 
 
@@ -15,20 +16,17 @@ class UsageBucket(models.Model):
     bucket_start = models.DateTimeField()
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     facade = models.ForeignKey("gateway.ModelFacade", on_delete=models.PROTECT, related_name="+")
-    requests = models.BigIntegerField(default=0)
-    error_requests = models.BigIntegerField(default=0)
-    estimated_requests = models.BigIntegerField(default=0)
-    input_tokens = models.BigIntegerField(default=0, help_text="Every prompt token, cached and cache writes included.")
-    cached_input_tokens = models.BigIntegerField(default=0)
-    cache_write_tokens = models.BigIntegerField(default=0)
-    output_tokens = models.BigIntegerField(default=0)
-    cost_nanos = models.BigIntegerField(default=0, help_text="Integer nanodollars.")
+    # ...and one BigIntegerField per counter of usage.counters, added below.
 
     class Meta:
         abstract = True
 
     def __str__(self):
         return f"{self.bucket_start:%Y-%m-%d %H:%M} user={self.user_id} facade={self.facade_id}"
+
+
+for _counter in COUNTER_DEFINITIONS:  # the levels inherit them: abstract fields are copied at subclassing
+    UsageBucket.add_to_class(_counter.name, models.BigIntegerField(default=0, help_text=_counter.help))
 
 
 # Each level: the unique key the ledger's ON CONFLICT names, and an index for per-user range

@@ -1,4 +1,4 @@
-"""Who may see whose usage through the API."""
+"""Who may see whose usage: one rule for the admin's usage pages and the API."""
 
 from rest_framework.permissions import BasePermission
 
@@ -6,7 +6,8 @@ DASHBOARD_PERMISSION = "usage.view_usage_dashboard"
 
 
 def sees_everyone(user) -> bool:
-    """Superusers, and staff holding usage.view_usage_dashboard (by session or their own key)."""
+    """An active superuser, or active staff holding usage.view_usage_dashboard (by session or their
+    own key), sees everyone's usage; anyone else only their own."""
     return bool(user and user.is_active and (user.is_superuser or (user.is_staff and user.has_perm(DASHBOARD_PERMISSION))))
 
 

@@ -6,7 +6,7 @@ every total equals the sum of every delta recorded, the current 5-minute bucket 
 whatever the state of the rollups.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -18,7 +18,7 @@ from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
 from usage.calendar import day_bounds, local_date, local_midnight, month_bounds, next_hour, zone
 from usage.money import nanos_to_usd
 from usage.rollups import watermark
-from usage.sql import COUNTERS
+from usage.counters import COUNTERS, Counters
 
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 LEADERBOARD_METRICS = ("tokens", "spend", "requests")
@@ -51,23 +51,16 @@ def resolve_window(key: str, now: datetime | None = None) -> Window:
     )
 
 
-@dataclass(frozen=True)
-class Totals:
-    requests: int = 0
-    error_requests: int = 0
-    estimated_requests: int = 0
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    output_tokens: int = 0
-    cost_nanos: int = 0
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Totals(Counters):
+    """Sums of the counters (usage.counters) over some rows."""
 
     @classmethod
     def of(cls, row: dict) -> "Totals":
         return cls(**{name: int(row.get(name) or 0) for name in COUNTERS})
 
     def __add__(self, other: "Totals") -> "Totals":
-        return Totals(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+        return Totals(**{name: getattr(self, name) + getattr(other, name) for name in COUNTERS})
 
     @property
     def spend_usd(self) -> Decimal:

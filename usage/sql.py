@@ -5,16 +5,7 @@ runs unchanged on PostgreSQL and SQLite (both accept `%s` through Django's curso
 and both support INSERT ... ON CONFLICT DO UPDATE with EXCLUDED).
 """
 
-COUNTERS = (
-    "requests",
-    "error_requests",
-    "estimated_requests",
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "cost_nanos",
-)
+from usage.counters import COUNTERS
 
 LEVEL_TABLES = {
     "5min": "usage_bucket_5min",

@@ -9,17 +9,12 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from usage import dashboard
+from usage.permissions import sees_everyone
 from usage.store import buffer_overview
-
-PERMISSION = "usage.view_usage_dashboard"
-
-
-def can_view_usage(user) -> bool:
-    return user.is_active and user.is_staff and user.has_perm(PERMISSION)
 
 
 def _require_permission(request):
-    if not can_view_usage(request.user):
+    if not sees_everyone(request.user):
         raise PermissionDenied("Viewing usage needs the permission “Can view usage dashboards”.")
 
 
