@@ -89,8 +89,20 @@ class ThreadServer:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def close(self):
+        """Cancel what the server left running (a handler still sleeping, say), then stop and close
+        the loop, so nothing is destroyed while pending."""
+        import asyncio
+
+        async def cancel_the_rest():
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.call(cancel_the_rest())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        self.loop.close()
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from django.core.paginator import Paginator
 
 from usage import queries
 from usage.display import compact
+from usage.models import BufferEvent
 from usage.money import usd_for_people
 
 DEFAULT_WINDOW = "7d"
@@ -155,21 +156,8 @@ def page_links(params, page) -> list[dict]:
     return links
 
 
-def budget_states(user_id: int, now) -> list["budgets.BudgetState"]:
-    """The budgets that apply to a user (their own, else the defaults) with the spend so far."""
-    from usage import budgets
-
-    return budgets.states_for(user_id, now)
-
-
 def degraded_events(window: "queries.Window") -> list[dict]:
     """What degraded mode did in the window (replays, losses, refusals), for the page's banner."""
-    from django.db.models import Sum
-
-    from usage.models import BufferEvent
-
-    rows = (BufferEvent.objects.filter(at__gte=window.start, at__lt=window.end).values("kind")
-            .annotate(total=Sum("count")).order_by("kind"))
     labels = dict(BufferEvent.Kind.choices)
-    return [{"kind": row["kind"], "label": labels.get(row["kind"], row["kind"]), "count": row["total"]}
-            for row in rows if row["total"]]
+    return [{"kind": kind, "label": labels.get(kind, kind), "count": count}
+            for kind, count in BufferEvent.objects.totals(window.start, window.end).items()]

@@ -17,7 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 
+import psycopg
 from django.db import connections, transaction
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool
 
 from usage import sql
 from usage.calendar import as_utc, day_bounds, hour_start, month_bounds, zone
@@ -254,8 +257,6 @@ class PostgresWriter:
     """Writes batches through an async psycopg pool (no Django on the request path)."""
 
     def __init__(self, conninfo: str, max_size: int = 4, timeout: float = 2.0):
-        from psycopg_pool import AsyncConnectionPool
-
         self.conninfo = conninfo
         self.pool = AsyncConnectionPool(
             conninfo, min_size=1, max_size=max_size, open=False, timeout=timeout,
@@ -269,8 +270,6 @@ class PostgresWriter:
         await self.pool.close()
 
     async def write(self, deltas: list[UsageDelta]) -> None:
-        import psycopg
-
         async with self.pool.connection() as conn:
             txid = None
             committing = False
@@ -292,8 +291,6 @@ class PostgresWriter:
 
     async def txid_status(self, txid: int) -> str | None:
         """'committed', 'aborted' or 'in progress' for a recent transaction, on a fresh connection."""
-        import psycopg
-
         async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, connect_timeout=2) as conn:
             cursor = await conn.execute(sql.TXID_STATUS, [txid])
             return (await cursor.fetchone())[0]
@@ -326,8 +323,6 @@ class ThreadWriter:
 
 def postgres_conninfo(using: str = "default") -> str | None:
     """psycopg conninfo for a PostgreSQL alias, or None when the database is not PostgreSQL."""
-    from psycopg.conninfo import make_conninfo
-
     settings_dict = connections[using].settings_dict
     if connections[using].vendor != "postgresql":
         return None

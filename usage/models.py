@@ -79,6 +79,18 @@ class AppliedDelta(models.Model):
         verbose_name = "applied buffered delta"
 
 
+class BufferEventQuerySet(models.QuerySet):
+    def totals(self, start=None, end=None) -> dict[str, int]:
+        """Each kind's count summed over [start, end) (open ends: everything), kinds with none left out."""
+        events = self
+        if start is not None:
+            events = events.filter(at__gte=start)
+        if end is not None:
+            events = events.filter(at__lt=end)
+        rows = events.values_list("kind").annotate(total=models.Sum("count")).order_by("kind")
+        return {kind: total for kind, total in rows if total}
+
+
 class BufferEvent(models.Model):
     """What degraded mode did, for the usage page's banner and /readyz: deltas replayed from the
     buffer, deltas lost (logged for replay), requests refused for want of anywhere to record them.
@@ -94,6 +106,8 @@ class BufferEvent(models.Model):
     host = models.CharField(max_length=255)
     pid = models.IntegerField()
     at = models.DateTimeField(db_index=True)
+
+    objects = BufferEventQuerySet.as_manager()
 
     class Meta:
         db_table = "usage_buffer_event"

@@ -74,8 +74,10 @@ class Totals(Counters):
         return {"tokens": self.tokens, "spend": self.cost_nanos, "requests": self.requests}[by]
 
 
-def segments(start: datetime, end: datetime, rolled_through: datetime | None) -> list[tuple[type, datetime, datetime]]:
-    """[(level model, from, to)] covering [start, end): coarsest rolled level first."""
+def segments(start: datetime, end: datetime, rolled_through: datetime | None,
+             by_day: bool = False) -> list[tuple[type, datetime, datetime]]:
+    """[(level model, from, to)] covering [start, end): coarsest rolled level first. `by_day`: no
+    coarser than days (a month row would put the whole month on its first day)."""
     tz = zone()
     out: list[tuple[type, datetime, datetime]] = []
     rolled_end = min(end, rolled_through) if rolled_through else start
@@ -83,7 +85,7 @@ def segments(start: datetime, end: datetime, rolled_through: datetime | None) ->
     while t < rolled_end:
         month_start, month_end = month_bounds(t, tz)
         day_start, day_end = day_bounds(t, tz)
-        if month_start == t and month_end <= rolled_end:
+        if not by_day and month_start == t and month_end <= rolled_end:
             piece = (MonthlyUsage, t, month_end)
         elif day_start == t and day_end <= rolled_end:
             piece = (DailyUsage, t, day_end)
@@ -106,7 +108,7 @@ def _grouped(start: datetime, end: datetime, user_id: int | None, group_by: tupl
              rolled_through: datetime | None) -> list[dict]:
     sums = {name: Sum(name) for name in COUNTERS}
     rows: list[dict] = []
-    for model, a, b in segments(start, end, rolled_through):
+    for model, a, b in segments(start, end, rolled_through, by_day="bucket_start" in group_by):
         qs = model.objects.filter(bucket_start__gte=a, bucket_start__lt=b)
         if user_id is not None:
             qs = qs.filter(user_id=user_id)

@@ -64,9 +64,9 @@ def ensure_state() -> None:
 
 def watermark() -> datetime | None:
     with connection.cursor() as cursor:
-        cursor.execute(sql.LOCK_WATERMARK_FOR_WRITE["sqlite"])  # a plain read on both databases
+        cursor.execute(sql.READ_WATERMARK)
         row = cursor.fetchone()
-    return as_utc(row[1]) if row else None
+    return as_utc(row[0]) if row else None
 
 
 def target_for(now: datetime | None = None) -> datetime:
@@ -107,7 +107,7 @@ def roll_up(until: datetime | None = None, now: datetime | None = None,
             earliest = as_utc(cursor.fetchone()[0])
             current = min(hour_start(earliest, tz) if earliest else target, target)
             _execute(cursor, sql.SET_WATERMARK, [current, settings.TIME_ZONE, timezone.now()])
-    total = _count_hours(current, target, tz)
+    total = _count_hours(current, target)
     done = 0
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
@@ -153,7 +153,7 @@ def _skip_empty_hours(cursor, start: datetime, end: datetime, tz, summary: Rollu
         summary.months += 1
 
 
-def _count_hours(start: datetime, end: datetime, tz) -> int:
+def _count_hours(start: datetime, end: datetime) -> int:
     return max(0, int((end - start).total_seconds() // 3600))
 
 
@@ -186,7 +186,7 @@ def rebuild(since: datetime, now: datetime | None = None,
         # Rows on boundaries of another time zone would be counted beside the new ones: clear them.
         summary.rows += _execute(cursor, sql.delete_range(tables["hour"]), [since, current])
         month_start, _ = month_bounds(since, tz)
-        t, total, done = since, _count_hours(since, current, tz), 0
+        t, total, done = since, _count_hours(since, current), 0
         while t < current:
             end = next_hour(t, tz)
             if t == day_bounds(t, tz)[0]:

@@ -15,6 +15,20 @@ LEVEL_TABLES = {
 }
 
 KEY_COLUMNS = ("bucket_start", "user_id", "facade_id")
+
+
+def _level_table(table: str) -> str:
+    """A table name that may be formatted into SQL: one of LEVEL_TABLES, never anything else
+    (a real check, not an assert that `python -O` would remove)."""
+    if table not in LEVEL_TABLES.values():
+        raise ValueError(f"{table!r} is not a usage level table")
+    return table
+
+
+def _row_count(rows: int) -> int:
+    if rows < 1:
+        raise ValueError("a statement needs at least one row")
+    return rows
 ROW_WIDTH = len(KEY_COLUMNS) + len(COUNTERS)
 
 
@@ -24,8 +38,7 @@ def add_counters(table: str, rows: int) -> str:
     PostgreSQL refuses the same key twice in one statement, so callers merge deltas that share
     a key first (usage.ledger.merge_deltas).
     """
-    assert table in LEVEL_TABLES.values(), table
-    assert rows >= 1
+    table, rows = _level_table(table), _row_count(rows)
     columns = ", ".join(KEY_COLUMNS + COUNTERS)
     placeholders = ", ".join(["(" + ", ".join(["%s"] * ROW_WIDTH) + ")"] * rows)
     updates = ", ".join(f"{c} = {table}.{c} + EXCLUDED.{c}" for c in COUNTERS)
@@ -46,8 +59,7 @@ def claim_delta_ids(rows: int) -> str:
     A concurrent drainer inserting the same id waits on the unique index until the first
     transaction ends, then finds the conflict: each id is returned to exactly one transaction.
     """
-    assert rows >= 1
-    values = ", ".join(["(%s, %s)"] * rows)
+    values = ", ".join(["(%s, %s)"] * _row_count(rows))
     return (
         f"INSERT INTO {APPLIED_DELTA_TABLE} (delta_id, applied_at) VALUES {values} "
         "ON CONFLICT (delta_id) DO NOTHING RETURNING delta_id"
@@ -71,6 +83,7 @@ LOCK_WATERMARK_FOR_WRITE = {
     "postgresql": f"SELECT txid_current(), (SELECT watermark FROM {STATE_TABLE} WHERE id = 1 FOR SHARE)",
     "sqlite": f"SELECT NULL, (SELECT watermark FROM {STATE_TABLE} WHERE id = 1)",
 }
+READ_WATERMARK = f"SELECT watermark FROM {STATE_TABLE} WHERE id = 1"
 LOCK_WATERMARK_FOR_ROLLUP = {
     "postgresql": f"SELECT watermark, time_zone FROM {STATE_TABLE} WHERE id = 1 FOR UPDATE",
     "sqlite": f"SELECT watermark, time_zone FROM {STATE_TABLE} WHERE id = 1",
@@ -84,7 +97,7 @@ NEXT_5MIN_FROM = "SELECT MIN(bucket_start) FROM usage_bucket_5min WHERE bucket_s
 
 def roll_from(target: str, source: str) -> str:
     """Recompute one period of `target` from `source` rows in [start, end): idempotent (x = EXCLUDED.x)."""
-    assert target in LEVEL_TABLES.values() and source in LEVEL_TABLES.values()
+    target, source = _level_table(target), _level_table(source)
     columns = ", ".join(KEY_COLUMNS + COUNTERS)
     sums = ", ".join(f"SUM({c})" for c in COUNTERS)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COUNTERS)
@@ -96,10 +109,8 @@ def roll_from(target: str, source: str) -> str:
 
 
 def delete_range(table: str) -> str:
-    assert table in LEVEL_TABLES.values()
-    return f"DELETE FROM {table} WHERE bucket_start >= %s AND bucket_start < %s"
+    return f"DELETE FROM {_level_table(table)} WHERE bucket_start >= %s AND bucket_start < %s"
 
 
 def delete_before(table: str) -> str:
-    assert table in LEVEL_TABLES.values()
-    return f"DELETE FROM {table} WHERE bucket_start < %s"
+    return f"DELETE FROM {_level_table(table)} WHERE bucket_start < %s"

@@ -25,31 +25,24 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections
+from django.db.models import Max
 from django.utils import timezone
+from psycopg_pool import PoolTimeout
 
-from usage.buffer import BufferWriter, directory_writable
+from usage.buffer import BufferWriter, decode, directory_writable
 from usage.drain import LOST_MARKER, candidates, drain
 from usage.ledger import CommitOutcomeUnknown, GroupCommitter, UsageDelta, make_writer
+from usage.models import BufferEvent
 
 logger = logging.getLogger("codevector.usage")
 
 
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "the database cannot take this write now", per driver."""
-    errors: list[type[BaseException]] = [DatabaseError, OSError, asyncio.TimeoutError]
-    try:
-        import psycopg
-        from psycopg_pool import PoolTimeout
-
-        errors += [psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout]
-    except ImportError:  # pragma: no cover - psycopg is a dependency
-        pass
-    return tuple(errors)
-
-
-UNAVAILABLE = _unavailable_errors()
+# Errors that mean "the database cannot take this write now", for Django's drivers and psycopg's pool.
+UNAVAILABLE = (DatabaseError, OSError, asyncio.TimeoutError, psycopg.OperationalError, psycopg.InterfaceError,
+               PoolTimeout)
 
 
 @dataclass
@@ -233,8 +226,6 @@ class UsageStore:
             self._refresh_pending()
 
     def _report_events(self) -> None:
-        from usage.models import BufferEvent
-
         now = timezone.now()
         for kind, reported in list(self._reported.items()):
             count = self._counts[kind] - reported
@@ -285,11 +276,6 @@ class BufferOverview:
 
 
 def buffer_overview(buffer_dir: Path | None = None, since: datetime | None = None) -> BufferOverview:
-    from django.db.models import Max, Sum
-
-    from usage.buffer import decode
-    from usage.models import BufferEvent
-
     directory = Path(buffer_dir or settings.USAGE_BUFFER_DIR)
     files = candidates(directory)
     pending_deltas = 0
@@ -301,10 +287,7 @@ def buffer_overview(buffer_dir: Path | None = None, since: datetime | None = Non
         except OSError:  # drained meanwhile
             continue
     quarantine = directory / "quarantine"
-    events = BufferEvent.objects.all()
-    if since is not None:
-        events = events.filter(at__gte=since)
-    totals = dict(events.values_list("kind").annotate(total=Sum("count")))
+    totals = BufferEvent.objects.totals(since)
     last_drain = BufferEvent.objects.filter(kind="drained").aggregate(last=Max("at"))["last"]
     return BufferOverview(
         pending_files=len(files),

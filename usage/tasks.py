@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
+from django_q.models import Schedule
 
 from usage import drain, rollups
 
@@ -34,8 +35,6 @@ def apply_retention() -> str:
 def sync_schedules() -> tuple[list[str], list[str], list[str]]:
     """Create or update our schedules by name; remove ours that are no longer declared. Schedules
     outside our prefix (made by hand) are left alone. Returns (created, updated, removed)."""
-    from django_q.models import Schedule
-
     created, updated = [], []
     for name, (func, schedule_type, minutes) in SCHEDULES.items():
         wanted = {"func": func, "schedule_type": schedule_type, "minutes": minutes, "repeats": -1}

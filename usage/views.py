@@ -8,7 +8,7 @@ from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from usage import dashboard
+from usage import budgets, dashboard
 from usage.permissions import sees_everyone
 from usage.store import buffer_overview
 
@@ -63,6 +63,6 @@ def user_usage_view(request, site, user, opts):
         "original": user,
         "tabs": dashboard.window_tabs(request.GET, window.key),
         "api_keys": user.api_keys.order_by("-created_at"),
-        "budgets": dashboard.budget_states(user.pk, timezone.now()),
+        "budgets": budgets.states_for(user.pk, timezone.now()),
     }
     return TemplateResponse(request, "admin/usage/user.html", ctx)
