@@ -19,20 +19,27 @@ from django.db import connections
 from gateway import upstream
 from gateway.catalog import FacadeInfo, load_facades
 from gateway.keys import KeyCache, load_usable_keys, touch_keys
-from gateway.pipeline import Call, Pipeline, Refusal
-from gateway.providers import anthropic, openai
+from gateway.pipeline import Call, Pipeline, Refusal, Route
+from gateway.providers import anthropic, openai, responses
 from usage.budgets import BudgetBook
 from usage.store import UsageStore
 
 logger = logging.getLogger("codevector.gateway")
 
 PROBES = ("/healthz", "/readyz")
-# (method, path) -> (protocol module, upstream path)
 ROUTES = {
-    ("POST", "/v1/chat/completions"): (openai, "/chat/completions"),
-    ("POST", "/v1/embeddings"): (openai, "/embeddings"),
-    ("POST", "/v1/messages"): (anthropic, "/v1/messages"),
+    ("POST", "/v1/responses"): Route(responses, "/responses"),
+    ("POST", "/v1/responses/compact"): Route(responses, "/responses/compact"),
+    ("POST", "/v1/responses/input_tokens"): Route(responses, "/responses/input_tokens", billed=False),
+    ("POST", "/v1/chat/completions"): Route(openai, "/chat/completions"),
+    ("POST", "/v1/embeddings"): Route(openai, "/embeddings"),
+    ("POST", "/v1/messages"): Route(anthropic, "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"): Route(anthropic, "/v1/messages/count_tokens", billed=False),
 }
+SERVED = ", ".join(f"{method} {path}" for method, path in [*ROUTES, ("GET", "/v1/models")])
+STORED_RESPONSES = ("Stored responses cannot be retrieved, cancelled or deleted through the gateway (GET or DELETE "
+                    "/v1/responses/{id}, POST /v1/responses/{id}/cancel, GET /v1/responses/{id}/input_items): "
+                    "chain turns with previous_response_id in POST /v1/responses instead.")
 TOUCH_KEYS_SECONDS = 60
 
 
@@ -155,17 +162,18 @@ class GatewayApp:
             return
         route = ROUTES.get((method, path))
         if route:
-            call.protocol = route[0]
+            call.protocol = route.protocol
         elif "anthropic-version" in call.headers:
             call.protocol = anthropic
         try:
             if (method, path) == ("GET", "/v1/models"):
                 await self.pipeline.models(call)
             elif route:
-                await self.pipeline.proxy(call, route[1], settings.GATEWAY_MAX_BODY_BYTES)
+                await self.pipeline.proxy(call, route, settings.GATEWAY_MAX_BODY_BYTES)
+            elif path.startswith("/v1/responses/"):
+                raise Refusal(404, f"No route {method} {path}. {STORED_RESPONSES}", code="unsupported_endpoint")
             else:
-                raise Refusal(404, f"No route {method} {path}. The gateway serves POST /v1/chat/completions, "
-                                   "POST /v1/embeddings, POST /v1/messages and GET /v1/models.")
+                raise Refusal(404, f"No route {method} {path}. The gateway serves {SERVED}.")
         except Refusal as refusal:
             await call.refuse(refusal)
         finally:

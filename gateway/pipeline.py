@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import aiohttp
 from django.utils import timezone
@@ -20,14 +21,20 @@ from django.utils import timezone
 from gateway import upstream
 from gateway.catalog import FacadeInfo
 from gateway.keys import KeyInfo, load_key, presented_key
-from gateway.providers import SSEReader, Usage, anthropic, openai, strict_json
+from gateway.providers import SSEReader, Unsupported, Usage, anthropic, openai, strict_json
 from usage.ledger import UsageDelta
 from usage.money import usd_exact
 from usage.pricing import cost_nanos
 
 logger = logging.getLogger("codevector.gateway")
 
-ENDPOINT_OF = {"openai": "/v1/chat/completions or /v1/embeddings", "anthropic": "/v1/messages"}
+ENDPOINT_OF = {"openai": "/v1/responses, /v1/chat/completions or /v1/embeddings", "anthropic": "/v1/messages"}
+
+
+class Route(NamedTuple):
+    protocol: object  # a module of gateway.providers
+    upstream_path: str
+    billed: bool = True  # False: a free call (token counting), forwarded but neither budgeted nor recorded
 
 
 class Refusal(Exception):
@@ -90,7 +97,7 @@ class Call:
             "user": self.key.username if self.key else None, "key_prefix": self.key.prefix if self.key else None,
             "facade": self.facade.name if self.facade else None, "input_tokens": usage.input_tokens,
             "cached_input_tokens": usage.cached_input_tokens, "cache_write_tokens": usage.cache_write_tokens,
-            "output_tokens": usage.output_tokens, "estimated": usage.estimated,
+            "output_tokens": usage.output_tokens, "reasoning_tokens": usage.reasoning_tokens, "estimated": usage.estimated,
             "cost_usd": usd_exact(self.cost) if self.cost is not None else None,
             "latency_ms": round((time.monotonic() - self.started) * 1000, 2),
         }, separators=(",", ":")))
@@ -186,9 +193,9 @@ class Pipeline:
 
     # --- forward, stream, record -----------------------------------------------------------------
 
-    async def proxy(self, call: Call, upstream_path: str, max_body_bytes: int) -> None:
+    async def proxy(self, call: Call, route: Route, max_body_bytes: int) -> None:
         store = self.gateway.store
-        if not store.accepting:
+        if route.billed and not store.accepting:
             store.count_refusal()
             raise Refusal(503, "The gateway cannot record usage right now (database and disk buffer both "
                                "unavailable), so it is not serving requests. Retry shortly.",
@@ -196,37 +203,56 @@ class Pipeline:
         await self.authenticate(call)
         body = self.parse(await self.read_body(call, max_body_bytes))
         facade = call.facade = self.resolve(call, body["model"])
-        self.check_budgets(call)
+        if route.billed:
+            self.check_budgets(call)
         credential = None
         if facade.api_key_env:
             credential = os.environ.get(facade.api_key_env)
             if not credential:
                 raise Refusal(502, f"The upstream credential for '{facade.name}' is not configured on the gateway.",
                               code="upstream_credential_missing")
-        stream = body.get("stream") is True and upstream_path != "/embeddings"
-        outgoing, caller_wants_usage = call.protocol.prepare_request(body, facade.upstream_model, stream)
+        stream = body.get("stream") is True and route.upstream_path != "/embeddings"
+        try:
+            outgoing, caller_wants_usage = call.protocol.prepare_request(body, facade.upstream_model, stream)
+        except Unsupported as exc:
+            raise Refusal(400, str(exc), code="unsupported_parameter", param=exc.param) from None
         headers = upstream.request_headers(call.headers, call.protocol.auth_headers(credential))
         headers["content-type"] = "application/json"
         if call.protocol is anthropic:
             headers.setdefault("anthropic-version", anthropic.VERSION)
         payload = json.dumps(outgoing, separators=(",", ":")).encode()
         try:
-            response = await self.gateway.session.post(facade.base_url + upstream_path, data=payload,
+            response = await self.gateway.session.post(facade.base_url + route.upstream_path, data=payload,
                                                        headers=headers, timeout=upstream.timeout())
         except asyncio.TimeoutError:
-            await self.record(call, Usage(), error=True)
+            if route.billed:
+                await self.record(call, Usage(), error=True)
             raise Refusal(504, f"The upstream for '{facade.name}' did not answer in time.", code="upstream_timeout")
         except aiohttp.ClientError as exc:
-            await self.record(call, Usage(), error=True)
+            if route.billed:
+                await self.record(call, Usage(), error=True)
             raise Refusal(502, f"The upstream for '{facade.name}' could not be reached ({type(exc).__name__}).",
                           code="upstream_unreachable")
         try:
-            if response.status >= 400 or not stream:
+            if not route.billed:
+                await self.unbilled_response(call, response)
+            elif response.status >= 400 or not stream:
                 await self.whole_response(call, response, body)
             else:
                 await self.streamed_response(call, response, body, caller_wants_usage)
         finally:
             response.release()
+
+    @staticmethod
+    async def unbilled_response(call: Call, response: aiohttp.ClientResponse) -> None:
+        """A free call's answer (a token count), passed on as the upstream gave it."""
+        try:
+            data = await response.read()
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            raise Refusal(502, f"The upstream for '{call.facade.name}' dropped the connection.",
+                          code="upstream_unreachable") from None
+        content_type = response.headers.get("content-type", "application/json").encode("latin-1")
+        await call.respond(response.status, data, upstream.response_headers(response.headers), content_type)
 
     async def whole_response(self, call: Call, response: aiohttp.ClientResponse, body: dict) -> None:
         try:
@@ -305,7 +331,7 @@ class Pipeline:
             id=call.request_id, user_id=key.user_id, facade_id=facade.facade_id, at=now, requests=1,
             error_requests=int(error), estimated_requests=int(usage.estimated), input_tokens=usage.input_tokens,
             cached_input_tokens=usage.cached_input_tokens, cache_write_tokens=usage.cache_write_tokens,
-            output_tokens=usage.output_tokens, cost_nanos=call.cost,
+            output_tokens=usage.output_tokens, reasoning_tokens=usage.reasoning_tokens, cost_nanos=call.cost,
         )
         await self.gateway.store.record(delta)
         self.gateway.budgets.add_spend(key.user_id, now, call.cost)

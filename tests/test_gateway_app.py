@@ -51,6 +51,7 @@ def gw(transactional_db, gateway_server, mock_upstream):
     mock_upstream.mock.chunk_delay = 0
     clients = SimpleNamespace(
         user=carol, key=key, url=gateway_server.url, server=gateway_server, mock=mock_upstream.mock,
+        mock_url=mock_upstream.url,
         openai=openai.OpenAI(base_url=f"{gateway_server.url}/v1", api_key=key, max_retries=0, timeout=20),
         anthropic=anthropic.Anthropic(base_url=gateway_server.url, api_key=key, max_retries=0, timeout=20),
     )
@@ -64,9 +65,10 @@ def ledger():
     return {name: value or 0 for name, value in sums.items()}
 
 
-def expected(prices=GPT, requests=1, inp=0, cached=0, writes=0, out=0, errors=0, estimated=0):
+def expected(prices=GPT, requests=1, inp=0, cached=0, writes=0, out=0, errors=0, estimated=0, reasoning=0):
     return {"requests": requests, "error_requests": errors, "estimated_requests": estimated, "input_tokens": inp,
             "cached_input_tokens": cached, "cache_write_tokens": writes, "output_tokens": out,
+            "reasoning_tokens": reasoning,
             "cost_nanos": cost_nanos(prices, input_tokens=inp, cached_input_tokens=cached, cache_write_tokens=writes,
                                      output_tokens=out)}
 

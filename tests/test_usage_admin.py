@@ -78,7 +78,7 @@ def expected_kpis(totals: queries.Totals) -> dict[str, str]:
 
 def expected_facades(rows: list[queries.FacadeRow]) -> dict[str, list[str]]:
     return {str(r.facade_id): [str(r.totals.requests), str(r.totals.input_tokens), str(r.totals.output_tokens),
-                               f"{r.totals.spend_usd}", f"{r.share}"] for r in rows}
+                               str(r.totals.reasoning_tokens), f"{r.totals.spend_usd}", f"{r.share}"] for r in rows}
 
 
 def expected_chart(series: list[queries.DayPoint]) -> dict:

@@ -26,7 +26,9 @@ class UsageBucket(models.Model):
 
 
 for _counter in COUNTER_DEFINITIONS:  # the levels inherit them: abstract fields are copied at subclassing
-    UsageBucket.add_to_class(_counter.name, models.BigIntegerField(default=0, help_text=_counter.help))
+    # db_default too: raw INSERTs that name fewer counters (bench/dashboard.py) get 0, as rows that
+    # existed before a counter was added do.
+    UsageBucket.add_to_class(_counter.name, models.BigIntegerField(default=0, db_default=0, help_text=_counter.help))
 
 
 # Each level: the unique key the ledger's ON CONFLICT names, and an index for per-user range

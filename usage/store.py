@@ -41,6 +41,8 @@ logger = logging.getLogger("codevector.usage")
 
 
 # Errors that mean "the database cannot take this write now", for Django's drivers and psycopg's pool.
+IN_PROGRESS_WAIT_SECONDS = 2.0
+
 UNAVAILABLE = (DatabaseError, OSError, asyncio.TimeoutError, psycopg.OperationalError, psycopg.InterfaceError,
                PoolTimeout)
 
@@ -141,6 +143,14 @@ class UsageStore:
     async def _resolve_unknown(self, deltas: list[UsageDelta], txid: int) -> None:
         try:
             status = await self.writer.txid_status(txid)
+            # The server may not have read the COMMIT yet when the connection went: a transaction
+            # still open is waited for a moment (it ends once the server sees the socket closed),
+            # never replayed beside it. Still open after that: buffered with its txid, and the
+            # drainer asks again before replaying.
+            deadline = time.monotonic() + IN_PROGRESS_WAIT_SECONDS
+            while status == "in progress" and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                status = await self.writer.txid_status(txid)
         except UNAVAILABLE as exc:
             self._trip(exc)
             await self._to_buffer(deltas, txid)  # the drainer asks txid_status() before replaying

@@ -12,13 +12,22 @@ from dataclasses import dataclass
 @dataclass
 class Usage:
     """Tokens of one request. `input_tokens` counts every prompt token, cached reads and cache
-    writes included."""
+    writes included; `output_tokens` counts every output token, reasoning tokens included."""
 
     input_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
     output_tokens: int = 0
     estimated: bool = False
+    reasoning_tokens: int = 0
+
+
+class Unsupported(ValueError):
+    """A request the gateway will not forward as it is (a 400 naming `param`)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 def estimate_tokens(text: str) -> int:

@@ -52,7 +52,11 @@ def usage_from(usage) -> Usage | None:
         return None
     prompt = int_field(usage, "prompt_tokens")
     cached = min(int_field(usage, "prompt_tokens_details", "cached_tokens"), prompt)
-    return Usage(input_tokens=prompt, cached_input_tokens=cached, output_tokens=int_field(usage, "completion_tokens"))
+    writes = min(int_field(usage, "prompt_tokens_details", "cache_write_tokens"), prompt - cached)
+    completion = int_field(usage, "completion_tokens")
+    reasoning = min(int_field(usage, "completion_tokens_details", "reasoning_tokens"), completion)
+    return Usage(input_tokens=prompt, cached_input_tokens=cached, cache_write_tokens=writes, output_tokens=completion,
+                 reasoning_tokens=reasoning)
 
 
 def completion_text(body: dict) -> str:
