@@ -20,10 +20,19 @@ def usd_exact(nanos: int) -> str:
 
 
 def usd_for_people(amount: Decimal) -> str:
-    """"$1,234.50": the pages' form, to the cent."""
-    rounded = amount.quantize(CENT, rounding=ROUND_HALF_UP)
-    sign = "-" if rounded < 0 else ""
-    return f"{sign}${abs(rounded):,.2f}"
+    """The pages' form. Zero is "$0"; a cent or more is "$1,234.57" (half up, to the cent); less than a
+    cent shows two significant digits, half up ("$0.0021", "$0.00012", "$0.00000049"), so a real
+    per-request amount never reads "$0.00". Negative amounts keep their sign: "-$0.0021"."""
+    if amount == 0:
+        return "$0"
+    sign = "-" if amount < 0 else ""
+    size = abs(amount)
+    if size < CENT:
+        # adjusted() is the exponent of the leading digit (0.0021 -> -3): keep that digit and the next.
+        digits = size.quantize(Decimal(1).scaleb(size.adjusted() - 1), rounding=ROUND_HALF_UP)
+        if digits < CENT:  # else it rounded up to a whole cent (0.00995 -> 0.010): the cents' form
+            return f"{sign}${digits:f}"
+    return f"{sign}${size.quantize(CENT, rounding=ROUND_HALF_UP):,.2f}"
 
 
 def _whole_units(amount: Decimal, per_usd: int) -> int | None:
