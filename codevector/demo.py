@@ -82,6 +82,7 @@ class Profile:
     weight: float  # heavy users weigh several times the median
     joined_day: int  # day index from which the user is active
     model_weights: tuple[float, ...]
+    key_ids: tuple[int, ...]  # the user's API keys; their requests alternate between them
 
 
 @dataclass
@@ -151,7 +152,8 @@ def make_profiles(rng: random.Random, users: list, facade_count: int, days: int)
         # Most users are there from the start; the rest join along the way (the growth trend).
         joined = 0 if index < max(1, len(users) * 3 // 5) else rng.randrange(0, max(1, days * 3 // 4))
         model_weights = tuple(rng.uniform(0.2, 1.8) for _ in range(facade_count))
-        profiles.append(Profile(user.pk, weight, joined, model_weights))
+        key_ids = tuple(user.api_keys.order_by("pk").values_list("pk", flat=True))
+        profiles.append(Profile(user.pk, weight, joined, model_weights, key_ids))
     return profiles
 
 
@@ -180,10 +182,13 @@ def generate_history(rng: random.Random, profiles: list[Profile], facades: list,
                 if at > now or count == 0:
                     continue
                 number += 1
-                yield _delta(rng, f"demo-{seed}-{number}", profile.user_id, facades[which], mix[which], at, count)
+                # Requests alternate between the user's keys (no draw from rng: the history stays the same).
+                key_id = profile.key_ids[number % len(profile.key_ids)] if profile.key_ids else None
+                yield _delta(rng, f"demo-{seed}-{number}", profile.user_id, key_id, facades[which], mix[which], at,
+                             count)
 
 
-def _delta(rng, delta_id, user_id, facade, mix, at, requests) -> ledger.UsageDelta:
+def _delta(rng, delta_id, user_id, key_id, facade, mix, at, requests) -> ledger.UsageDelta:
     _, mean_in, mean_out, cached_share, write_share = mix
     input_tokens = int(requests * mean_in * rng.lognormvariate(0, 0.3))
     output_tokens = int(requests * mean_out * rng.lognormvariate(0, 0.3))
@@ -193,7 +198,7 @@ def _delta(rng, delta_id, user_id, facade, mix, at, requests) -> ledger.UsageDel
     errors = sum(1 for _ in range(min(requests, 50)) if rng.random() < 0.012)
     cost = cost_nanos(facade.prices, input_tokens=input_tokens, cached_input_tokens=cached,
                       cache_write_tokens=written, output_tokens=output_tokens)
-    return ledger.UsageDelta(id=delta_id, user_id=user_id, facade_id=facade.pk, at=at, requests=requests,
+    return ledger.UsageDelta(id=delta_id, user_id=user_id, key_id=key_id, facade_id=facade.pk, at=at, requests=requests,
                              error_requests=errors, input_tokens=input_tokens, cached_input_tokens=cached,
                              cache_write_tokens=written, output_tokens=output_tokens, cost_nanos=cost)
 

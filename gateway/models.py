@@ -96,6 +96,8 @@ class ApiKeyManager(models.Manager.from_queryset(ApiKeyQuerySet)):
     def create_key(self, user, name: str = "", expires_in_days: int | None = None):
         """Create a key and return (ApiKey, raw key). The raw key exists only in this return value."""
         raw = KEY_PREFIX + secrets.token_urlsafe(32)  # 256 bits of randomness
+        while self.filter(prefix=raw[:VISIBLE_PREFIX_LENGTH]).exists():  # 48 bits shown: a clash is rare
+            raw = KEY_PREFIX + secrets.token_urlsafe(32)
         expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
         api_key = self.create(
             user=user, name=name, prefix=raw[:VISIBLE_PREFIX_LENGTH], digest=hash_key(raw), expires_at=expires_at
@@ -108,7 +110,8 @@ class ApiKey(models.Model):
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, blank=True)
-    prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, editable=False)
+    # Unique: it is how a key is named wherever keys are listed, and OpenAI-shaped usage's `api_key_id`.
+    prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, unique=True, editable=False)
     digest = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -328,7 +328,7 @@ class Pipeline:
                                cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens)
         now = timezone.now()
         delta = UsageDelta(
-            id=call.request_id, user_id=key.user_id, facade_id=facade.facade_id, at=now, requests=1,
+            id=call.request_id, user_id=key.user_id, key_id=key.key_id, facade_id=facade.facade_id, at=now, requests=1,
             error_requests=int(error), estimated_requests=int(usage.estimated), input_tokens=usage.input_tokens,
             cached_input_tokens=usage.cached_input_tokens, cache_write_tokens=usage.cache_write_tokens,
             output_tokens=usage.output_tokens, reasoning_tokens=usage.reasoning_tokens, cost_nanos=call.cost,

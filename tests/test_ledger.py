@@ -103,7 +103,7 @@ def test_group_commit_releases_each_caller_after_its_delta_is_committed(alice, g
 
 def test_the_upsert_statement_names_every_counter():
     statement = ledger.sql.add_counters("usage_bucket_5min", 2)
-    assert statement.count("(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)") == 2  # 3 key columns, 9 counters
+    assert statement.count("(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)") == 2  # 4 key columns, 9 counters
     for name in COUNTERS:
         assert f"{name} = usage_bucket_5min.{name} + EXCLUDED.{name}" in statement
     assert connection.vendor in ("postgresql", "sqlite")

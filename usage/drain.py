@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from usage import sql
 from usage.buffer import OPEN_SUFFIX, QUARANTINE, SEALED_SUFFIX, decode, fsync_dir
-from usage.ledger import UsageDelta, run_plan, write_statements
+from usage.ledger import UsageDelta, write_with_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def apply_once(deltas: Iterable[UsageDelta], landed: frozenset[str] = frozenset(
         cursor.execute(sql.claim_delta_ids(len(unique)), [v for d in unique for v in (d.id, now)])
         fresh_ids = {row[0] for row in cursor.fetchall()}
         fresh = [d for d in unique if d.id in fresh_ids and d.id not in landed]
-        run_plan(write_statements(fresh, connection.vendor), cursor, adapt)
+        write_with_cursor(fresh, cursor, connection.vendor, adapt)
     return len(fresh), len(unique) - len(fresh)
 
 

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 
 import psycopg
@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from usage import sql
 from usage.calendar import as_utc, day_bounds, hour_start, month_bounds, zone
 from usage.counters import COUNTERS, Counters, counter_values
+from usage.models import FiveMinuteUsage
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class UsageDelta(Counters):
     user_id: int
     facade_id: int
     at: datetime
+    key_id: int | None = None  # None: the user's reserved key (usage from before per-key accounting)
     requests: int = 1
 
     def __post_init__(self):
@@ -81,14 +83,16 @@ def five_minute_start(at: datetime) -> datetime:
     return utc.replace(minute=utc.minute - utc.minute % 5, second=0, microsecond=0)
 
 
-Key = tuple[datetime, int, int]
+Key = tuple[datetime, int, int, int]  # bucket start, user, API key, facade
 
 
 def merge_deltas(deltas: Iterable[UsageDelta]) -> dict[Key, list[int]]:
     """Sum deltas per bucket key, in key order (a fixed lock order: no deadlocks between writers)."""
     merged: dict[Key, list[int]] = {}
     for delta in deltas:
-        key = (delta.bucket_start, delta.user_id, delta.facade_id)
+        if delta.key_id is None:
+            raise ValueError(f"delta {delta.id} has no API key: resolve it with with_reserved_keys() first")
+        key = (delta.bucket_start, delta.user_id, delta.key_id, delta.facade_id)
         counters = delta.counters()
         if key in merged:
             merged[key] = [a + b for a, b in zip(merged[key], counters)]
@@ -121,7 +125,7 @@ def write_statements(deltas: Iterable[UsageDelta], vendor: str = "postgresql") -
         return
     tz = zone()
     levels: dict[str, dict[Key, list[int]]] = {"hour": {}, "day": {}, "month": {}}
-    for (bucket_start, user_id, facade_id), counters in late:
+    for (bucket_start, user_id, key_id, facade_id), counters in late:
         targets = {"hour": hour_start(bucket_start, tz)}
         day_start, day_end = day_bounds(bucket_start, tz)
         if day_end <= watermark:
@@ -130,7 +134,7 @@ def write_statements(deltas: Iterable[UsageDelta], vendor: str = "postgresql") -
         if month_end <= watermark:
             targets["month"] = month_start
         for level, start in targets.items():
-            key = (start, user_id, facade_id)
+            key = (start, user_id, key_id, facade_id)
             known = levels[level].get(key)
             levels[level][key] = counters if known is None else [a + b for a, b in zip(known, counters)]
     for level, merged in levels.items():
@@ -141,8 +145,8 @@ def _add_rows(table: str, rows: list) -> Plan:
     for offset in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[offset : offset + ROWS_PER_STATEMENT]
         params: list = []
-        for (bucket_start, user_id, facade_id), counters in chunk:
-            params += [bucket_start, user_id, facade_id, *counters]
+        for key, counters in chunk:
+            params += [*key, *counters]
         yield sql.add_counters(table, len(chunk)), params
 
 
@@ -172,6 +176,56 @@ async def run_plan_async(plan: Plan, cursor) -> list | None:
         first = result if first is None else first
 
 
+def reserved_key_statements(deltas: list[UsageDelta], now) -> tuple[Statement, Statement] | None:
+    """For the deltas without a key: create their users' reserved keys if missing, then read their
+    ids as (user_id, key id) rows. None when every delta has its key. The gateway always knows the
+    key; buffer records and log lines written before per-key accounting, commands and tests may not."""
+    users = sorted({d.user_id for d in deltas if d.key_id is None})
+    if not users:
+        return None
+    table = key_table()
+    create = [v for u in users for v in (u, sql.RESERVED_KEY_NAME, sql.reserved_key_prefix(u),
+                                         sql.reserved_key_digest(u), now, now)]
+    return ((sql.ensure_reserved_keys(table, len(users)), create),
+            (sql.reserved_key_ids(table, len(users)), [sql.reserved_key_digest(u) for u in users]))
+
+
+def _keyed(deltas: list[UsageDelta], reserved: dict[int, int]) -> list[UsageDelta]:
+    return [replace(d, key_id=reserved[d.user_id]) if d.key_id is None else d for d in deltas]
+
+
+def with_reserved_keys(deltas: list[UsageDelta], cursor, adapt_datetime: Callable = lambda value: value,
+                       ) -> list[UsageDelta]:
+    """The deltas, each without a key given its user's reserved key, on the cursor's transaction."""
+    statements = reserved_key_statements(deltas, adapt_datetime(datetime.now(UTC)))
+    if statements is None:
+        return deltas
+    (create, create_params), (read, read_params) = statements
+    cursor.execute(create, create_params)
+    cursor.execute(read, read_params)
+    return _keyed(deltas, dict(cursor.fetchall()))
+
+
+async def with_reserved_keys_async(deltas: list[UsageDelta], cursor) -> list[UsageDelta]:
+    statements = reserved_key_statements(deltas, datetime.now(UTC))
+    if statements is None:
+        return deltas
+    (create, create_params), (read, read_params) = statements
+    await cursor.execute(create, create_params)
+    await cursor.execute(read, read_params)
+    return _keyed(deltas, dict(await cursor.fetchall()))
+
+
+def key_table() -> str:
+    """The API keys' table, named through the buckets' foreign key (usage never imports gateway)."""
+    return FiveMinuteUsage._meta.get_field("key").related_model._meta.db_table
+
+
+def write_with_cursor(deltas: list[UsageDelta], cursor, vendor: str, adapt_datetime: Callable) -> None:
+    """Resolve missing keys, then run the write plan, in the cursor's transaction."""
+    run_plan(write_statements(with_reserved_keys(deltas, cursor, adapt_datetime), vendor), cursor, adapt_datetime)
+
+
 def record_many(deltas: Iterable[UsageDelta], using: str = "default") -> None:
     """Record deltas in one transaction through Django's connection."""
     deltas = list(deltas)
@@ -179,7 +233,7 @@ def record_many(deltas: Iterable[UsageDelta], using: str = "default") -> None:
         return
     connection = connections[using]
     with transaction.atomic(using=using), connection.cursor() as cursor:
-        run_plan(write_statements(deltas, connection.vendor), cursor, connection.ops.adapt_datetimefield_value)
+        write_with_cursor(deltas, cursor, connection.vendor, connection.ops.adapt_datetimefield_value)
 
 
 def record(delta: UsageDelta, using: str = "default") -> None:
@@ -276,7 +330,7 @@ class PostgresWriter:
             try:
                 async with conn.transaction():
                     async with conn.cursor() as cursor:
-                        plan = write_statements(deltas, "postgresql")
+                        plan = write_statements(await with_reserved_keys_async(deltas, cursor), "postgresql")
                         # The plan's first statement reads the transaction id with the watermark.
                         txid = (await run_plan_async(plan, cursor))[0][0]
                     committing = True  # leaving the block sends COMMIT

@@ -15,6 +15,9 @@ class UsageBucket(models.Model):
 
     bucket_start = models.DateTimeField()
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # The API key that made the requests; usage from before per-key accounting (and deltas written
+    # without a key) belongs to a reserved, never-usable key of the user (usage.sql).
+    key = models.ForeignKey("gateway.ApiKey", on_delete=models.PROTECT, related_name="+")
     facade = models.ForeignKey("gateway.ModelFacade", on_delete=models.PROTECT, related_name="+")
     # ...and one BigIntegerField per counter of usage.counters, added below.
 
@@ -22,7 +25,7 @@ class UsageBucket(models.Model):
         abstract = True
 
     def __str__(self):
-        return f"{self.bucket_start:%Y-%m-%d %H:%M} user={self.user_id} facade={self.facade_id}"
+        return f"{self.bucket_start:%Y-%m-%d %H:%M} user={self.user_id} key={self.key_id} facade={self.facade_id}"
 
 
 for _counter in COUNTER_DEFINITIONS:  # the levels inherit them: abstract fields are copied at subclassing
@@ -39,8 +42,10 @@ class FiveMinuteUsage(UsageBucket):
     class Meta:
         db_table = "usage_bucket_5min"
         verbose_name = "5-minute usage"
-        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "facade"], name="usage_5min_key")]
-        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_5min_user")]
+        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "key", "facade"],
+                                               name="usage_5min_bucket")]
+        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_5min_user"),
+                   models.Index(fields=["key", "bucket_start"], name="usage_5min_apikey")]
         # The one permission every usage page and the staff side of the usage API ask for.
         permissions = [("view_usage_dashboard", "Can view usage dashboards and the usage API for every user")]
 
@@ -49,24 +54,30 @@ class HourlyUsage(UsageBucket):
     class Meta:
         db_table = "usage_bucket_hour"
         verbose_name = "hourly usage"
-        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "facade"], name="usage_hour_key")]
-        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_hour_user")]
+        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "key", "facade"],
+                                               name="usage_hour_bucket")]
+        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_hour_user"),
+                   models.Index(fields=["key", "bucket_start"], name="usage_hour_apikey")]
 
 
 class DailyUsage(UsageBucket):
     class Meta:
         db_table = "usage_bucket_day"
         verbose_name = "daily usage"
-        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "facade"], name="usage_day_key")]
-        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_day_user")]
+        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "key", "facade"],
+                                               name="usage_day_bucket")]
+        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_day_user"),
+                   models.Index(fields=["key", "bucket_start"], name="usage_day_apikey")]
 
 
 class MonthlyUsage(UsageBucket):
     class Meta:
         db_table = "usage_bucket_month"
         verbose_name = "monthly usage"
-        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "facade"], name="usage_month_key")]
-        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_month_user")]
+        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "key", "facade"],
+                                               name="usage_month_bucket")]
+        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_month_user"),
+                   models.Index(fields=["key", "bucket_start"], name="usage_month_apikey")]
 
 
 class AppliedDelta(models.Model):

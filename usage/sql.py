@@ -14,7 +14,8 @@ LEVEL_TABLES = {
     "month": "usage_bucket_month",
 }
 
-KEY_COLUMNS = ("bucket_start", "user_id", "facade_id")
+KEY_COLUMNS = ("bucket_start", "user_id", "key_id", "facade_id")
+CONFLICT_KEY = "(bucket_start, user_id, key_id, facade_id)"
 
 
 def _level_table(table: str) -> str:
@@ -44,8 +45,36 @@ def add_counters(table: str, rows: int) -> str:
     updates = ", ".join(f"{c} = {table}.{c} + EXCLUDED.{c}" for c in COUNTERS)
     return (
         f"INSERT INTO {table} ({columns}) VALUES {placeholders} "
-        f"ON CONFLICT (bucket_start, user_id, facade_id) DO UPDATE SET {updates}"
+        f"ON CONFLICT {CONFLICT_KEY} DO UPDATE SET {updates}"
     )
+
+
+# --- usage without a key: one reserved, never-usable key per user ------------------------------
+
+# Usage recorded before per-key accounting, and deltas buffered or logged without a key, belong
+# to a reserved key of their user: revoked from birth, its digest not a SHA-256 hex digest (so no
+# presented key can match it), its prefix not `cvk_` (so no real key's prefix can equal it).
+# The same rows are made by the migration that added the key to the buckets.
+RESERVED_KEY_NAME = "before per-key accounting"
+
+
+def reserved_key_digest(user_id: int) -> str:
+    return f"reserved:{user_id}"
+
+
+def reserved_key_prefix(user_id: int) -> str:
+    return f"pre-{user_id}"
+
+
+def ensure_reserved_keys(table: str, rows: int) -> str:
+    """Create the reserved keys of `rows` users unless they exist (the digest is unique)."""
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * _row_count(rows))
+    return (f"INSERT INTO {table} (user_id, name, prefix, digest, created_at, revoked_at) VALUES {values} "
+            "ON CONFLICT (digest) DO NOTHING")
+
+
+def reserved_key_ids(table: str, rows: int) -> str:
+    return f"SELECT user_id, id FROM {table} WHERE digest IN ({', '.join(['%s'] * _row_count(rows))})"
 
 
 # --- degraded mode: exactly-once replay -------------------------------------------------------
@@ -102,9 +131,9 @@ def roll_from(target: str, source: str) -> str:
     sums = ", ".join(f"SUM({c})" for c in COUNTERS)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COUNTERS)
     return (
-        f"INSERT INTO {target} ({columns}) SELECT %s, user_id, facade_id, {sums} FROM {source} "
-        "WHERE bucket_start >= %s AND bucket_start < %s GROUP BY user_id, facade_id "
-        f"ON CONFLICT (bucket_start, user_id, facade_id) DO UPDATE SET {updates}"
+        f"INSERT INTO {target} ({columns}) SELECT %s, user_id, key_id, facade_id, {sums} FROM {source} "
+        "WHERE bucket_start >= %s AND bucket_start < %s GROUP BY user_id, key_id, facade_id "
+        f"ON CONFLICT {CONFLICT_KEY} DO UPDATE SET {updates}"
     )
 
 
