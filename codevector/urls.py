@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -22,4 +22,5 @@ urlpatterns = [
     path("api/budgets/", BudgetList.as_view(), name="api-budgets"),
     path("api/budgets/<int:pk>/", BudgetDetail.as_view(), name="api-budget"),
     path("api/me/budgets/", MyBudgets.as_view(), name="api-my-budgets"),
+    path("v1/organization/", include("usage.openai_usage")),  # routed here by codevector.asgi, not the gateway
 ]

@@ -43,8 +43,13 @@ STORED_RESPONSES = ("Stored responses cannot be retrieved, cancelled or deleted 
 TOUCH_KEYS_SECONDS = 60
 
 
+# OpenAI-shaped organization usage and costs are database reads for dashboards: Django serves them
+# (usage.openai_usage), not the hot path.
+DJANGO_UNDER_V1 = "/v1/organization/"
+
+
 def is_gateway_path(path: str) -> bool:
-    return path.startswith("/v1/") or path in PROBES
+    return (path.startswith("/v1/") and not path.startswith(DJANGO_UNDER_V1)) or path in PROBES
 
 
 class GatewayApp:

@@ -74,10 +74,15 @@ class Totals(Counters):
         return {"tokens": self.tokens, "spend": self.cost_nanos, "requests": self.requests}[by]
 
 
+LEVELS = ("hour", "day", "month")
+
+
 def segments(start: datetime, end: datetime, rolled_through: datetime | None,
-             by_day: bool = False) -> list[tuple[type, datetime, datetime]]:
-    """[(level model, from, to)] covering [start, end): coarsest rolled level first. `by_day`: no
-    coarser than days (a month row would put the whole month on its first day)."""
+             coarsest: str = "month") -> list[tuple[type, datetime, datetime]]:
+    """[(level model, from, to)] covering [start, end): coarsest rolled level first, but none
+    coarser than `coarsest` (a series by day must not read a month row, which would put the whole
+    month on its first day; a series by hour no day row)."""
+    allowed = LEVELS[: LEVELS.index(coarsest) + 1]
     tz = zone()
     out: list[tuple[type, datetime, datetime]] = []
     rolled_end = min(end, rolled_through) if rolled_through else start
@@ -85,9 +90,9 @@ def segments(start: datetime, end: datetime, rolled_through: datetime | None,
     while t < rolled_end:
         month_start, month_end = month_bounds(t, tz)
         day_start, day_end = day_bounds(t, tz)
-        if not by_day and month_start == t and month_end <= rolled_end:
+        if "month" in allowed and month_start == t and month_end <= rolled_end:
             piece = (MonthlyUsage, t, month_end)
-        elif day_start == t and day_end <= rolled_end:
+        elif "day" in allowed and day_start == t and day_end <= rolled_end:
             piece = (DailyUsage, t, day_end)
         else:
             hour_end = next_hour(t, tz)
@@ -104,19 +109,27 @@ def segments(start: datetime, end: datetime, rolled_through: datetime | None,
     return out
 
 
-def _grouped(start: datetime, end: datetime, user_id: int | None, group_by: tuple[str, ...],
-             rolled_through: datetime | None) -> list[dict]:
+def grouped_rows(start: datetime, end: datetime, group_by: tuple[str, ...], rolled_through: datetime | None,
+                 coarsest: str = "month", **filters) -> list[dict]:
+    """Counter sums over [start, end) per `group_by` values (ORM names such as "user_id",
+    "key__prefix", "facade__name", "bucket_start"), one list of rows per level read — the same
+    group may appear once per level: callers add them up. `filters` are ORM lookups."""
     sums = {name: Sum(name) for name in COUNTERS}
     rows: list[dict] = []
-    for model, a, b in segments(start, end, rolled_through, by_day="bucket_start" in group_by):
-        qs = model.objects.filter(bucket_start__gte=a, bucket_start__lt=b)
-        if user_id is not None:
-            qs = qs.filter(user_id=user_id)
+    for model, a, b in segments(start, end, rolled_through, coarsest):
+        qs = model.objects.filter(bucket_start__gte=a, bucket_start__lt=b, **filters)
         if group_by:
             rows += list(qs.values(*group_by).annotate(**sums).order_by())
         else:
             rows.append(qs.aggregate(**sums))
     return rows
+
+
+def _grouped(start: datetime, end: datetime, user_id: int | None, group_by: tuple[str, ...],
+             rolled_through: datetime | None) -> list[dict]:
+    filters = {"user_id": user_id} if user_id is not None else {}
+    coarsest = "day" if "bucket_start" in group_by else "month"
+    return grouped_rows(start, end, group_by, rolled_through, coarsest, **filters)
 
 
 def totals_between(start: datetime, end: datetime, user_id: int | None = None,
