@@ -47,3 +47,51 @@ def test_adding_reasoning_tokens_keeps_every_total_and_adds_zeros():
     for table in TABLES:
         assert totals(table, OLD_COUNTERS) == before[table]
         assert totals(table, ("reasoning_tokens",)) == (0, 3)
+
+
+BEFORE_KEYS = [("usage", "0006_reasoning_tokens"), ("gateway", "0001_initial")]
+COUNTERS_WITH_REASONING = (*OLD_COUNTERS, "reasoning_tokens")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_per_key_accounting_moves_history_to_a_reserved_key_per_user_keeping_every_total():
+    latest = MigrationExecutor(connection).loader.graph.leaf_nodes()
+    migrate(BEFORE_KEYS)
+    old = MigrationExecutor(connection).loader.project_state(BEFORE_KEYS).apps
+    users = [old.get_model("auth", "User").objects.create(username=name) for name in ("ada", "grace")]
+    facade = old.get_model("gateway", "ModelFacade").objects.create(
+        name="gpt-old", provider="openai", base_url="http://127.0.0.1:9/v1", upstream_model="gpt-4o-mini")
+    old.get_model("gateway", "ApiKey").objects.create(user=users[0], name="laptop", prefix="cvk_abcdefgh",
+                                                      digest="d" * 64)
+    with connection.cursor() as cursor:
+        for level, table in enumerate(TABLES):
+            for row in range(4):
+                values = [1000 * level + 10 * row + i for i in range(len(COUNTERS_WITH_REASONING))]
+                day = f"2026-0{row // 2 + 1}-0{row % 2 + 1} 00:00:00"
+                cursor.execute(
+                    f"INSERT INTO {table} (bucket_start, user_id, facade_id, {', '.join(COUNTERS_WITH_REASONING)}) "
+                    f"VALUES (%s, %s, %s, {', '.join(['%s'] * len(COUNTERS_WITH_REASONING))})",
+                    [day + ("+00:00" if connection.vendor == "postgresql" else ""), users[row % 2].pk, facade.pk,
+                     *values])
+    before = {table: totals(table, COUNTERS_WITH_REASONING) for table in TABLES}
+
+    migrate(latest)
+    from gateway.models import ApiKey
+
+    reserved = {key.user_id: key for key in ApiKey.objects.filter(name="before per-key accounting")}
+    assert sorted(reserved) == sorted(u.pk for u in users)
+    assert all(key.prefix == f"pre-{key.user_id}" and key.revoked_at is not None and not key.is_usable()
+               for key in reserved.values())
+    assert not ApiKey.objects.usable().filter(pk__in=[k.pk for k in reserved.values()]).exists()
+    for table in TABLES:
+        assert totals(table, COUNTERS_WITH_REASONING) == before[table]
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT user_id, key_id FROM {table}")
+            assert {(user_id, key_id) for user_id, key_id in cursor.fetchall()} == {
+                (u.pk, reserved[u.pk].pk) for u in users}
+    # The key is NOT NULL now: a NULL key could never conflict, so a row without one is refused.
+    from django.db import IntegrityError, transaction
+
+    with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("INSERT INTO usage_bucket_5min (bucket_start, user_id, facade_id, requests) "
+                       "VALUES (%s, %s, %s, 1)", ["2026-03-01 00:00:00", users[0].pk, facade.pk])
