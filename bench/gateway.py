@@ -111,6 +111,20 @@ async def open_streams(url: str, key: str, count: int = 1000) -> tuple[int, floa
     return completed, time.perf_counter() - started
 
 
+def profiled(path: str | None, gunicorn: Process, seconds: int, run):
+    """`run()`, sampled by py-spy (the gunicorn worker, not its master) when a path is given."""
+    if not path:
+        return run()
+    worker = subprocess.run(["pgrep", "-P", str(gunicorn.proc.pid)], capture_output=True, text=True).stdout.split()[0]
+    spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "-r", "200",
+                            "-d", str(seconds), "-o", path, "-p", worker], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        return run()
+    finally:
+        spy.wait(seconds + 30)
+
+
 def ledger_requests() -> int:
     import psycopg
 
@@ -122,6 +136,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--budget", action="store_true", help="put a (large) daily budget on the bench user")
+    parser.add_argument("--async-commit", action="store_true",
+                        help="run the gateway with USAGE_SYNCHRONOUS_COMMIT=off (no WAL flush before each answer)")
+    parser.add_argument("--quick", action="store_true", help="only the 1- and 16-in-flight rows and the ledger check")
+    parser.add_argument("--profile", metavar="PATH", help="sample the gateway worker with py-spy during the "
+                        "16-in-flight run and write a flat profile (py-spy's raw format) to PATH")
     args = parser.parse_args()
     import psycopg
 
@@ -131,7 +150,8 @@ def main():
     manage(URL, "migrate", "-v0")
     workdir = Path(tempfile.mkdtemp(prefix="cv-bench-"))
     mock_port, slow_port, stream_port, gw_port, fw_port, slow_fw_port = (free_port() for _ in range(6))
-    env = {**os.environ, "DATABASE_URL": URL, "USAGE_BUFFER_DIR": str(workdir / "buffer"), "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "DATABASE_URL": URL, "USAGE_BUFFER_DIR": str(workdir / "buffer"), "LOG_LEVEL": "WARNING",
+           "USAGE_SYNCHRONOUS_COMMIT": "false" if args.async_commit else "true"}
     processes = [
         Process([sys.executable, "manage.py", "mock_upstream", "--port", str(mock_port)], env, workdir / "mock.log"),
         Process([sys.executable, "manage.py", "mock_upstream", "--port", str(slow_port), "--delay-ms", "50"], env,
@@ -168,12 +188,15 @@ def main():
                             wrk(gateway, 1, s, "gpt-bench", key, workdir)],
             "16 in flight, 0 ms": [wrk(direct, 16, s, "gpt-bench", None, workdir),
                                    wrk(forwarder, 16, s, "gpt-bench", None, workdir),
-                                   wrk(gateway, 16, s, "gpt-bench", key, workdir)],
-            "200 in flight, 50 ms": [wrk(slow_direct, 200, s, "gpt-bench", None, workdir),
-                                     wrk(slow_forwarder, 200, s, "gpt-bench", None, workdir),
-                                     wrk(gateway, 200, s, "gpt-bench-slow", key, workdir)],
+                                   profiled(args.profile, processes[3], s,
+                                            lambda: wrk(gateway, 16, s, "gpt-bench", key, workdir))],
         }
-        print(f"\nbench/gateway.py — {s} s per run, budgets {'on' if args.budget else 'off'}; cores: {os.cpu_count()}")
+        if not args.quick:
+            rows["200 in flight, 50 ms"] = [wrk(slow_direct, 200, s, "gpt-bench", None, workdir),
+                                            wrk(slow_forwarder, 200, s, "gpt-bench", None, workdir),
+                                            wrk(gateway, 200, s, "gpt-bench-slow", key, workdir)]
+        print(f"\nbench/gateway.py — {s} s per run, budgets {'on' if args.budget else 'off'}, synchronous commit "
+              f"{'off' if args.async_commit else 'on'}; cores: {os.cpu_count()}")
         print(f"{'':22} | {'direct to mock':>28} | {'bare forwarder':>28} | {'gateway':>28}")
         for label, results in rows.items():
             cells = [f"{r['rps']:>7.0f} req/s p50 {r['p50']:5.2f} p99 {r['p99']:6.2f} ms" for r in results]
@@ -186,12 +209,14 @@ def main():
               f"gateway {one[2]['p50'] - one[0]['p50']:.3f} ms")
         sixteen = rows["16 in flight, 0 ms"]
         print(f"gateway / forwarder throughput at 16 in flight: {sixteen[2]['rps'] / sixteen[1]['rps']:.0%}")
-        ttfb = [asyncio.run(stream_ttfb(u, k)) for u, k in ((direct, None), (forwarder, None), (gateway, key))]
-        print(f"stream time to first byte (median): direct {ttfb[0]:.2f} ms, forwarder {ttfb[1]:.2f} ms, "
-              f"gateway {ttfb[2]:.2f} ms")
-        completed, seconds = asyncio.run(open_streams(gateway, key, 1000))
-        print(f"1,000 concurrent streams (each about 2 s long) through one worker: {completed} completed "
-              f"in {seconds:.1f} s")
+        if not args.quick:
+            ttfb = [asyncio.run(stream_ttfb(u, k)) for u, k in ((direct, None), (forwarder, None), (gateway, key))]
+            print(f"stream time to first byte (median): direct {ttfb[0]:.2f} ms, forwarder {ttfb[1]:.2f} ms, "
+                  f"gateway {ttfb[2]:.2f} ms")
+            completed, seconds = asyncio.run(open_streams(gateway, key, 1000))
+            print(f"1,000 concurrent streams (each about 2 s long) through one worker: {completed} completed "
+                  f"in {seconds:.1f} s")
+        time.sleep(1)  # requests still in flight when wrk stopped are recorded before the count starts
         before = ledger_requests()
         answered = asyncio.run(counted_run(gateway, key, 2000))
         time.sleep(0.5)

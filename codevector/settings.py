@@ -208,6 +208,11 @@ USAGE_APPLIED_IDS_DAYS = env_int("USAGE_APPLIED_IDS_DAYS", 30, minimum=1)
 # When neither the database nor the buffer can take usage: refuse new requests (503, the
 # default) or serve them anyway, logging each lost delta so drain_usage_buffer --from-log can replay it.
 USAGE_FAIL_OPEN = env_bool("USAGE_FAIL_OPEN", False)
+# PostgreSQL's synchronous_commit for the gateway's ledger writes. On (the default), a request's
+# delta is on disk (fsync) before its last byte goes out. Off, the commit returns before the WAL
+# flush: a request costs about one round trip instead of a disk flush, and a PostgreSQL or OS
+# crash (not an outage: those are buffered) can lose the last few hundred milliseconds of deltas.
+USAGE_SYNCHRONOUS_COMMIT = env_bool("USAGE_SYNCHRONOUS_COMMIT", True)
 
 # --- Rollups ------------------------------------------------------------------------------
 # A local hour is rolled this long after it ends (longer than any write in flight).

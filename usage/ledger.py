@@ -5,14 +5,13 @@ Two ways in, one statement plan:
 - `GroupCommitter` (async, the gateway): every delta waiting while a write is in flight is merged
   into the next multi-row UPSERT, and each caller returns only once its own delta is committed.
 
-`write_statements` is the single definition of what a write does (the 5-minute UPSERT and the
-late-data path); it is a generator of (sql, params) pairs so the sync and async drivers run the
-very same plan.
+`write_plan` is the single definition of what a write does (the watermark lock, the 5-minute
+UPSERT and the late-data path); the sync and async drivers run the very same statements.
 """
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
@@ -102,78 +101,61 @@ def merge_deltas(deltas: Iterable[UsageDelta]) -> dict[Key, list[int]]:
 
 
 Statement = tuple[str, list]
-Plan = Generator[Statement, list | None, None]
 
 
-def write_statements(deltas: Iterable[UsageDelta], vendor: str = "postgresql") -> Plan:
-    """The statements one write runs, in one transaction. Each `yield` receives the statement's
-    rows (or None), so later statements may depend on earlier reads.
+@dataclass(frozen=True)
+class WritePlan:
+    """The statements one write runs, in one transaction, in this order:
 
-    1. Read (and share-lock) the rollup watermark; on PostgreSQL, also the transaction id.
-    2. Add every delta to its 5-minute bucket.
-    3. Late data: a delta whose bucket lies before the watermark is also added, additively, to
-       every coarser bucket already rolled (its hour; its day and month once those have ended
+    1. `lock`: read (and share-lock) the rollup watermark; on PostgreSQL, also the transaction id.
+    2. `upserts`: add every delta to its 5-minute bucket.
+    3. `late(watermark)`: a delta whose bucket lies before the watermark is also added, additively,
+       to every coarser bucket already rolled (its hour; its day and month once those have ended
        by the watermark), so it is visible at every level at once and no rolled period is ever
        recomputed from 5-minute rows that retention may have pruned.
     """
+
+    lock: Statement
+    upserts: list[Statement]
+    rows: list[tuple[Key, list[int]]]
+
+    def late(self, locked: list | None) -> list[Statement]:
+        watermark = as_utc(locked[0][1]) if locked else None
+        late = [(key, counters) for key, counters in self.rows if watermark is not None and key[0] < watermark]
+        if not late:
+            return []
+        tz = zone()
+        levels: dict[str, dict[Key, list[int]]] = {"hour": {}, "day": {}, "month": {}}
+        for (bucket_start, user_id, key_id, facade_id), counters in late:
+            targets = {"hour": hour_start(bucket_start, tz)}
+            day_start, day_end = day_bounds(bucket_start, tz)
+            if day_end <= watermark:
+                targets["day"] = day_start
+            month_start, month_end = month_bounds(bucket_start, tz)
+            if month_end <= watermark:
+                targets["month"] = month_start
+            for level, start in targets.items():
+                key = (start, user_id, key_id, facade_id)
+                known = levels[level].get(key)
+                levels[level][key] = counters if known is None else [a + b for a, b in zip(known, counters)]
+        return [statement for level, merged in levels.items()
+                for statement in _add_rows(sql.LEVEL_TABLES[level], sorted(merged.items()))]
+
+
+def write_plan(deltas: Iterable[UsageDelta], vendor: str = "postgresql") -> WritePlan:
     rows = list(merge_deltas(deltas).items())
-    locked = yield sql.LOCK_WATERMARK_FOR_WRITE[vendor], []
-    watermark = as_utc(locked[0][1]) if locked else None
-    yield from _add_rows(sql.LEVEL_TABLES["5min"], rows)
-    late = [(key, counters) for key, counters in rows if watermark is not None and key[0] < watermark]
-    if not late:
-        return
-    tz = zone()
-    levels: dict[str, dict[Key, list[int]]] = {"hour": {}, "day": {}, "month": {}}
-    for (bucket_start, user_id, key_id, facade_id), counters in late:
-        targets = {"hour": hour_start(bucket_start, tz)}
-        day_start, day_end = day_bounds(bucket_start, tz)
-        if day_end <= watermark:
-            targets["day"] = day_start
-        month_start, month_end = month_bounds(bucket_start, tz)
-        if month_end <= watermark:
-            targets["month"] = month_start
-        for level, start in targets.items():
-            key = (start, user_id, key_id, facade_id)
-            known = levels[level].get(key)
-            levels[level][key] = counters if known is None else [a + b for a, b in zip(known, counters)]
-    for level, merged in levels.items():
-        yield from _add_rows(sql.LEVEL_TABLES[level], sorted(merged.items()))
+    return WritePlan((sql.LOCK_WATERMARK_FOR_WRITE[vendor], []), _add_rows(sql.LEVEL_TABLES["5min"], rows), rows)
 
 
-def _add_rows(table: str, rows: list) -> Plan:
+def _add_rows(table: str, rows: list) -> list[Statement]:
+    statements = []
     for offset in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[offset : offset + ROWS_PER_STATEMENT]
         params: list = []
         for key, counters in chunk:
             params += [*key, *counters]
-        yield sql.add_counters(table, len(chunk)), params
-
-
-def run_plan(plan: Plan, cursor, adapt_datetime: Callable = lambda value: value) -> list | None:
-    """Run a plan; returns the first statement's rows."""
-    result = first = None
-    while True:
-        try:
-            statement, params = plan.send(result)
-        except StopIteration:
-            return first
-        cursor.execute(statement, [adapt_datetime(p) if isinstance(p, datetime) else p for p in params])
-        result = cursor.fetchall() if cursor.description else None
-        first = result if first is None else first
-
-
-async def run_plan_async(plan: Plan, cursor) -> list | None:
-    """Run a plan; returns the first statement's rows (on PostgreSQL, the transaction id)."""
-    result = first = None
-    while True:
-        try:
-            statement, params = plan.send(result)
-        except StopIteration:
-            return first
-        await cursor.execute(statement, params)
-        result = await cursor.fetchall() if cursor.description else None
-        first = result if first is None else first
+        statements.append((sql.add_counters(table, len(chunk)), params))
+    return statements
 
 
 def reserved_key_statements(deltas: list[UsageDelta], now) -> tuple[Statement, Statement] | None:
@@ -222,8 +204,20 @@ def key_table() -> str:
 
 
 def write_with_cursor(deltas: list[UsageDelta], cursor, vendor: str, adapt_datetime: Callable) -> None:
-    """Resolve missing keys, then run the write plan, in the cursor's transaction."""
-    run_plan(write_statements(with_reserved_keys(deltas, cursor, adapt_datetime), vendor), cursor, adapt_datetime)
+    """Resolve missing keys, then run the write plan, statement by statement, in the cursor's
+    transaction (Django's connection: commands, replays, SQLite's writer)."""
+    plan = write_plan(with_reserved_keys(deltas, cursor, adapt_datetime), vendor)
+
+    def execute(statement: Statement) -> None:
+        sql_text, params = statement
+        cursor.execute(sql_text, [adapt_datetime(p) if isinstance(p, datetime) else p for p in params])
+
+    execute(plan.lock)
+    locked = cursor.fetchall()
+    for statement in plan.upserts:
+        execute(statement)
+    for statement in plan.late(locked):
+        execute(statement)
 
 
 def record_many(deltas: Iterable[UsageDelta], using: str = "default") -> None:
@@ -310,12 +304,13 @@ class CommitOutcomeUnknown(Exception):
 class PostgresWriter:
     """Writes batches through an async psycopg pool (no Django on the request path)."""
 
-    def __init__(self, conninfo: str, max_size: int = 4, timeout: float = 2.0):
+    def __init__(self, conninfo: str, max_size: int = 4, timeout: float = 2.0, synchronous_commit: bool = True):
         self.conninfo = conninfo
-        self.pool = AsyncConnectionPool(
-            conninfo, min_size=1, max_size=max_size, open=False, timeout=timeout,
-            kwargs={"connect_timeout": max(1, round(timeout))},
-        )
+        kwargs = {"connect_timeout": max(1, round(timeout))}
+        if not synchronous_commit:  # settings.USAGE_SYNCHRONOUS_COMMIT: the trade-off is described there
+            kwargs["options"] = "-c synchronous_commit=off"
+        self.pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False, timeout=timeout,
+                                        kwargs=kwargs)
 
     async def open(self) -> None:
         await self.pool.open(wait=False)
@@ -324,15 +319,21 @@ class PostgresWriter:
         await self.pool.close()
 
     async def write(self, deltas: list[UsageDelta]) -> None:
+        """One transaction: the watermark lock (which reads the txid), the 5-minute UPSERTs, the
+        late-data statements (rare), COMMIT. The txid is known before the COMMIT's outcome can be
+        lost, so a cut COMMIT is resolved with txid_status(), never replayed blindly. (psycopg's
+        pipeline mode saved round trips but cost more CPU than loopback round trips: measured.)"""
         async with self.pool.connection() as conn:
             txid = None
             committing = False
             try:
-                async with conn.transaction():
-                    async with conn.cursor() as cursor:
-                        plan = write_statements(await with_reserved_keys_async(deltas, cursor), "postgresql")
-                        # The plan's first statement reads the transaction id with the watermark.
-                        txid = (await run_plan_async(plan, cursor))[0][0]
+                async with conn.transaction(), conn.cursor() as cursor:
+                    plan = write_plan(await with_reserved_keys_async(deltas, cursor), "postgresql")
+                    await cursor.execute(*plan.lock)
+                    locked = await cursor.fetchall()
+                    txid = locked[0][0]
+                    for statement in (*plan.upserts, *plan.late(locked)):
+                        await cursor.execute(*statement)
                     committing = True  # leaving the block sends COMMIT
             except psycopg.OperationalError as exc:
                 if committing:
@@ -393,6 +394,6 @@ def postgres_conninfo(using: str = "default") -> str | None:
     return make_conninfo(**{k: v for k, v in parts.items() if v is not None})
 
 
-def make_writer(using: str = "default", pool_size: int = 4, timeout: float = 2.0):
+def make_writer(using: str = "default", pool_size: int = 4, timeout: float = 2.0, synchronous_commit: bool = True):
     conninfo = postgres_conninfo(using)
-    return PostgresWriter(conninfo, pool_size, timeout) if conninfo else ThreadWriter(using)
+    return PostgresWriter(conninfo, pool_size, timeout, synchronous_commit) if conninfo else ThreadWriter(using)

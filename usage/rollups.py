@@ -5,7 +5,7 @@ day that hour completes (if any) from the hour table into the day table, and lik
 then advances the watermark, all in one transaction under the watermark row's lock (FOR UPDATE,
 which waits for every ledger write holding it FOR SHARE). Each recomputation is idempotent
 (`SET x = EXCLUDED.x`), so a rerun or a crash mid-run is harmless; late data that arrives after a
-period was rolled is added to it by the ledger itself (usage.ledger.write_statements).
+period was rolled is added to it by the ledger itself (usage.ledger.WritePlan.late).
 
 Retention prunes 5-minute rows once they are behind the watermark (so in the hour table) and
 older than USAGE_5MIN_RETENTION_DAYS, and hour rows once their day is rolled and they are older

@@ -73,7 +73,8 @@ class UsageStore:
         self.buffer_dir = Path(buffer_dir or settings.USAGE_BUFFER_DIR)
         self.fail_open = settings.USAGE_FAIL_OPEN if fail_open is None else fail_open
         self.retry_seconds = settings.USAGE_DB_RETRY_SECONDS
-        self.writer = make_writer(pool_size=settings.GATEWAY_DB_POOL_SIZE, timeout=settings.USAGE_DB_TIMEOUT_SECONDS)
+        self.writer = make_writer(pool_size=settings.GATEWAY_DB_POOL_SIZE, timeout=settings.USAGE_DB_TIMEOUT_SECONDS,
+                                  synchronous_commit=settings.USAGE_SYNCHRONOUS_COMMIT)
         self.committer = GroupCommitter(self._write_batch)
         self.buffer = BufferWriter(self.buffer_dir, settings.USAGE_BUFFER_MAX_FILE_BYTES)
         # One thread for buffer appends (ordered, never blocking the event loop on fsync) and
