@@ -16,6 +16,7 @@ urlpatterns = [
     path("api/usage/series/", api.SeriesView.as_view(), name="api-usage-series"),
     path("api/usage/models/", api.ModelsView.as_view(), name="api-usage-models"),
     path("api/usage/leaderboard/", api.LeaderboardView.as_view(), name="api-usage-leaderboard"),
+    path("api/usage/keys/", api.KeysView.as_view(), name="api-usage-keys"),
     path("api/me/usage/", api.MyUsageView.as_view(), name="api-my-usage"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

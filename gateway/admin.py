@@ -2,11 +2,16 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from gateway.models import ApiKey, ModelFacade, hash_key
+from usage import views as usage_views
 from usage.money import micros_to_usd, usd_to_micros
+from usage.permissions import sees_everyone
 
 PRICE_FIELDS = {
     "input_price": ("input_price_micros", "Input"),
@@ -92,6 +97,30 @@ class ApiKeyAdmin(admin.ModelAdmin):
     fields = ["prefix_display", "user", "name", "created_at", "last_used_at", "expires_at", "revoked_at"]
     actions = ["revoke"]
     autocomplete_fields = ["user"]
+    change_form_template = "admin/gateway/apikey/change_form.html"
+
+    def get_urls(self):
+        # `<id>/usage/`: the key's usage page (usage.views), as UsageUserAdmin adds a user's.
+        return [
+            path("<id>/usage/", self.admin_site.admin_view(self.usage_view), name="gateway_apikey_usage"),
+            *super().get_urls(),
+        ]
+
+    def usage_view(self, request, id):
+        key = get_object_or_404(self.get_queryset(request).select_related("user"), pk=id)
+        return usage_views.key_usage_view(request, self.admin_site, key, self.opts)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "shows_usage": sees_everyone(request.user)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_list_display(self, request):
+        columns = super().get_list_display(request)
+        return [*columns, "usage_link"] if sees_everyone(request.user) else columns
+
+    @admin.display(description="Usage")
+    def usage_link(self, obj):
+        return format_html('<a href="{}">usage</a>', reverse("admin:gateway_apikey_usage", args=[obj.pk]))
 
     @admin.display(description="Key", ordering="prefix")
     def prefix_display(self, obj):

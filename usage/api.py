@@ -9,7 +9,8 @@ import csv
 import io
 
 from django.contrib.auth import get_user_model
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
@@ -35,7 +36,7 @@ class CSVRenderer(BaseRenderer):
     media_type = "text/csv"
     format = "csv"
     charset = "utf-8"
-    ROW_KEYS = ("series", "models", "results")
+    ROW_KEYS = ("series", "models", "keys", "results")
 
     def render(self, data, accepted_media_type=None, renderer_context=None):
         context = renderer_context or {}
@@ -59,7 +60,7 @@ class CSVRenderer(BaseRenderer):
     def defused(row: dict) -> dict:
         """A name a spreadsheet would run as a formula (a username may start with + - or @) gets a
         leading apostrophe, as OWASP advises for CSV; numbers and dates never start that way."""
-        return {k: "'" + v if k in ("username", "facade") and isinstance(v, str) and v[:1] in ("=", "+", "-", "@")
+        return {k: "'" + v if k in ("username", "facade", "name") and isinstance(v, str) and v[:1] in ("=", "+", "-", "@")
                 else v for k, v in row.items()}
 
     @staticmethod
@@ -116,29 +117,71 @@ class ModelsOut(FrameOut):
     models = ModelRowOut(many=True)
 
 
-class LeaderRowOut(serializers.Serializer):
-    rank = serializers.IntegerField()
-    previous_rank = serializers.IntegerField(allow_null=True)
-    user_id = serializers.IntegerField()
-    username = serializers.CharField()
-    requests = serializers.IntegerField(source="totals.requests")
-    input_tokens = serializers.IntegerField(source="totals.input_tokens")
-    output_tokens = serializers.IntegerField(source="totals.output_tokens")
-    tokens = serializers.IntegerField(source="totals.tokens")
-    spend_usd = serializers.DecimalField(max_digits=30, decimal_places=9, source="totals.spend_usd")
-    share = share_field("the ranked metric")
+def key_fields() -> dict[str, serializers.Field]:
+    """An API key as usage rows name it: id, visible prefix, name, and its owner."""
+    return {
+        "key_id": serializers.IntegerField(),
+        "api_key": serializers.CharField(source="prefix", help_text="The key's visible prefix; `pre-<user id>` is "
+                                         "the user's usage from before per-key accounting."),
+        "name": serializers.CharField(allow_blank=True),
+        "user_id": serializers.IntegerField(help_text="The key's owner."),
+        "username": serializers.CharField(),
+    }
+
+
+KeyRowOut = type("KeyRowOut", (serializers.Serializer,), {
+    **key_fields(), **counter_fields("totals."), "share": share_field("the period's spend")})
+
+
+class KeysOut(FrameOut):
+    keys = KeyRowOut(many=True)
+
+
+class ClosedRow(serializers.Serializer):
+    """A row whose schema allows no other properties, so that `oneOf` tells a user's row from a key's."""
+
+
+class ClosedRowExtension(OpenApiSerializerExtension):
+    target_class = ClosedRow
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        return {**auto_schema._map_basic_serializer(self.target, direction), "additionalProperties": False}
+
+
+def leader_numbers() -> dict[str, serializers.Field]:
+    return {
+        "requests": serializers.IntegerField(source="totals.requests"),
+        "input_tokens": serializers.IntegerField(source="totals.input_tokens"),
+        "output_tokens": serializers.IntegerField(source="totals.output_tokens"),
+        "tokens": serializers.IntegerField(source="totals.tokens"),
+        "spend_usd": serializers.DecimalField(max_digits=30, decimal_places=9, source="totals.spend_usd"),
+        "share": share_field("the ranked metric"),
+    }
+
+
+def rank_fields() -> dict[str, serializers.Field]:
+    return {"rank": serializers.IntegerField(), "previous_rank": serializers.IntegerField(allow_null=True)}
+
+
+LeaderRowOut = type("LeaderRowOut", (ClosedRow,), {
+    **rank_fields(), "user_id": serializers.IntegerField(), "username": serializers.CharField(), **leader_numbers()})
+KeyLeaderRowOut = type("KeyLeaderRowOut", (ClosedRow,), {**rank_fields(), **key_fields(), **leader_numbers()})
 
 
 class LeaderboardOut(serializers.Serializer):
     count = serializers.IntegerField()
     next = serializers.URLField(allow_null=True)
     previous = serializers.URLField(allow_null=True)
-    results = LeaderRowOut(many=True)
+    results = PolymorphicProxySerializer(
+        component_name="LeaderboardRow", serializers=[LeaderRowOut, KeyLeaderRowOut], resource_type_field_name=None,
+        many=True, help_text="Users (group=user) or API keys with their owner (group=key).")
 
 
 class MyUsageOut(serializers.Serializer):
     summary = SummaryOut()
     series = DayOut(many=True)
+    keys = KeyRowOut(many=True, help_text="The caller's own API keys, by spend.")
 
 
 def csv_columns(serializer_class) -> tuple[str, ...]:
@@ -157,6 +200,8 @@ class UsageParams(serializers.Serializer):
 class LeaderboardParams(serializers.Serializer):
     period = serializers.ChoiceField(choices=list(queries.WINDOWS), default="7d")
     by = serializers.ChoiceField(choices=list(queries.LEADERBOARD_METRICS), default="tokens")
+    group = serializers.ChoiceField(choices=list(queries.LEADERBOARD_GROUPS), default="user",
+                                    help_text="Rank users, or API keys (each with its owner).")
 
 
 class UsageView(APIView):
@@ -226,12 +271,29 @@ class LeaderboardView(UsageView):
         params = LeaderboardParams(data=request.query_params)
         params.is_valid(raise_exception=True)
         window = queries.resolve_window(params.validated_data["period"])
-        board = queries.leaderboard(window, params.validated_data["by"])
+        group = params.validated_data["group"]
+        board = queries.leaderboard(window, params.validated_data["by"], group=group)
+        rows = KeyLeaderRowOut if group == "key" else LeaderRowOut
+        if group == "key":
+            self.csv_name, self.csv_fields = "leaderboard-keys", csv_columns(KeyLeaderRowOut)
         if request.accepted_renderer.format == "csv":  # a download is the whole board, not its first page
-            return Response({"period": window.key, "results": LeaderRowOut(board, many=True).data})
+            return Response({"period": window.key, "results": rows(board, many=True).data})
         paginator = LeaderboardPagination()
         page = paginator.paginate_queryset(board, request, view=self)
-        return paginator.get_paginated_response(LeaderRowOut(page, many=True).data)
+        return paginator.get_paginated_response(rows(page, many=True).data)
+
+
+@extend_schema(parameters=[UsageParams], responses=KeysOut)
+class KeysView(UsageView):
+    """Usage per API key (everyone's, or one user's with `user=`): staff with the usage permission only."""
+
+    permission_classes = [SeesEveryone]
+    renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
+    csv_name, csv_fields = "keys", csv_columns(KeyRowOut)
+
+    def get(self, request):
+        window, user_id = self.scope(request)
+        return Response(KeysOut(self.frame(window, keys=queries.by_key(window, user_id))).data)
 
 
 @extend_schema(parameters=[OpenApiParameter("period", str, enum=list(queries.WINDOWS), default="7d")],
@@ -244,4 +306,5 @@ class MyUsageView(UsageView):
         return Response(MyUsageOut({
             "summary": self.frame(window, totals=queries.summary(window, request.user.pk).totals),
             "series": queries.daily_series(window, request.user.pk),
+            "keys": queries.by_key(window, request.user.pk),
         }).data)

@@ -12,10 +12,12 @@ from usage import queries
 from usage.display import compact
 from usage.models import BufferEvent
 from usage.money import usd_for_people
+from usage.sql import reserved_key_digest
 
 DEFAULT_WINDOW = "7d"
 WINDOW_LABELS = {"7d": "Last 7 days", "30d": "Last 30 days", "90d": "Last 90 days"}
 LEADERBOARD_ORDERS = {"tokens": "Tokens", "spend": "Spend", "requests": "Requests"}
+LEADERBOARD_GROUPS = {"user": "Users", "key": "API keys"}
 LEADERBOARD_PAGE_SIZE = 100
 
 
@@ -102,37 +104,65 @@ def order_tabs(params, active: str) -> list[dict]:
     return tabs(params, "by", LEADERBOARD_ORDERS, active)
 
 
-def panel(window: "queries.Window", user_id: int | None = None) -> dict:
-    """Cards, charts and the per-model table, network-wide or for one user."""
-    summary = queries.summary(window, user_id=user_id)
+def group_tabs(params, active: str) -> list[dict]:
+    return tabs(params, "group", LEADERBOARD_GROUPS, active)
+
+
+def panel(window: "queries.Window", user_id: int | None = None, key_id: int | None = None) -> dict:
+    """Cards, charts and the per-model table, network-wide, for one user or for one API key."""
+    summary = queries.summary(window, user_id=user_id, key_id=key_id)
     return {
         "window": window,
         "summary": summary,
         "cards": cards(summary),
-        "chart_data": chart_data(queries.daily_series(window, user_id=user_id)),
-        "facades": queries.by_facade(window, user_id=user_id),
+        "chart_data": chart_data(queries.daily_series(window, user_id=user_id, key_id=key_id)),
+        "facades": queries.by_facade(window, user_id=user_id, key_id=key_id),
         "complete_through": summary.complete_through,
     }
+
+
+@dataclass(frozen=True)
+class KeyListRow:
+    """A row of a user's "API keys" table: the key (None for the reserved key, which holds the usage from
+    before per-key accounting and is not a key anyone manages) and its usage in the window."""
+
+    key_id: int
+    prefix: str
+    label: str
+    key: object | None
+    totals: "queries.Totals"
+
+
+def user_key_rows(window: "queries.Window", user) -> list[KeyListRow]:
+    """A user's keys, newest first, with their usage in the window; then their reserved key, only
+    when it has usage in the window."""
+    used = {row.key_id: row for row in queries.by_key(window, user_id=user.pk)}
+    reserved = reserved_key_digest(user.pk)
+    rows = [KeyListRow(k.pk, k.prefix, k.name, k, used[k.pk].totals if k.pk in used else queries.Totals())
+            for k in user.api_keys.order_by("-created_at", "-pk") if k.digest != reserved]
+    rows += [KeyListRow(r.key_id, r.prefix, r.label, None, r.totals) for r in used.values() if r.reserved]
+    return rows
 
 
 class LeaderboardRows:
     """The leaderboard as a sequence Paginator can page: one count, one query per page."""
 
-    def __init__(self, window: "queries.Window", by: str):
-        self.window, self.by = window, by
+    def __init__(self, window: "queries.Window", by: str, group: str = "user"):
+        self.window, self.by, self.group = window, by, group
 
     def count(self) -> int:
-        return queries.leaderboard_count(self.window)
+        return queries.leaderboard_count(self.window, group=self.group)
 
     def __len__(self):
         return self.count()
 
     def __getitem__(self, rows: slice):
-        return queries.leaderboard(self.window, by=self.by, limit=rows.stop - rows.start, offset=rows.start)
+        return queries.leaderboard(self.window, by=self.by, limit=rows.stop - rows.start, offset=rows.start,
+                                   group=self.group)
 
 
-def leaderboard_page(window: "queries.Window", by: str, page_number) -> "Paginator.page":
-    paginator = Paginator(LeaderboardRows(window, by), LEADERBOARD_PAGE_SIZE)
+def leaderboard_page(window: "queries.Window", by: str, page_number, group: str = "user") -> "Paginator.page":
+    paginator = Paginator(LeaderboardRows(window, by, group), LEADERBOARD_PAGE_SIZE)
     return paginator.get_page(page_number)
 
 

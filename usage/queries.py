@@ -19,9 +19,11 @@ from usage.calendar import day_bounds, local_date, local_midnight, month_bounds,
 from usage.money import nanos_to_usd
 from usage.rollups import watermark
 from usage.counters import COUNTERS, Counters
+from usage.sql import RESERVED_KEY_NAME, reserved_key_digest
 
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 LEADERBOARD_METRICS = ("tokens", "spend", "requests")
+LEADERBOARD_GROUPS = ("user", "key")
 
 
 @dataclass(frozen=True)
@@ -126,16 +128,18 @@ def grouped_rows(start: datetime, end: datetime, group_by: tuple[str, ...], roll
 
 
 def _grouped(start: datetime, end: datetime, user_id: int | None, group_by: tuple[str, ...],
-             rolled_through: datetime | None) -> list[dict]:
+             rolled_through: datetime | None, key_id: int | None = None) -> list[dict]:
     filters = {"user_id": user_id} if user_id is not None else {}
+    if key_id is not None:
+        filters["key_id"] = key_id
     coarsest = "day" if "bucket_start" in group_by else "month"
     return grouped_rows(start, end, group_by, rolled_through, coarsest, **filters)
 
 
 def totals_between(start: datetime, end: datetime, user_id: int | None = None,
-                   rolled_through: datetime | None = None) -> Totals:
+                   rolled_through: datetime | None = None, key_id: int | None = None) -> Totals:
     total = Totals()
-    for row in _grouped(start, end, user_id, (), rolled_through or watermark()):
+    for row in _grouped(start, end, user_id, (), rolled_through or watermark(), key_id):
         total += Totals.of(row)
     return total
 
@@ -152,10 +156,11 @@ class Summary:
     complete_through: datetime | None
 
 
-def summary(window: Window, user_id: int | None = None) -> Summary:
+def summary(window: Window, user_id: int | None = None, key_id: int | None = None) -> Summary:
+    """Network-wide, one user's (user_id) or one API key's (key_id) totals, and the previous window's."""
     rolled = watermark()
-    return Summary(window, totals_between(window.start, window.end, user_id, rolled),
-                   totals_between(window.previous_start, window.previous_end, user_id, rolled), rolled)
+    return Summary(window, totals_between(window.start, window.end, user_id, rolled, key_id),
+                   totals_between(window.previous_start, window.previous_end, user_id, rolled, key_id), rolled)
 
 
 @dataclass(frozen=True)
@@ -164,11 +169,11 @@ class DayPoint:
     totals: Totals
 
 
-def daily_series(window: Window, user_id: int | None = None) -> list[DayPoint]:
+def daily_series(window: Window, user_id: int | None = None, key_id: int | None = None) -> list[DayPoint]:
     """One point per local day of the window, oldest first, zeros where empty."""
     tz = zone()
     by_day = {day: Totals() for day in window.dates}
-    for row in _grouped(window.start, window.end, user_id, ("bucket_start",), watermark()):
+    for row in _grouped(window.start, window.end, user_id, ("bucket_start",), watermark(), key_id):
         day = local_date(row["bucket_start"], tz)
         if day in by_day:
             by_day[day] += Totals.of(row)
@@ -187,11 +192,11 @@ def _share(part: int, whole: int) -> Decimal:
     return (Decimal(part) / whole).quantize(Decimal("0.0001")) if whole else Decimal(0)
 
 
-def by_facade(window: Window, user_id: int | None = None) -> list[FacadeRow]:
+def by_facade(window: Window, user_id: int | None = None, key_id: int | None = None) -> list[FacadeRow]:
     """Per facade, by spend (then name); share of spend, or of requests when nothing was spent."""
     per: dict[int, Totals] = {}
     names: dict[int, str] = {}
-    for row in _grouped(window.start, window.end, user_id, ("facade_id", "facade__name"), watermark()):
+    for row in _grouped(window.start, window.end, user_id, ("facade_id", "facade__name"), watermark(), key_id):
         per[row["facade_id"]] = per.get(row["facade_id"], Totals()) + Totals.of(row)
         names[row["facade_id"]] = row["facade__name"]
     total_cost = sum(t.cost_nanos for t in per.values())
@@ -203,13 +208,84 @@ def by_facade(window: Window, user_id: int | None = None) -> list[FacadeRow]:
 
 
 @dataclass(frozen=True)
+class KeyInfo:
+    """How an API key is named wherever usage is listed: its prefix and name, its owner, and whether
+    it is the owner's reserved key (usage from before per-key accounting)."""
+
+    key_id: int
+    prefix: str
+    name: str
+    user_id: int
+    username: str
+    reserved: bool
+
+
+def key_infos(key_ids) -> dict[int, KeyInfo]:
+    api_key_model = FiveMinuteUsage._meta.get_field("key").related_model  # gateway.ApiKey (usage never imports gateway)
+    rows = api_key_model.objects.filter(pk__in=list(key_ids)).values_list("pk", "prefix", "name", "digest", "user_id",
+                                                                    "user__username")
+    return {pk: KeyInfo(pk, prefix, name, uid, username, digest == reserved_key_digest(uid))
+            for pk, prefix, name, digest, uid, username in rows}
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    key_id: int
+    prefix: str
+    name: str
+    user_id: int
+    username: str
+    reserved: bool
+    totals: Totals
+    share: Decimal
+
+    @property
+    def label(self) -> str:
+        return RESERVED_KEY_NAME if self.reserved else (self.name or self.prefix)
+
+
+def _per_key(start: datetime, end: datetime, rolled_through: datetime | None,
+             user_id: int | None = None) -> dict[int, Totals]:
+    per: dict[int, Totals] = {}
+    for row in _grouped(start, end, user_id, ("key_id",), rolled_through):
+        per[row["key_id"]] = per.get(row["key_id"], Totals()) + Totals.of(row)
+    return {kid: t for kid, t in per.items() if t.requests or t.cost_nanos or t.tokens}
+
+
+def by_key(window: Window, user_id: int | None = None) -> list[KeyRow]:
+    """Per API key (of one user, or everyone's), by spend then prefix; share of spend, or of
+    requests when nothing was spent. The reserved key of a user holds their usage from before
+    per-key accounting."""
+    per = _per_key(window.start, window.end, watermark(), user_id)
+    infos = key_infos(per)
+    total_cost = sum(t.cost_nanos for t in per.values())
+    total_requests = sum(t.requests for t in per.values())
+    rows = []
+    for kid, t in per.items():
+        info = infos[kid]
+        rows.append(KeyRow(kid, info.prefix, info.name, info.user_id, info.username, info.reserved, t,
+                           _share(t.cost_nanos, total_cost) if total_cost else _share(t.requests, total_requests)))
+    return sorted(rows, key=lambda r: (-r.totals.cost_nanos, r.prefix))
+
+
+@dataclass(frozen=True)
 class LeaderRow:
+    """A ranked user (group "user"), or a ranked API key with its owner (group "key": key_id set)."""
+
     rank: int
     previous_rank: int | None
     user_id: int
     username: str
     totals: Totals
     share: Decimal
+    key_id: int | None = None
+    prefix: str = ""
+    name: str = ""
+    reserved: bool = False
+
+    @property
+    def label(self) -> str:
+        return RESERVED_KEY_NAME if self.reserved else (self.name or self.prefix)
 
 
 def _per_user(start: datetime, end: datetime, rolled_through: datetime | None) -> dict[int, Totals]:
@@ -219,27 +295,41 @@ def _per_user(start: datetime, end: datetime, rolled_through: datetime | None) -
     return {uid: t for uid, t in per.items() if t.requests or t.cost_nanos or t.tokens}
 
 
+def _per_group(group: str, start: datetime, end: datetime, rolled_through: datetime | None) -> dict[int, Totals]:
+    if group not in LEADERBOARD_GROUPS:
+        raise ValueError(f"unknown grouping {group!r}; use one of {', '.join(LEADERBOARD_GROUPS)}")
+    return (_per_key if group == "key" else _per_user)(start, end, rolled_through)
+
+
 def _ranked(per: dict[int, Totals], by: str) -> list[tuple[int, Totals]]:
     return sorted(per.items(), key=lambda item: (-item[1].metric(by), item[0]))
 
 
-def leaderboard(window: Window, by: str = "tokens", limit: int | None = None, offset: int = 0) -> list[LeaderRow]:
-    """Users ranked by tokens, spend or requests (ties by user id), with last window's rank."""
+def leaderboard(window: Window, by: str = "tokens", limit: int | None = None, offset: int = 0,
+                group: str = "user") -> list[LeaderRow]:
+    """Users (or API keys, group="key") ranked by tokens, spend or requests (ties by id), with last
+    window's rank."""
     if by not in LEADERBOARD_METRICS:
         raise ValueError(f"unknown ranking {by!r}; use one of {', '.join(LEADERBOARD_METRICS)}")
     rolled = watermark()
-    ranked = _ranked(_per_user(window.start, window.end, rolled), by)
-    previous = {uid: rank for rank, (uid, _) in enumerate(_ranked(_per_user(window.previous_start,
-                                                                              window.previous_end, rolled), by), 1)}
+    ranked = _ranked(_per_group(group, window.start, window.end, rolled), by)
+    previous = {ident: rank for rank, (ident, _) in enumerate(
+        _ranked(_per_group(group, window.previous_start, window.previous_end, rolled), by), 1)}
     whole = sum(t.metric(by) for _, t in ranked)
     page = ranked[offset : None if limit is None else offset + limit]
+    if group == "key":
+        infos = key_infos(kid for kid, _ in page)
+        return [LeaderRow(offset + i, previous.get(kid), infos[kid].user_id, infos[kid].username, t,
+                          _share(t.metric(by), whole), key_id=kid, prefix=infos[kid].prefix, name=infos[kid].name,
+                          reserved=infos[kid].reserved)
+                for i, (kid, t) in enumerate(page, 1)]
     names = dict(get_user_model().objects.filter(pk__in=[uid for uid, _ in page]).values_list("pk", "username"))
     return [LeaderRow(offset + i, previous.get(uid), uid, names.get(uid, f"#{uid}"), t, _share(t.metric(by), whole))
             for i, (uid, t) in enumerate(page, 1)]
 
 
-def leaderboard_count(window: Window) -> int:
-    return len(_per_user(window.start, window.end, watermark()))
+def leaderboard_count(window: Window, group: str = "user") -> int:
+    return len(_per_group(group, window.start, window.end, watermark()))
 
 
 def spend_by_user(start: datetime | None, end: datetime, user_ids: set[int] | None = None) -> dict[int, int]:

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from usage import budgets, dashboard
 from usage.permissions import sees_everyone
+from usage.sql import RESERVED_KEY_NAME, reserved_key_digest
 from usage.store import buffer_overview
 
 
@@ -37,13 +38,17 @@ def leaderboard_view(request, site):
     window = dashboard.window_from(request.GET)
     by = request.GET.get("by")
     by = by if by in dashboard.LEADERBOARD_ORDERS else "tokens"
-    page = dashboard.leaderboard_page(window, by, request.GET.get("page"))
+    group = request.GET.get("group")
+    group = group if group in dashboard.LEADERBOARD_GROUPS else "user"
+    page = dashboard.leaderboard_page(window, by, request.GET.get("page"), group)
     ctx = {
         **site.each_context(request),
-        "title": "Leaderboard",
+        "title": "Leaderboard" if group == "user" else "Leaderboard of API keys",
         "window": window,
         "by": by,
+        "group": group,
         "orders": dashboard.order_tabs(request.GET, by),
+        "groups": dashboard.group_tabs(request.GET, group),
         "tabs": dashboard.window_tabs(request.GET, window.key),
         "page": page,
         "rows": [(row, dashboard.rank_change(row)) for row in page.object_list],
@@ -62,7 +67,26 @@ def user_usage_view(request, site, user, opts):
         "opts": opts,
         "original": user,
         "tabs": dashboard.window_tabs(request.GET, window.key),
-        "api_keys": user.api_keys.order_by("-created_at"),
+        "api_keys": dashboard.user_key_rows(window, user),
         "budgets": budgets.states_for(user.pk, timezone.now()),
     }
     return TemplateResponse(request, "admin/usage/user.html", ctx)
+
+
+def key_usage_view(request, site, key, opts):
+    """One API key's usage (wired by gateway.admin.ApiKeyAdmin): the user page's panel, for the key."""
+    _require_permission(request)
+    window = dashboard.window_from(request.GET)
+    reserved = key.digest == reserved_key_digest(key.user_id)
+    label = RESERVED_KEY_NAME if reserved else f"{key.prefix}…" + (f" ({key.name})" if key.name else "")
+    ctx = {
+        **site.each_context(request),
+        **dashboard.panel(window, key_id=key.pk),
+        "title": f"Usage of the API key {label}" if not reserved else f"Usage of {key.user.get_username()} {label}",
+        "opts": opts,
+        "original": key,
+        "key_label": label,
+        "reserved": reserved,
+        "tabs": dashboard.window_tabs(request.GET, window.key),
+    }
+    return TemplateResponse(request, "admin/usage/key.html", ctx)
