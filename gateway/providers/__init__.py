@@ -6,7 +6,10 @@ responses that report none, and an incremental reader of server-sent events.
 
 import json
 import math
+import re
 from dataclasses import dataclass
+
+import orjson
 
 
 @dataclass
@@ -49,7 +52,14 @@ def text_of(value) -> str:
 
 
 def strict_json(body: bytes):
-    """json.loads that refuses NaN and Infinity (Python accepts them by default)."""
+    """Parse JSON, refusing NaN and Infinity. orjson first (several times faster, and it refuses
+    them itself); what it refuses goes through the standard library again, so the error names what
+    is wrong ("NaN is not valid JSON") and a lone surrogate in a string is still accepted as
+    before. One difference stays: an integer beyond 64 bits arrives as a float (README)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
 
     def refuse(constant):
         raise ValueError(f"{constant} is not valid JSON")
@@ -104,11 +114,54 @@ def rename_model(raw: bytes, upstream: str, public: str) -> bytes:
     return raw.replace(b'"model":' + old, b'"model":' + new).replace(b'"model": ' + old, b'"model": ' + new)
 
 
+# A JSON string or a bracket, to tell how deep a `"model":` key sits when there are several.
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]]', re.DOTALL)
+
+
+def _depths(raw: bytes, positions: set[int]) -> dict[int, int]:
+    """How many objects and arrays enclose each string starting at one of `positions`."""
+    depth, found = 0, {}
+    for match in _TOKEN.finditer(raw):
+        char = raw[match.start()]
+        if char == 0x22:  # a string
+            if match.start() in positions:
+                found[match.start()] = depth
+                if len(found) == len(positions):
+                    break
+        elif char in b"{[":
+            depth += 1
+        else:
+            depth -= 1
+    return found
+
+
+def rename_top_model(raw: bytes, upstream: str, public: str, depth: int) -> bytes:
+    """Rewrite the one `"model":"<upstream>"` key `depth` objects deep (1: a whole answer, 2: the
+    `response` or `message` object of an event) to the facade's public name, without re-encoding
+    anything else (the upstream's bytes go out as they came). The same pair elsewhere (in
+    `metadata`, say) stays; with a single occurrence, no scan is needed."""
+    if upstream == public:
+        return raw
+    old, new = json.dumps(upstream).encode(), json.dumps(public).encode()
+    hits = []
+    for pattern in (b'"model":' + old, b'"model": ' + old):
+        start = raw.find(pattern)
+        while start >= 0:
+            hits.append((start, pattern))
+            start = raw.find(pattern, start + len(pattern))
+    if len(hits) > 1:
+        depths = _depths(raw, {start for start, _ in hits})
+        hits = [(start, pattern) for start, pattern in hits if depths.get(start) == depth]
+    if not hits:
+        return raw
+    start, pattern = min(hits)
+    return raw[:start] + pattern[: -len(old)] + new + raw[start + len(pattern):]
+
+
 def renamed_body(raw: bytes, public_model: str) -> tuple[object, bytes]:
-    """A whole JSON response, parsed, with its `model` renamed to the facade's public name
-    (ValueError if it is not JSON)."""
-    body = json.loads(raw)
-    if isinstance(body, dict) and "model" in body:
-        body["model"] = public_model
-        raw = json.dumps(body, separators=(",", ":")).encode()
+    """A whole JSON answer, parsed (to read its usage), and its bytes with the top-level `model`
+    renamed to the facade's public name — not re-encoded (ValueError if it is not JSON)."""
+    body = orjson.loads(raw)
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        raw = rename_top_model(raw, body["model"], public_model, depth=1)
     return body, raw

@@ -7,6 +7,8 @@ the current API): the latest value of each field wins, the two are never added.
 """
 
 import json
+
+import orjson
 from datetime import UTC, datetime
 
 from gateway.providers import Usage, renamed_body, estimate_tokens, int_field, rename_model, text_of
@@ -80,7 +82,7 @@ class StreamState:
 
     def process(self, raw: bytes, name: str | None, data: str) -> bytes | None:
         try:
-            event = json.loads(data)
+            event = orjson.loads(data)
         except ValueError:
             return raw
         if not isinstance(event, dict):

@@ -2,6 +2,8 @@
 
 import json
 
+import orjson
+
 from gateway.providers import Usage, renamed_body, estimate_tokens, int_field, rename_model, text_of
 
 NAME = "openai"
@@ -93,7 +95,7 @@ class StreamState:
             self.done = True
             return raw
         try:
-            event = json.loads(data)
+            event = orjson.loads(data)
         except ValueError:
             return raw
         if not isinstance(event, dict):

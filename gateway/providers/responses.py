@@ -15,10 +15,9 @@ top-level `model`, in a stream the `model` of the `response` object that the `re
 carry. Every other event passes through byte for byte.
 """
 
-import json
-import re
+import orjson
 
-from gateway.providers import Unsupported, Usage, estimate_tokens, int_field
+from gateway.providers import Unsupported, Usage, estimate_tokens, int_field, rename_top_model, renamed_body
 from gateway.providers.openai import auth_headers, error_body, models_list  # noqa: F401 (same as Chat Completions)
 
 NAME = "openai"
@@ -81,57 +80,12 @@ def usage_from(usage) -> Usage | None:
                  reasoning_tokens=reasoning)
 
 
-# A JSON string or a bracket, to tell how deep a `"model":` key sits when there are several.
-_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]]', re.DOTALL)
-
-
-def _depths(raw: bytes, positions: set[int]) -> dict[int, int]:
-    """How many objects and arrays enclose each string starting at one of `positions`."""
-    depth, found = 0, {}
-    for match in _TOKEN.finditer(raw):
-        char = raw[match.start()]
-        if char == 0x22:  # a string
-            if match.start() in positions:
-                found[match.start()] = depth
-                if len(found) == len(positions):
-                    break
-        elif char in b"{[":
-            depth += 1
-        else:
-            depth -= 1
-    return found
-
-
-def rename_response_model(raw: bytes, upstream: str, public: str, depth: int) -> bytes:
-    """Rewrite the one `"model":"<upstream>"` key `depth` objects deep (1: a whole Response, 2: the
-    `response` of an event) to the facade's public name, without re-encoding anything else. The
-    same pair elsewhere (in `metadata`, say) stays; with a single occurrence, no scan is needed."""
-    if upstream == public:
-        return raw
-    old, new = json.dumps(upstream).encode(), json.dumps(public).encode()
-    hits = []
-    for pattern in (b'"model":' + old, b'"model": ' + old):
-        start = raw.find(pattern)
-        while start >= 0:
-            hits.append((start, pattern))
-            start = raw.find(pattern, start + len(pattern))
-    if len(hits) > 1:
-        depths = _depths(raw, {start for start, _ in hits})
-        hits = [(start, pattern) for start, pattern in hits if depths.get(start) == depth]
-    if not hits:
-        return raw
-    start, pattern = min(hits)
-    return raw[:start] + pattern[: -len(old)] + new + raw[start + len(pattern):]
-
-
 def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[bytes, Usage]:
     """Rename the model in a whole Response and read its usage, estimated if absent (ValueError if
     the answer is not JSON). The bytes returned are the upstream's, only the model renamed."""
-    body = json.loads(raw)
+    body, raw = renamed_body(raw, public_model)
     if not isinstance(body, dict):
         body = {}
-    if isinstance(body.get("model"), str):
-        raw = rename_response_model(raw, body["model"], public_model, depth=1)
     usage = usage_from(body.get("usage"))
     if usage is None:
         usage = Usage(input_tokens=estimate_tokens(prompt_text(request_body)),
@@ -154,7 +108,7 @@ class StreamState:
     def process(self, raw: bytes, name: str | None, data: str) -> bytes | None:
         """The bytes to send the caller for this event (never hidden: usage is part of the API)."""
         try:
-            event = json.loads(data)
+            event = orjson.loads(data)
         except ValueError:
             return raw
         if not isinstance(event, dict):
@@ -170,7 +124,7 @@ class StreamState:
                 if usage is not None:
                     self.reported = usage
                 if isinstance(response.get("model"), str):
-                    raw = rename_response_model(raw, response["model"], self.public_model, depth=2)
+                    raw = rename_top_model(raw, response["model"], self.public_model, depth=2)
             if kind == "response.failed":
                 self.done = self.error = True
             elif kind in ("response.completed", "response.incomplete"):
