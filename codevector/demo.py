@@ -29,6 +29,7 @@ DEMO_FACADES = [
     ("claude-sonnet-4-5", "anthropic", 3_000_000, 300_000, 3_750_000, 15_000_000),
     ("claude-haiku-4-5", "anthropic", 1_000_000, 100_000, 1_250_000, 5_000_000),
 ]
+EMBEDDINGS_FACADES = {"text-embedding-3-small"}  # the demo facades of kind embeddings; the rest are chat
 
 
 def ensure_demo_facades(mock_url: str) -> list[ModelFacade]:
@@ -42,6 +43,7 @@ def ensure_demo_facades(mock_url: str) -> list[ModelFacade]:
                 provider=provider,
                 base_url=f"{mock_url}/v1" if provider == "openai" else mock_url,
                 upstream_model=name,
+                kind=ModelFacade.Kind.EMBEDDINGS if name in EMBEDDINGS_FACADES else ModelFacade.Kind.CHAT,
                 input_price_micros=inp,
                 cached_input_price_micros=cached,
                 cache_write_price_micros=write,

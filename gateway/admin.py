@@ -35,10 +35,20 @@ class ModelFacadeForm(forms.ModelForm):
 
     class Meta:
         model = ModelFacade
-        fields = ["name", "provider", "base_url", "upstream_model", "api_key_env", "is_active"]
+        fields = ["name", "provider", "kind", "base_url", "upstream_model", "api_key_env", "is_active"]
+
+    def clean_kind(self):
+        return self.cleaned_data.get("kind") or ModelFacade.Kind.CHAT
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("provider") == "anthropic" and cleaned.get("kind") == ModelFacade.Kind.EMBEDDINGS:
+            self.add_error("kind", "Anthropic facades are chat models: Anthropic has no embeddings endpoint.")
+        return cleaned
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fields["kind"].required = False  # a form that leaves it out makes a chat facade, as the model does
         if self.instance.pk:
             for form_field, (model_field, _) in PRICE_FIELDS.items():
                 self.initial[form_field] = micros_to_usd(getattr(self.instance, model_field))
@@ -52,12 +62,12 @@ class ModelFacadeForm(forms.ModelForm):
 @admin.register(ModelFacade)
 class ModelFacadeAdmin(admin.ModelAdmin):
     form = ModelFacadeForm
-    list_display = ["name", "provider", "upstream_model", "base_url", "input_usd", "output_usd", "is_active"]
-    list_filter = ["provider", "is_active"]
+    list_display = ["name", "provider", "kind", "upstream_model", "base_url", "input_usd", "output_usd", "is_active"]
+    list_filter = ["provider", "kind", "is_active"]
     search_fields = ["name", "upstream_model"]
     actions = ["deactivate"]
     fieldsets = [
-        (None, {"fields": ["name", "provider", "base_url", "upstream_model", "api_key_env", "is_active"]}),
+        (None, {"fields": ["name", "provider", "kind", "base_url", "upstream_model", "api_key_env", "is_active"]}),
         ("Prices", {"fields": list(PRICE_FIELDS), "description": "USD per million tokens. A change applies to later requests only."}),
     ]
 

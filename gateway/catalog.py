@@ -18,12 +18,13 @@ class FacadeInfo:
     api_key_env: str
     prices: Prices
     created: int  # unix time, for the models list
+    kind: str = "chat"  # ModelFacade.Kind: which endpoints answer it
 
 
 def load_facades() -> dict[str, FacadeInfo]:
     close_old_connections()
     return {
         f.name: FacadeInfo(f.pk, f.name, f.provider, f.base_url.rstrip("/"), f.upstream_model, f.api_key_env,
-                           f.prices, int(f.created_at.timestamp()))
+                           f.prices, int(f.created_at.timestamp()), f.kind)
         for f in ModelFacade.objects.filter(is_active=True)
     }

@@ -29,10 +29,19 @@ class ModelFacade(models.Model):
         OPENAI = "openai", "OpenAI-compatible"
         ANTHROPIC = "anthropic", "Anthropic-compatible"
 
+    class Kind(models.TextChoices):
+        CHAT = "chat", "Chat (responses, chat completions, messages)"
+        EMBEDDINGS = "embeddings", "Embeddings"
+
     name = models.CharField(
         max_length=200, unique=True, validators=[facade_name_validator], help_text="The model id clients send."
     )
     provider = models.CharField(max_length=20, choices=Provider.choices)
+    # Which endpoints the model answers: the gateway refuses the other kind's (400 wrong_endpoint),
+    # and OpenAI-shaped usage counts chat models as completions, embeddings models as embeddings.
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.CHAT,
+                            help_text="Chat models answer /v1/responses, /v1/chat/completions and /v1/messages; "
+                                      "embeddings models answer /v1/embeddings.")
     base_url = models.URLField(
         max_length=500,
         help_text="As the provider's SDK takes it: https://api.openai.com/v1 or https://api.anthropic.com",

@@ -28,7 +28,11 @@ from usage.pricing import cost_nanos
 
 logger = logging.getLogger("codevector.gateway")
 
-ENDPOINT_OF = {"openai": "/v1/responses, /v1/chat/completions or /v1/embeddings", "anthropic": "/v1/messages"}
+ENDPOINT_OF = {"openai": "/v1/responses, /v1/chat/completions or /v1/embeddings", "anthropic": "/v1/messages",
+               # by facade kind (ModelFacade.Kind), for a model asked at the other kind's endpoint
+               ("openai", "chat"): "/v1/responses or /v1/chat/completions", ("anthropic", "chat"): "/v1/messages",
+               ("openai", "embeddings"): "/v1/embeddings"}
+EMBEDDINGS_PATH = "/embeddings"  # the upstream path of POST /v1/embeddings (gateway.app.ROUTES)
 
 
 class Route(NamedTuple):
@@ -175,14 +179,22 @@ class Pipeline:
             raise Refusal(400, "'stream' must be true or false.", param="stream")
         return body
 
-    def resolve(self, call: Call, model: str) -> FacadeInfo:
+    def resolve(self, call: Call, model: str, upstream_path: str = "") -> FacadeInfo:
+        """The active facade named `model`, if it answers this route (its upstream path tells an
+        embeddings request from a chat one)."""
         facade = self.gateway.facades.get(model)
         if facade is None:
             raise Refusal(404, f"The model '{model}' does not exist or is not active on this gateway "
                                "(GET /v1/models lists them).", code="model_not_found", param="model")
+        endpoints = ENDPOINT_OF.get((facade.provider, facade.kind), ENDPOINT_OF[facade.provider])
         if facade.provider != call.protocol.NAME:
             raise Refusal(400, f"The model '{model}' speaks the {facade.provider} protocol: "
-                               f"use {ENDPOINT_OF[facade.provider]}.", code="wrong_endpoint", param="model")
+                               f"use {endpoints}.", code="wrong_endpoint", param="model")
+        wanted = "embeddings" if upstream_path == EMBEDDINGS_PATH else "chat"
+        if facade.kind != wanted:
+            what = "an embeddings model" if facade.kind == "embeddings" else "not an embeddings model"
+            raise Refusal(400, f"The model '{model}' is {what}: use {endpoints}.", code="wrong_endpoint",
+                          param="model")
         return facade
 
     def check_budgets(self, call: Call) -> None:
@@ -202,7 +214,7 @@ class Pipeline:
                           code="usage_unrecordable")
         await self.authenticate(call)
         body = self.parse(await self.read_body(call, max_body_bytes))
-        facade = call.facade = self.resolve(call, body["model"])
+        facade = call.facade = self.resolve(call, body["model"], route.upstream_path)
         if route.billed:
             self.check_budgets(call)
         credential = None

@@ -29,9 +29,9 @@ def reader_key(gateway_server, mock_upstream, transactional_db):
     """A superuser's API key, with the facades the examples name, on a live gateway."""
     staff = User.objects.create_superuser("docs-reader", "d@example.com", "pw")
     _, key = ApiKey.objects.create_key(staff)
-    for name, provider in (("gpt-4o-mini", "openai"), ("claude-sonnet-4-5", "anthropic"),
-                           ("text-embedding-3-small", "openai")):
-        ModelFacade.objects.create(name=name, provider=provider,
+    for name, provider, kind in (("gpt-4o-mini", "openai", "chat"), ("claude-sonnet-4-5", "anthropic", "chat"),
+                                 ("text-embedding-3-small", "openai", "embeddings")):
+        ModelFacade.objects.create(name=name, provider=provider, kind=kind,
                                    base_url=mock_upstream.url + ("/v1" if provider == "openai" else ""),
                                    input_price_micros=150_000, output_price_micros=600_000)
     gateway_server.refresh()

@@ -42,7 +42,7 @@ def gw(transactional_db, gateway_server, mock_upstream):
     carol = User.objects.create_user("carol")
     _, key = ApiKey.objects.create_key(carol, name="tests")
     facade("gpt-test", "openai", f"{mock_upstream.url}/v1", "gpt-4o-mini", GPT)
-    facade("embed-test", "openai", f"{mock_upstream.url}/v1", "text-embedding-3-small", EMBED)
+    facade("embed-test", "openai", f"{mock_upstream.url}/v1", "text-embedding-3-small", EMBED, kind="embeddings")
     facade("claude-test", "anthropic", mock_upstream.url, "claude-sonnet-4-5", SONNET)
     for mode in FAILURES:
         facade(f"gpt-{mode}", "openai", f"{mock_upstream.url}/v1", mode, GPT)

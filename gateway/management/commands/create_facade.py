@@ -32,6 +32,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("name", help="The public model name clients send.")
         parser.add_argument("--provider", choices=ModelFacade.Provider.values)
+        parser.add_argument("--kind", choices=ModelFacade.Kind.values,
+                            help="chat (the default for a new facade) or embeddings: which endpoints answer it.")
         parser.add_argument("--base-url", help="e.g. https://api.openai.com/v1 or https://api.anthropic.com")
         parser.add_argument("--upstream-model")
         parser.add_argument("--api-key-env", help="Environment variable that holds the upstream key.")
@@ -47,7 +49,7 @@ class Command(BaseCommand):
             if missing:
                 raise CommandError(f"A new facade needs {' and '.join(missing)}.")
             facade = ModelFacade(name=name)
-        for option in ("provider", "base_url", "upstream_model", "api_key_env"):
+        for option in ("provider", "kind", "base_url", "upstream_model", "api_key_env"):
             if options[option] is not None:
                 setattr(facade, option, options[option])
         for option, field in PRICE_OPTIONS.items():
@@ -57,6 +59,9 @@ class Command(BaseCommand):
             facade.is_active = False
         if not facade.upstream_model:
             facade.upstream_model = name
+        if facade.kind == ModelFacade.Kind.EMBEDDINGS and facade.provider != ModelFacade.Provider.OPENAI:
+            raise CommandError("An embeddings facade needs --provider openai (the gateway serves embeddings "
+                               "only as POST /v1/embeddings).")
         try:
             facade.full_clean()
         except ValidationError as exc:
@@ -64,4 +69,4 @@ class Command(BaseCommand):
             raise CommandError(f"Invalid facade: {problems}") from None
         facade.save()
         self.stdout.write(f"{'Created' if created else 'Updated'} facade {facade.name} -> {facade.provider} "
-                          f"{facade.base_url} ({facade.upstream_model})")
+                          f"{facade.base_url} ({facade.upstream_model}, {facade.kind})")

@@ -1,0 +1,406 @@
+"""OpenAI-shaped organization usage and costs (usage.openai_usage), read over real HTTP
+(pytest-django's live_server) by the official openai SDK, unmodified but for its base URL and admin
+key. The oracle is independent: the deltas the test records through usage.ledger.record_many, added
+up here per local day or hour. Every bucket is exact, and the buckets of a range add up to
+usage.queries.totals_between over it."""
+
+import json
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import openai
+import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from gateway.models import ApiKey, ModelFacade
+from usage import ledger, queries, rollups
+from usage.calendar import day_bounds, hour_start, local_date, local_midnight, zone
+from usage.openai_usage import apportion
+from usage.pricing import Prices, cost_nanos
+
+ZONE = "Asia/Kolkata"  # +5:30: local days and hours that are not UTC's
+GPT = Prices(input_micros=150_000, cached_input_micros=75_000, output_micros=600_000)
+SONNET = Prices(input_micros=3_000_000, cached_input_micros=300_000, cache_write_micros=3_750_000,
+                output_micros=15_000_000)
+EMBED = Prices(input_micros=20_000)
+# Prices with fractions of a nanodollar per token ($0.01875 and $0.0375 per million: 18.75 and 37.5
+# nanodollars a token), so requests' costs are rounded.
+CHEAP = Prices(input_micros=18_750, cached_input_micros=1_875, output_micros=37_500)
+TOKEN_FIELDS = ("requests", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+                "cost_nanos")
+
+
+def make_facade(name, provider, prices, kind="chat"):
+    return ModelFacade.objects.create(
+        name=name, provider=provider, kind=kind, base_url="http://127.0.0.1:9/v1", upstream_model=name,
+        input_price_micros=prices.input_micros, cached_input_price_micros=prices.cached_input_micros,
+        cache_write_price_micros=prices.cache_write_micros, output_price_micros=prices.output_micros)
+
+
+class World:
+    """Users, keys, facades and the deltas recorded, with the oracle's sums."""
+
+    def __init__(self, url):
+        self.url = url
+        self.deltas: list[ledger.UsageDelta] = []
+        self.prices: dict[int, Prices] = {}
+        self.kind: dict[int, str] = {}
+        self.model: dict[int, str] = {}
+        self.prefix: dict[int, str] = {}
+        self.username: dict[int, str] = {}
+
+    def client(self, key):
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", admin_api_key=key, max_retries=0,
+                             timeout=20)
+
+    def record(self, deltas):
+        ledger.record_many(deltas)
+        self.deltas += deltas
+
+    def sums(self, bucket_of, group, kind=None, since=None, until=None):
+        """{(bucket start, *group values): {counter: sum}} of the deltas (kind: of those facades)."""
+        out = defaultdict(lambda: dict.fromkeys(TOKEN_FIELDS, 0))
+        for d in self.deltas:
+            if kind and self.kind[d.facade_id] != kind:
+                continue
+            if since and ledger.five_minute_start(d.at) < since or until and ledger.five_minute_start(d.at) >= until:
+                continue
+            values = {"user_id": self.username[d.user_id], "api_key_id": self.prefix[d.key_id],
+                      "model": self.model[d.facade_id]}
+            row = out[(int(bucket_of(d.at).timestamp()), *(values[g] for g in group))]
+            for name in TOKEN_FIELDS:
+                row[name] += getattr(d, name)
+        return dict(out)
+
+
+def day_of(at):
+    return day_bounds(at, zone())[0]
+
+
+def hour_of(at):
+    return hour_start(at, zone())
+
+
+@pytest.fixture
+def world(live_server, settings, transactional_db):
+    settings.TIME_ZONE = ZONE
+    w = World(live_server.url)
+    root = User.objects.create_superuser("root", "root@example.com", "pw")
+    alice = User.objects.create_user("alice")
+    bob = User.objects.create_user("bob")
+    _, w.admin_key = ApiKey.objects.create_key(root, name="admin")
+    alice_keys = [ApiKey.objects.create_key(alice, name=n) for n in ("laptop", "ci")]
+    bob_key, _ = ApiKey.objects.create_key(bob, name="laptop")
+    w.alice_raw = alice_keys[0][1]
+    keys = [alice_keys[0][0], alice_keys[1][0], bob_key]
+    facades = [make_facade("gpt-test", "openai", GPT), make_facade("claude-test", "anthropic", SONNET),
+               make_facade("embed-test", "openai", EMBED, kind="embeddings"),
+               make_facade("cheap-test", "openai", CHEAP)]
+    tiny = make_facade("tiny-test", "openai", CHEAP)
+    for f in [*facades, tiny]:
+        w.prices[f.pk], w.kind[f.pk], w.model[f.pk] = f.prices, f.kind, f.name
+    for k in keys:
+        w.prefix[k.pk], w.username[k.pk] = k.prefix, k.user.username
+    w.username.update({alice.pk: "alice", bob.pk: "bob"})
+
+    tz = zone()
+    now = timezone.now()
+    w.today = local_midnight(local_date(now, tz), tz)
+    w.first_day = local_midnight(local_date(now, tz) - timedelta(days=6), tz)
+    number = 0
+
+    def delta(key, facade, at, requests=1, inp=0, cached=0, writes=0, out=0):
+        nonlocal number
+        number += 1
+        cost = cost_nanos(facade.prices, input_tokens=inp, cached_input_tokens=cached, cache_write_tokens=writes,
+                          output_tokens=out)
+        return ledger.UsageDelta(id=f"t-{number}", user_id=key.user_id, key_id=key.pk, facade_id=facade.pk, at=at,
+                                 requests=requests, input_tokens=inp, cached_input_tokens=cached,
+                                 cache_write_tokens=writes, output_tokens=out, cost_nanos=cost)
+
+    history = []
+    for day in range(6):  # six whole past days, several hours each, every key and facade
+        midnight = w.first_day + timedelta(days=day)
+        for i, (key, facade) in enumerate((k, f) for k in keys for f in facades):
+            at = midnight + timedelta(hours=(3 * i + day) % 24, minutes=7 * i % 60, seconds=13)
+            inp = 1_000 + 37 * i + 101 * day
+            cached = inp // 3 if facade.name != "embed-test" else 0
+            writes = inp // 7 if facade.name == "claude-test" else 0
+            out = 0 if facade.name == "embed-test" else 211 + 17 * i + day
+            history.append(delta(key, facade, at, requests=1 + i % 3, inp=inp, cached=cached, writes=writes, out=out))
+        # a request costing 18.75 + 37.5 = 56.25 nanodollars before its one rounding (1 input, 1 output token)
+        history.append(delta(keys[2], tiny, midnight + timedelta(hours=23, minutes=59), inp=1, out=1))
+    w.record(history)
+    rollups.roll_up()  # the past days are rolled into hours, days (and months)
+    late = [delta(keys[0], facades[1], w.first_day + timedelta(days=1, hours=5), inp=5_000, cached=1_000,
+                  writes=500, out=700),
+            delta(keys[1], facades[2], w.first_day + timedelta(days=2, hours=1), inp=333)]
+    w.record(late)  # late data: added to the rolled levels by the ledger
+    today = [delta(keys[0], facades[0], min(now, w.today + timedelta(minutes=m)), inp=400 + m, cached=100, out=50)
+             for m in (0, 1, 6)]
+    w.record(today)  # the current day: 5-minute rows, not rolled
+    return w
+
+
+def all_pages(call, **params):
+    """Every page of a listing, following has_more/next_page; (buckets, number of pages)."""
+    buckets, pages, page = [], 0, None
+    while True:
+        answer = call(**params, **({"page": page} if page else {}))
+        pages += 1
+        buckets += answer.data
+        if not answer.has_more:
+            return buckets, pages
+        assert answer.next_page
+        page = answer.next_page
+
+
+def raw_get(world, path, key=None):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(f"{world.url}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, json.loads(response.read(), parse_float=Decimal)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read(), parse_float=Decimal)
+
+
+# --- completions and embeddings -------------------------------------------------------------------
+
+
+def test_completions_by_key_and_model_per_local_day_paged_are_exact(world):
+    client = world.client(world.admin_key)
+    start = int(world.first_day.timestamp())
+    buckets, pages = all_pages(client.admin.organization.usage.completions, start_time=start, bucket_width="1d",
+                               group_by=["api_key_id", "model"], limit=2)
+    assert pages == 4  # seven local days (six past and today), two per page
+    assert [b.start_time for b in buckets] == [int((world.first_day + timedelta(days=i)).timestamp())
+                                               for i in range(7)]
+    assert all(b.end_time == int(day_bounds(datetime.fromtimestamp(b.start_time, zone()))[1].timestamp())
+               for b in buckets)
+    got = {}
+    for b in buckets:
+        for r in b.results:
+            assert isinstance(r, openai.types.admin.organization.usage_completions_response.
+                              DataResultOrganizationUsageCompletionsResult)
+            assert r.object == "organization.usage.completions.result"
+            assert r.user_id is None and r.project_id is None and r.batch is None
+            assert r.input_uncached_tokens == r.input_tokens - r.input_cached_tokens - r.input_cache_write_tokens
+            got[(b.start_time, r.api_key_id, r.model)] = {
+                "requests": r.num_model_requests, "input_tokens": r.input_tokens,
+                "cached_input_tokens": r.input_cached_tokens, "cache_write_tokens": r.input_cache_write_tokens,
+                "output_tokens": r.output_tokens}
+    expected = {k: {n: v[n] for n in TOKEN_FIELDS if n != "cost_nanos"}
+                for k, v in world.sums(day_of, ("api_key_id", "model"), kind="chat").items()}
+    assert got == expected
+    assert {k[2] for k in got} == {"gpt-test", "claude-test", "cheap-test", "tiny-test"}  # chat facades only
+
+
+def test_embeddings_by_user_are_exact_and_count_only_embeddings_facades(world):
+    client = world.client(world.admin_key)
+    start = int(world.first_day.timestamp())
+    buckets, _ = all_pages(client.admin.organization.usage.embeddings, start_time=start, group_by=["user_id"],
+                           limit=3)
+    got = {(b.start_time, r.user_id): (r.num_model_requests, r.input_tokens) for b in buckets for r in b.results}
+    assert all(r.object == "organization.usage.embeddings.result" and r.model is None
+               for b in buckets for r in b.results)
+    expected = {k: (v["requests"], v["input_tokens"]) for k, v in world.sums(day_of, ("user_id",),
+                                                                              kind="embeddings").items()}
+    assert got == expected and got
+
+
+def test_the_buckets_add_up_to_the_usage_api_totals(world):
+    client = world.client(world.admin_key)
+    start = int(world.first_day.timestamp())
+    completions, _ = all_pages(client.admin.organization.usage.completions, start_time=start, limit=31)
+    embeddings, _ = all_pages(client.admin.organization.usage.embeddings, start_time=start, limit=31)
+    costs, _ = all_pages(_raw_costs(world), start_time=start, limit=31)
+    end = datetime.fromtimestamp(completions[-1].end_time, zone())
+    totals = queries.totals_between(world.first_day, end)
+    requests = sum(r.num_model_requests for b in completions + embeddings for r in b.results)
+    prompt = sum(r.input_tokens for b in completions + embeddings for r in b.results)
+    output = sum(r.output_tokens for b in completions for r in b.results)
+    nanos = sum(_nanos(r) for b in costs for r in b["results"])
+    assert (requests, prompt, output, nanos) == (totals.requests, totals.input_tokens, totals.output_tokens,
+                                                 totals.cost_nanos)
+    assert totals.requests == sum(d.requests for d in world.deltas)
+    assert totals.cost_nanos == sum(d.cost_nanos for d in world.deltas)
+
+
+def test_hourly_buckets_are_exact_over_a_rolled_day_and_today(world):
+    client = world.client(world.admin_key)
+    day = world.first_day + timedelta(days=2)
+    buckets, pages = all_pages(client.admin.organization.usage.completions, start_time=int(day.timestamp()),
+                               end_time=int((day + timedelta(days=1)).timestamp()), bucket_width="1h",
+                               group_by=["model"], limit=10)
+    assert pages == 3 and len(buckets) == 24
+    assert all(b.end_time - b.start_time == 3600 for b in buckets)
+    got = {(b.start_time, r.model): (r.num_model_requests, r.input_tokens, r.output_tokens)
+           for b in buckets for r in b.results}
+    expected = {k: (v["requests"], v["input_tokens"], v["output_tokens"])
+                for k, v in world.sums(hour_of, ("model",), kind="chat", since=day,
+                                       until=day + timedelta(days=1)).items()}
+    assert got == expected and got
+    today, _ = all_pages(client.admin.organization.usage.completions, start_time=int(world.today.timestamp()),
+                         bucket_width="1h")
+    got = {b.start_time: sum(r.input_tokens for r in b.results) for b in today if b.results}
+    assert got == {k[0]: v["input_tokens"] for k, v in world.sums(hour_of, (), kind="chat",
+                                                                   since=world.today).items()}
+
+
+def test_filters_and_start_time_inside_a_day(world):
+    client = world.client(world.admin_key)
+    alice_laptop = next(p for k, p in world.prefix.items() if world.username[k] == "alice")
+    mid_day = int((world.first_day + timedelta(hours=13, minutes=17)).timestamp())
+    answer = client.admin.organization.usage.completions(start_time=mid_day, limit=1, models=["claude-test"],
+                                                         api_key_ids=[alice_laptop], user_ids=["alice"])
+    bucket = answer.data[0]
+    assert bucket.start_time == int(world.first_day.timestamp())  # the local day holding start_time
+    expected = world.sums(day_of, ("api_key_id", "model"), kind="chat")[
+        (bucket.start_time, alice_laptop, "claude-test")]
+    assert [(r.num_model_requests, r.input_tokens) for r in bucket.results] == [
+        (expected["requests"], expected["input_tokens"])]
+    assert answer.has_more and answer.next_page
+    nothing = client.admin.organization.usage.completions(start_time=mid_day, project_ids=["proj_x"])
+    assert all(b.results == [] for b in nothing.data)
+    batch = client.admin.organization.usage.completions(start_time=mid_day, batch=True)
+    assert all(b.results == [] for b in batch.data)
+
+
+def test_list_parameters_are_accepted_without_brackets_too(world):
+    start = int(world.first_day.timestamp())
+    status, body = raw_get(world, f"/v1/organization/usage/completions?start_time={start}&group_by=model"
+                                  f"&group_by=user_id&models=gpt-test&limit=1", world.admin_key)
+    assert status == 200
+    assert {(r["model"], r["user_id"]) for r in body["data"][0]["results"]} == {("gpt-test", "alice"),
+                                                                                ("gpt-test", "bob")}
+
+
+# --- costs ----------------------------------------------------------------------------------------
+
+
+def _raw_costs(world):
+    """costs(), answering the raw JSON with amounts as Decimals (the SDK parses them as floats)."""
+    client = world.client(world.admin_key)
+
+    def call(**params):
+        raw = client.admin.organization.usage.with_raw_response.costs(**params)
+        body = json.loads(raw.http_response.content, parse_float=Decimal)
+        return type("Page", (), {"data": body["data"], "has_more": body["has_more"],
+                                 "next_page": body["next_page"]})()
+    return call
+
+
+def _nanos(result) -> int:
+    value = result["amount"]["value"]
+    assert isinstance(value, Decimal | int) and result["amount"]["currency"] == "usd"
+    nanos = Decimal(value) * 10**9
+    assert nanos == int(nanos)  # at most 9 digits after the point
+    return int(nanos)
+
+
+def test_costs_per_day_are_the_ledgers_exact_nanodollars(world):
+    start = int(world.first_day.timestamp())
+    buckets, pages = all_pages(_raw_costs(world), start_time=start, limit=3)
+    assert pages == 3
+    got = {b["start_time"]: sum(_nanos(r) for r in b["results"]) for b in buckets if b["results"]}
+    assert got == {k[0]: v["cost_nanos"] for k, v in world.sums(day_of, ()).items()}
+    sdk = world.client(world.admin_key).admin.organization.usage.costs(start_time=start, limit=7)
+    result = sdk.data[0].results[0]
+    assert result.object == "organization.costs.result" and result.amount.currency == "usd"
+    assert result.line_item is None and result.project_id is None
+    assert result.amount.value == pytest.approx(got[sdk.data[0].start_time] / 1e9)
+
+
+def test_costs_by_key_add_up_to_the_day(world):
+    start = int(world.first_day.timestamp())
+    buckets, _ = all_pages(_raw_costs(world), start_time=start, group_by=["api_key_id", "user_id"], limit=7)
+    got = {(b["start_time"], r["api_key_id"], r["user_id"]): _nanos(r) for b in buckets for r in b["results"]}
+    assert got == {k: v["cost_nanos"] for k, v in world.sums(day_of, ("api_key_id", "user_id")).items()}
+
+
+def test_line_items_split_each_models_exact_cost_over_its_token_classes(world):
+    start = int(world.first_day.timestamp())
+    buckets, _ = all_pages(_raw_costs(world), start_time=start, group_by=["line_item"], limit=7)
+    per_model = world.sums(day_of, ("model",))
+    seen = defaultdict(int)
+    for b in buckets:
+        for r in b["results"]:
+            model, token_class = r["line_item"].split(", ")
+            assert r["quantity_unit"] == "tokens"
+            seen[(b["start_time"], model)] += _nanos(r)
+            sums = per_model[(b["start_time"], model)]
+            uncached = sums["input_tokens"] - sums["cached_input_tokens"] - sums["cache_write_tokens"]
+            quantity = {"input_tokens": uncached, "cached_input_tokens": sums["cached_input_tokens"],
+                        "cache_write_tokens": sums["cache_write_tokens"],
+                        "output_tokens": sums["output_tokens"]}[token_class]
+            assert r["quantity"] == quantity
+            price = world.prices[ModelFacade.objects.get(name=model).pk]
+            micros = {"input_tokens": price.input_micros, "cached_input_tokens": price.cached_input_micros,
+                      "cache_write_tokens": price.cache_write_micros, "output_tokens": price.output_micros}
+            # within the requests' roundings (half a nanodollar each) of tokens x price
+            assert abs(Decimal(_nanos(r)) - Decimal(quantity * micros[token_class]) / 1000) <= sums["requests"]
+    assert dict(seen) == {k: v["cost_nanos"] for k, v in per_model.items()}  # each model's items: exact
+
+
+def test_line_items_of_one_rounded_request(world):
+    """1 input and 1 output token of tiny-test cost 18.75 + 37.5 = 56.25 nanodollars, recorded as 56;
+    split 1:2 by price, 18.67 and 37.33: by largest remainder 19 and 37, adding up to the 56 recorded."""
+    assert apportion(56, [18_750, 37_500]) == [19, 37]
+    assert apportion(10, [1, 1, 1]) == [4, 3, 3] and apportion(0, [0, 0]) == [0, 0] and apportion(5, [0, 0]) == [5, 0]
+    lone = [d for d in world.deltas if world.model[d.facade_id] == "tiny-test"]
+    assert len(lone) == 6 and {d.cost_nanos for d in lone} == {56}
+    start = int(world.first_day.timestamp())
+    answer = _raw_costs(world)(start_time=start, group_by=["line_item", "api_key_id"], limit=1,
+                               line_items=["tiny-test, input_tokens", "tiny-test, output_tokens"])
+    items = [(r["line_item"], r["api_key_id"], r["quantity"], _nanos(r)) for r in answer.data[0]["results"]]
+    bob = world.prefix[lone[0].key_id]
+    assert items == [("tiny-test, input_tokens", bob, 1, 19), ("tiny-test, output_tokens", bob, 1, 37)]
+    only_output = _raw_costs(world)(start_time=start, limit=1, line_items=["tiny-test, output_tokens"])
+    assert [_nanos(r) for r in only_output.data[0]["results"]] == [37]
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def test_a_key_without_the_permission_gets_403_in_openais_format(world):
+    start = int(world.first_day.timestamp())
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        world.client(world.alice_raw).admin.organization.usage.completions(start_time=start)
+    assert raised.value.status_code == 403 and raised.value.code == "insufficient_permissions"
+    status, body = raw_get(world, f"/v1/organization/costs?start_time={start}", world.alice_raw)
+    assert status == 403 and set(body["error"]) == {"message", "type", "param", "code"}
+
+
+def test_no_key_or_an_unknown_key_gets_401(world):
+    start = int(world.first_day.timestamp())
+    status, body = raw_get(world, f"/v1/organization/usage/completions?start_time={start}")
+    assert status == 401 and body["error"]["code"] == "missing_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        world.client("cvk_not-a-key").admin.organization.usage.embeddings(start_time=start)
+
+
+def test_bad_parameters_get_400_in_openais_format(world):
+    client = world.client(world.admin_key)
+    start = int(world.first_day.timestamp())
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.admin.organization.usage.completions(start_time=start, bucket_width="1m")
+    assert raised.value.param == "bucket_width" and "5 minutes" in raised.value.message
+    for call, params, param in [
+        (client.admin.organization.usage.completions, {"limit": 32}, "limit"),
+        (client.admin.organization.usage.embeddings, {"bucket_width": "1h", "limit": 169}, "limit"),
+        (client.admin.organization.usage.costs, {"limit": 181}, "limit"),
+        (client.admin.organization.usage.costs, {"bucket_width": "1h"}, "bucket_width"),
+        (client.admin.organization.usage.completions, {"group_by": ["service_tier"]}, "group_by"),
+        (client.admin.organization.usage.completions, {"end_time": start}, "end_time"),
+        (client.admin.organization.usage.completions, {"page": "garbage"}, "page"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as raised:
+            call(start_time=start, **params)
+        assert raised.value.param == param and raised.value.body["type"] == "invalid_request_error"
+    status, body = raw_get(world, "/v1/organization/usage/completions", world.admin_key)
+    assert status == 400 and body["error"]["param"] == "start_time"
