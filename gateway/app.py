@@ -19,7 +19,7 @@ from django.db import connections
 from gateway import upstream
 from gateway.catalog import FacadeInfo, load_facades
 from gateway.keys import KeyCache, load_usable_keys, touch_keys
-from gateway.pipeline import Call, Pipeline, Refusal, Route
+from gateway.pipeline import Call, Pipeline, Refusal, Route, request_ids
 from gateway.providers import anthropic, openai, responses
 from usage.budgets import BudgetBook
 from usage.store import UsageStore
@@ -93,6 +93,7 @@ class GatewayApp:
             if self._started:
                 return
             self.loop = asyncio.get_running_loop()
+            request_ids.reset()  # this process's own prefix (gunicorn may have imported us before forking)
             self.store = UsageStore()
             await self.store.open()
             self.session = upstream.open_session()

@@ -6,17 +6,18 @@ budgets) and write through the usage store; the ASGI shell in `gateway.app` owns
 """
 
 import asyncio
-import json
 import logging
 import os
 import time
-import uuid
+import itertools
+import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import NamedTuple
 
 import aiohttp
-from django.utils import timezone
+import orjson
 
 from gateway import upstream
 from gateway.catalog import FacadeInfo
@@ -28,9 +29,8 @@ from usage.pricing import cost_nanos
 
 logger = logging.getLogger("codevector.gateway")
 
-ENDPOINT_OF = {"openai": "/v1/responses, /v1/chat/completions or /v1/embeddings", "anthropic": "/v1/messages",
-               # by facade kind (ModelFacade.Kind), for a model asked at the other kind's endpoint
-               ("openai", "chat"): "/v1/responses or /v1/chat/completions", ("anthropic", "chat"): "/v1/messages",
+# Where a facade is answered, by (provider, kind): named when a model is asked at another endpoint.
+ENDPOINT_OF = {("openai", "chat"): "/v1/responses or /v1/chat/completions", ("anthropic", "chat"): "/v1/messages",
                ("openai", "embeddings"): "/v1/embeddings"}
 EMBEDDINGS_PATH = "/embeddings"  # the upstream path of POST /v1/embeddings (gateway.app.ROUTES)
 
@@ -39,6 +39,25 @@ class Route(NamedTuple):
     protocol: object  # a module of gateway.providers
     upstream_path: str
     billed: bool = True  # False: a free call (token counting), forwarded but neither budgeted nor recorded
+
+
+class RequestIds:
+    """Request ids, which are also the ledger's exactly-once delta ids across hosts and restarts: a
+    random 64-bit prefix per process (drawn anew in each worker, after the fork) and a counter.
+    Cheaper than a uuid4 each, as unique."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._prefix = "req_" + secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter):012x}"
+
+
+request_ids = RequestIds()
 
 
 class Refusal(Exception):
@@ -59,7 +78,7 @@ class Call:
     receive: object
     send: object
     protocol: object = openai
-    request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex)
+    request_id: str = field(default_factory=request_ids.new)
     started: float = field(default_factory=time.monotonic)
     key: KeyInfo | None = None
     facade: FacadeInfo | None = None
@@ -95,7 +114,7 @@ class Call:
         if not logger.isEnabledFor(logging.INFO):
             return
         usage = self.usage or Usage()
-        logger.info(json.dumps({
+        logger.info(orjson.dumps({
             "event": "request", "request_id": self.request_id, "method": self.scope.get("method"),
             "path": self.scope.get("path"), "status": self.status,
             "user": self.key.username if self.key else None, "key_prefix": self.key.prefix if self.key else None,
@@ -104,7 +123,7 @@ class Call:
             "output_tokens": usage.output_tokens, "reasoning_tokens": usage.reasoning_tokens, "estimated": usage.estimated,
             "cost_usd": usd_exact(self.cost) if self.cost is not None else None,
             "latency_ms": round((time.monotonic() - self.started) * 1000, 2),
-        }, separators=(",", ":")))
+        }).decode())
 
 
 class Pipeline:
@@ -141,7 +160,7 @@ class Pipeline:
         await self.authenticate(call)
         facades = sorted(self.gateway.facades.values(), key=lambda f: f.name)
         created = min((f.created for f in facades), default=0)
-        await call.respond(200, json.dumps(call.protocol.models_list(facades, created)).encode())
+        await call.respond(200, orjson.dumps(call.protocol.models_list(facades, created)))
 
     # --- read, parse, resolve, check -------------------------------------------------------------
 
@@ -186,7 +205,7 @@ class Pipeline:
         if facade is None:
             raise Refusal(404, f"The model '{model}' does not exist or is not active on this gateway "
                                "(GET /v1/models lists them).", code="model_not_found", param="model")
-        endpoints = ENDPOINT_OF.get((facade.provider, facade.kind), ENDPOINT_OF[facade.provider])
+        endpoints = ENDPOINT_OF[facade.provider, facade.kind]
         if facade.provider != call.protocol.NAME:
             raise Refusal(400, f"The model '{model}' speaks the {facade.provider} protocol: "
                                f"use {endpoints}.", code="wrong_endpoint", param="model")
@@ -198,7 +217,7 @@ class Pipeline:
         return facade
 
     def check_budgets(self, call: Call) -> None:
-        verdict = self.gateway.budgets.check(call.key.user_id, timezone.now())
+        verdict = self.gateway.budgets.check(call.key.user_id, datetime.now(UTC))
         call.extra_headers += [(name.encode(), value.encode()) for name, value in verdict.headers]
         if verdict.refusal is not None:
             raise Refusal(429, verdict.refusal, type="budget_exceeded", code="budget_exceeded")
@@ -232,7 +251,7 @@ class Pipeline:
         headers["content-type"] = "application/json"
         if call.protocol is anthropic:
             headers.setdefault("anthropic-version", anthropic.VERSION)
-        payload = json.dumps(outgoing, separators=(",", ":")).encode()
+        payload = orjson.dumps(outgoing)
         try:
             response = await self.gateway.session.post(facade.base_url + route.upstream_path, data=payload,
                                                        headers=headers, timeout=upstream.timeout())
@@ -338,7 +357,7 @@ class Pipeline:
         call.cost = cost_nanos(facade.prices, input_tokens=usage.input_tokens,
                                cached_input_tokens=usage.cached_input_tokens,
                                cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens)
-        now = timezone.now()
+        now = datetime.now(UTC)
         delta = UsageDelta(
             id=call.request_id, user_id=key.user_id, key_id=key.key_id, facade_id=facade.facade_id, at=now, requests=1,
             error_requests=int(error), estimated_requests=int(usage.estimated), input_tokens=usage.input_tokens,
