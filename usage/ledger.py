@@ -241,14 +241,21 @@ WriteBatch = Callable[[list[UsageDelta]], Awaitable[None]]
 
 class GroupCommitter:
     """One writer task per process: takes every delta waiting, writes them in one transaction,
-    then releases each waiting caller (or raises the write's error in each)."""
+    then releases each waiting caller (or raises the write's error in each).
 
-    def __init__(self, write_batch: WriteBatch):
+    Up to `batches_in_flight` batches are written at once, on their own connections: while one
+    waits for its COMMIT's disk flush, the next is already sent, so the flushes follow each other
+    without idle round trips between them (a hot bucket row serialises them; other rows do not
+    wait at all). Each batch locks its rows in key order (merge_deltas), so batches never deadlock."""
+
+    def __init__(self, write_batch: WriteBatch, batches_in_flight: int = 2):
         self._write_batch = write_batch
         self._pending: list[tuple[UsageDelta, asyncio.Future]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._slots = asyncio.Semaphore(batches_in_flight)
+        self._writing: set[asyncio.Task] = set()
 
     def start(self) -> None:
         if self._task is None:
@@ -264,24 +271,35 @@ class GroupCommitter:
         await future
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            batch, self._pending = self._pending, []
-            if not batch:
+            if not self._pending:
                 if self._closing:
+                    await asyncio.gather(*self._writing, return_exceptions=True)
                     return
                 continue
-            try:
-                await self._write_batch([delta for delta, _ in batch])
-            except Exception as exc:  # each caller decides what to do with its own delta
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+            await self._slots.acquire()  # meanwhile more deltas join the batch
+            batch, self._pending = self._pending, []
+            task = loop.create_task(self._write(batch), name="usage-ledger-batch")
+            self._writing.add(task)
+            task.add_done_callback(self._writing.discard)
+
+    async def _write(self, batch: list[tuple[UsageDelta, asyncio.Future]]) -> None:
+        try:
+            await self._write_batch([delta for delta, _ in batch])
+        except Exception as exc:  # each caller decides what to do with its own delta
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+        finally:
+            self._slots.release()
+            self._wakeup.set()  # a closing committer looks again once every batch is written
 
     async def close(self) -> None:
         """Commit every pending delta, then stop the writer task."""
@@ -306,7 +324,7 @@ class PostgresWriter:
 
     def __init__(self, conninfo: str, max_size: int = 4, timeout: float = 2.0, synchronous_commit: bool = True):
         self.conninfo = conninfo
-        kwargs = {"connect_timeout": max(1, round(timeout))}
+        kwargs = {"connect_timeout": max(1, round(timeout)), "autocommit": True}  # write() says BEGIN itself
         if not synchronous_commit:  # settings.USAGE_SYNCHRONOUS_COMMIT: the trade-off is described there
             kwargs["options"] = "-c synchronous_commit=off"
         self.pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False, timeout=timeout,
@@ -321,23 +339,32 @@ class PostgresWriter:
     async def write(self, deltas: list[UsageDelta]) -> None:
         """One transaction: the watermark lock (which reads the txid), the 5-minute UPSERTs, the
         late-data statements (rare), COMMIT. The txid is known before the COMMIT's outcome can be
-        lost, so a cut COMMIT is resolved with txid_status(), never replayed blindly. (psycopg's
-        pipeline mode saved round trips but cost more CPU than loopback round trips: measured.)"""
+        lost, so a cut COMMIT is resolved with txid_status(), never replayed blindly.
+
+        BEGIN and COMMIT are plain statements on an autocommit connection: psycopg's transaction
+        block and pipeline mode cost more CPU than they save on loopback (measured: 0.29 against
+        0.36 ms of CPU per batch of 8)."""
         async with self.pool.connection() as conn:
+            cursor = conn.cursor()
             txid = None
             committing = False
             try:
-                async with conn.transaction(), conn.cursor() as cursor:
-                    plan = write_plan(await with_reserved_keys_async(deltas, cursor), "postgresql")
-                    await cursor.execute(*plan.lock)
-                    locked = await cursor.fetchall()
-                    txid = locked[0][0]
-                    for statement in (*plan.upserts, *plan.late(locked)):
-                        await cursor.execute(*statement)
-                    committing = True  # leaving the block sends COMMIT
+                await cursor.execute("BEGIN")
+                plan = write_plan(await with_reserved_keys_async(deltas, cursor), "postgresql")
+                await cursor.execute(*plan.lock)
+                locked = await cursor.fetchall()
+                txid = locked[0][0]
+                for statement in (*plan.upserts, *plan.late(locked)):
+                    await cursor.execute(*statement)
+                committing = True
+                await cursor.execute("COMMIT")
             except psycopg.OperationalError as exc:
                 if committing:
                     raise CommitOutcomeUnknown(txid) from exc
+                raise
+            except BaseException:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.closed:
+                    await conn.execute("ROLLBACK")  # a statement failed: end the transaction before reuse
                 raise
 
     async def ping(self) -> None:
