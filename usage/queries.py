@@ -11,14 +11,16 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
+from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
-from usage.calendar import day_bounds, local_date, local_midnight, month_bounds, next_hour, zone
+from usage.calendar import as_utc, day_bounds, local_date, local_midnight, month_bounds, next_hour, zone
 from usage.money import nanos_to_usd
 from usage.rollups import watermark
 from usage.counters import COUNTERS, Counters
+from usage import sql
 from usage.sql import RESERVED_KEY_NAME, reserved_key_digest
 
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
@@ -127,19 +129,71 @@ def grouped_rows(start: datetime, end: datetime, group_by: tuple[str, ...], roll
     return rows
 
 
-def _grouped(start: datetime, end: datetime, user_id: int | None, group_by: tuple[str, ...],
-             rolled_through: datetime | None, key_id: int | None = None) -> list[dict]:
-    filters = {"user_id": user_id} if user_id is not None else {}
-    if key_id is not None:
-        filters["key_id"] = key_id
-    coarsest = "day" if "bucket_start" in group_by else "month"
-    return grouped_rows(start, end, group_by, rolled_through, coarsest, **filters)
+# --- the pages' reads: every segment of every span in one statement -----------------------------
+
+# The columns _sums may group by, and the filters it takes: plain columns of the level tables.
+
+
+def _sums(spans: list[tuple[datetime, datetime]], group_by: tuple[str, ...], rolled_through: datetime | None,
+          coarsest: str = "month", user_id: int | None = None, key_id: int | None = None,
+          user_ids: set[int] | None = None, facade_names: bool = False) -> list[dict]:
+    """Counter sums per `group_by` columns (bucket key columns) and per span, over the segments of
+    every span (see segments), read in ONE statement: a UNION ALL of each segment's level rows,
+    summed in the database. Each row holds "span" (the index of its span in `spans`), the
+    group_by values, the counters, and "facade_name" when `facade_names` (group_by has facade_id).
+    The same numbers grouped_rows gives, with one round trip instead of one per segment (per-query
+    overhead, not the database, was most of a page's time)."""
+    adapt = connection.ops.adapt_datetimefield_value
+    where, where_params = sql.segment_filters(user_id, key_id, user_ids)
+    parts, params = [], []
+    for index, (start, end) in enumerate(spans):
+        for model, a, b in segments(start, end, rolled_through, coarsest):
+            parts.append(sql.segment_sums(index, model._meta.db_table, group_by, where))
+            params += [adapt(a), adapt(b), *where_params]
+    if not parts:
+        return []
+    statement = sql.sums_of_segments(parts, group_by)
+    names = ["span", *group_by, *COUNTERS]
+    if facade_names:
+        facades = FiveMinuteUsage._meta.get_field("facade").related_model._meta.db_table  # usage never imports gateway
+        statement = sql.with_facade_names(statement, facades)
+        names.append("facade_name")
+    rows = [dict(zip(names, row)) for row in _fetch_serial(statement, params)]
+    if "bucket_start" in group_by:
+        for row in rows:
+            row["bucket_start"] = as_utc(row["bucket_start"])
+    return rows
+
+
+def _fetch_serial(statement: str, params: list) -> list[tuple]:
+    """Run a read without parallel workers on PostgreSQL. These reads take milliseconds; the
+    planner still picks a Parallel Append over the segments for network-wide ones, and starting
+    and gathering workers cost more than the scan (EXPLAIN ANALYZE, bench/dashboard.py: 12 ms
+    with 2 workers against ~3 ms without, worse on a busy machine). The setting is transaction-local
+    and put back as it was when the caller's transaction goes on."""
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall()
+    nested = connection.in_atomic_block
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql.NO_PARALLEL_WORKERS)
+        previous = cursor.fetchone()[0]
+        cursor.execute(statement, params)
+        rows = cursor.fetchall()
+        if nested:
+            cursor.execute(sql.SET_PARALLEL_WORKERS, [previous])
+    return rows
+
+
+def _per(rows: list[dict], column: str, span: int = 0) -> dict[int, "Totals"]:
+    return {row[column]: Totals.of(row) for row in rows if row["span"] == span}
 
 
 def totals_between(start: datetime, end: datetime, user_id: int | None = None,
                    rolled_through: datetime | None = None, key_id: int | None = None) -> Totals:
     total = Totals()
-    for row in _grouped(start, end, user_id, (), rolled_through or watermark(), key_id):
+    for row in _sums([(start, end)], (), rolled_through or watermark(), user_id=user_id, key_id=key_id):
         total += Totals.of(row)
     return total
 
@@ -159,8 +213,12 @@ class Summary:
 def summary(window: Window, user_id: int | None = None, key_id: int | None = None) -> Summary:
     """Network-wide, one user's (user_id) or one API key's (key_id) totals, and the previous window's."""
     rolled = watermark()
-    return Summary(window, totals_between(window.start, window.end, user_id, rolled, key_id),
-                   totals_between(window.previous_start, window.previous_end, user_id, rolled, key_id), rolled)
+    spans = _sums([(window.start, window.end), (window.previous_start, window.previous_end)], (), rolled,
+                  user_id=user_id, key_id=key_id)  # one statement for both windows
+    totals = [Totals(), Totals()]
+    for row in spans:
+        totals[row["span"]] += Totals.of(row)
+    return Summary(window, totals[0], totals[1], rolled)
 
 
 @dataclass(frozen=True)
@@ -173,7 +231,7 @@ def daily_series(window: Window, user_id: int | None = None, key_id: int | None 
     """One point per local day of the window, oldest first, zeros where empty."""
     tz = zone()
     by_day = {day: Totals() for day in window.dates}
-    for row in _grouped(window.start, window.end, user_id, ("bucket_start",), watermark(), key_id):
+    for row in _sums([(window.start, window.end)], ("bucket_start",), watermark(), "day", user_id, key_id):
         day = local_date(row["bucket_start"], tz)
         if day in by_day:
             by_day[day] += Totals.of(row)
@@ -196,9 +254,10 @@ def by_facade(window: Window, user_id: int | None = None, key_id: int | None = N
     """Per facade, by spend (then name); share of spend, or of requests when nothing was spent."""
     per: dict[int, Totals] = {}
     names: dict[int, str] = {}
-    for row in _grouped(window.start, window.end, user_id, ("facade_id", "facade__name"), watermark(), key_id):
+    for row in _sums([(window.start, window.end)], ("facade_id",), watermark(), user_id=user_id, key_id=key_id,
+                     facade_names=True):
         per[row["facade_id"]] = per.get(row["facade_id"], Totals()) + Totals.of(row)
-        names[row["facade_id"]] = row["facade__name"]
+        names[row["facade_id"]] = row["facade_name"]
     total_cost = sum(t.cost_nanos for t in per.values())
     total_requests = sum(t.requests for t in per.values())
     rows = [FacadeRow(fid, names[fid], t,
@@ -246,10 +305,11 @@ class KeyRow:
 
 def _per_key(start: datetime, end: datetime, rolled_through: datetime | None,
              user_id: int | None = None) -> dict[int, Totals]:
-    per: dict[int, Totals] = {}
-    for row in _grouped(start, end, user_id, ("key_id",), rolled_through):
-        per[row["key_id"]] = per.get(row["key_id"], Totals()) + Totals.of(row)
-    return {kid: t for kid, t in per.items() if t.requests or t.cost_nanos or t.tokens}
+    return _used(_per(_sums([(start, end)], ("key_id",), rolled_through, user_id=user_id), "key_id"))
+
+
+def _used(per: dict[int, Totals]) -> dict[int, Totals]:
+    return {ident: t for ident, t in per.items() if t.requests or t.cost_nanos or t.tokens}
 
 
 def by_key(window: Window, user_id: int | None = None) -> list[KeyRow]:
@@ -289,16 +349,23 @@ class LeaderRow:
 
 
 def _per_user(start: datetime, end: datetime, rolled_through: datetime | None) -> dict[int, Totals]:
-    per: dict[int, Totals] = {}
-    for row in _grouped(start, end, None, ("user_id",), rolled_through):
-        per[row["user_id"]] = per.get(row["user_id"], Totals()) + Totals.of(row)
-    return {uid: t for uid, t in per.items() if t.requests or t.cost_nanos or t.tokens}
+    return _used(_per(_sums([(start, end)], ("user_id",), rolled_through), "user_id"))
 
 
 def _per_group(group: str, start: datetime, end: datetime, rolled_through: datetime | None) -> dict[int, Totals]:
     if group not in LEADERBOARD_GROUPS:
         raise ValueError(f"unknown grouping {group!r}; use one of {', '.join(LEADERBOARD_GROUPS)}")
     return (_per_key if group == "key" else _per_user)(start, end, rolled_through)
+
+
+def _per_group_both(group: str, window: Window, rolled_through: datetime | None) -> tuple[dict, dict]:
+    """_per_group over the window and over the previous window, in one statement."""
+    if group not in LEADERBOARD_GROUPS:
+        raise ValueError(f"unknown grouping {group!r}; use one of {', '.join(LEADERBOARD_GROUPS)}")
+    column = "key_id" if group == "key" else "user_id"
+    rows = _sums([(window.start, window.end), (window.previous_start, window.previous_end)], (column,),
+                 rolled_through)
+    return _used(_per(rows, column, 0)), _used(_per(rows, column, 1))
 
 
 def _ranked(per: dict[int, Totals], by: str) -> list[tuple[int, Totals]]:
@@ -311,10 +378,9 @@ def leaderboard(window: Window, by: str = "tokens", limit: int | None = None, of
     window's rank."""
     if by not in LEADERBOARD_METRICS:
         raise ValueError(f"unknown ranking {by!r}; use one of {', '.join(LEADERBOARD_METRICS)}")
-    rolled = watermark()
-    ranked = _ranked(_per_group(group, window.start, window.end, rolled), by)
-    previous = {ident: rank for rank, (ident, _) in enumerate(
-        _ranked(_per_group(group, window.previous_start, window.previous_end, rolled), by), 1)}
+    now, before = _per_group_both(group, window, watermark())
+    ranked = _ranked(now, by)
+    previous = {ident: rank for rank, (ident, _) in enumerate(_ranked(before, by), 1)}
     whole = sum(t.metric(by) for _, t in ranked)
     page = ranked[offset : None if limit is None else offset + limit]
     if group == "key":
@@ -341,11 +407,7 @@ def spend_by_user(start: datetime | None, end: datetime, user_ids: set[int] | No
         if not known:
             return {}
         start = month_bounds(min(known), zone())[0]
-    spend: dict[int, int] = {}
-    for model, a, b in segments(start, end, watermark()):
-        qs = model.objects.filter(bucket_start__gte=a, bucket_start__lt=b)
-        if user_ids is not None:
-            qs = qs.filter(user_id__in=user_ids)
-        for uid, nanos in qs.values_list("user_id").annotate(s=Sum("cost_nanos")).values_list("user_id", "s"):
-            spend[uid] = spend.get(uid, 0) + int(nanos or 0)
-    return spend
+    if user_ids is not None and not user_ids:
+        return {}
+    return {row["user_id"]: int(row["cost_nanos"] or 0)
+            for row in _sums([(start, end)], ("user_id",), watermark(), user_ids=user_ids)}

@@ -49,6 +49,53 @@ def add_counters(table: str, rows: int) -> str:
     )
 
 
+# --- exact reads: a window's segments summed in one statement (usage.queries) -----------------
+
+
+def _grouping(group_by: tuple[str, ...]) -> tuple[str, ...]:
+    for column in group_by:
+        if column not in KEY_COLUMNS:
+            raise ValueError(f"{column!r} is not a bucket key column")
+    return group_by
+
+
+def segment_filters(user_id: int | None, key_id: int | None, user_ids: set[int] | None) -> tuple[str, list]:
+    """The WHERE conditions a read adds to every segment, and their parameters."""
+    where, params = "", []
+    if user_id is not None:
+        where, params = where + " AND user_id = %s", params + [user_id]
+    if key_id is not None:
+        where, params = where + " AND key_id = %s", params + [key_id]
+    if user_ids is not None:  # integers written inline: a long list must not exhaust SQLite's parameters
+        where += f" AND user_id IN ({', '.join(str(int(uid)) for uid in sorted(user_ids))})"
+    return where, params
+
+
+def segment_sums(span: int, table: str, group_by: tuple[str, ...], where: str) -> str:
+    """One segment of one span: its level's rows in [%s, %s), summed per group."""
+    picked = ", ".join((*_grouping(group_by), *(f"SUM({c}) AS {c}" for c in COUNTERS)))
+    grouped = f" GROUP BY {', '.join(group_by)}" if group_by else ""
+    return (f"SELECT {int(span)} AS span, {picked} FROM {_level_table(table)} "
+            f"WHERE bucket_start >= %s AND bucket_start < %s{where}{grouped}")
+
+
+def sums_of_segments(parts: list[str], group_by: tuple[str, ...]) -> str:
+    grouping = ", ".join(("s.span", *(f"s.{column}" for column in _grouping(group_by))))
+    sums = ", ".join(f"SUM(s.{c}) AS {c}" for c in COUNTERS)
+    return f"SELECT {grouping}, {sums} FROM ({' UNION ALL '.join(parts)}) s GROUP BY {grouping}"
+
+
+def with_facade_names(statement: str, facade_table: str) -> str:
+    return f"SELECT t.*, f.name AS facade_name FROM ({statement}) t JOIN {facade_table} f ON f.id = t.facade_id"
+
+
+# PostgreSQL: these reads take milliseconds, and starting parallel workers costs more than the
+# scan (usage.queries._fetch_serial). Transaction-local; the previous value is read to restore it.
+NO_PARALLEL_WORKERS = ("SELECT current_setting('max_parallel_workers_per_gather'), "
+                       "set_config('max_parallel_workers_per_gather', '0', true)")
+SET_PARALLEL_WORKERS = "SELECT set_config('max_parallel_workers_per_gather', %s, true)"
+
+
 # --- usage without a key: one reserved, never-usable key per user ------------------------------
 
 # Usage recorded before per-key accounting, and deltas buffered or logged without a key, belong
