@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import aiohttp
 import orjson
+from django.conf import settings
 
 from gateway import upstream
 from gateway.catalog import FacadeInfo
@@ -146,10 +147,11 @@ class Pipeline:
         found = keys.find(raw)
         info = found.info
         if info is None and found.ask_database:
-            try:
-                info = await self.gateway.in_db_thread(load_key, found.digest)
+            try:  # bounded: a database that stops answering must not hold the request (the thread may stay stuck)
+                info = await asyncio.wait_for(self.gateway.in_db_thread(load_key, found.digest),
+                                              settings.USAGE_DB_TIMEOUT_SECONDS)
             except Exception as exc:
-                logger.warning("key lookup failed: %s", exc)
+                logger.warning("key lookup failed: %s", exc or type(exc).__name__)
             keys.learn(found.digest, info)
         if info is None:
             raise Refusal(401, "Invalid API key: it is unknown, revoked or expired.", code="invalid_api_key")
@@ -255,7 +257,13 @@ class Pipeline:
         try:
             response = await self.gateway.session.post(facade.base_url + route.upstream_path, data=payload,
                                                        headers=headers, timeout=upstream.timeout())
-        except asyncio.TimeoutError:
+        except aiohttp.ConnectionTimeoutError as exc:
+            # A TimeoutError too, but no connection was made: the upstream is unreachable (502), not slow.
+            if route.billed:
+                await self.record(call, Usage(), error=True)
+            raise Refusal(502, f"The upstream for '{facade.name}' could not be reached ({type(exc).__name__}).",
+                          code="upstream_unreachable")
+        except asyncio.TimeoutError:  # connected, but no answer within the read timeout (SocketTimeoutError)
             if route.billed:
                 await self.record(call, Usage(), error=True)
             raise Refusal(504, f"The upstream for '{facade.name}' did not answer in time.", code="upstream_timeout")

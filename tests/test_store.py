@@ -143,7 +143,7 @@ def test_with_nowhere_to_record_it_refuses_new_requests_and_logs_in_flight_delta
     async def scenario(fail_open):
         store = UsageStore(buffer_dir=blocked / "buffer", fail_open=fail_open)
 
-        async def down(batch):
+        async def down(batch, attempt=None):
             raise OSError("database unreachable")
 
         store.writer.write = down

@@ -12,6 +12,7 @@ Appends are grouped: a whole batch of deltas is written with one `write` and one
 way the ledger groups commits.
 """
 
+import errno
 import fcntl
 import json
 import logging
@@ -110,15 +111,34 @@ class BufferWriter:
         if self._fd is None:
             self._open()
         try:
-            os.write(self._fd, data)
+            self._write_all(data)
             os.fsync(self._fd)
         except OSError:
-            # A partial write leaves a torn tail at worst; start a new file for what follows.
+            # Nothing torn stays behind: the file is cut back to its last whole record (a full
+            # disk takes part of a write, or returns short), then sealed; the caller is told.
+            self._truncate_to(self._size)
             self.seal()
             raise
         self._size += len(data)
         if self._size >= self.max_bytes:
             self.seal()
+
+    def _write_all(self, data: bytes) -> None:
+        """os.write may write less than asked (a nearly full disk): loop, and call a write that
+        takes nothing a failure."""
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            if written <= 0:
+                raise OSError(errno.ENOSPC, "the buffer file took no more bytes")
+            view = view[written:]
+
+    def _truncate_to(self, size: int) -> None:
+        try:
+            os.ftruncate(self._fd, size)
+            os.fsync(self._fd)
+        except OSError as exc:  # the reader still stops at a torn tail, which it reports and skips
+            logger.error("could not cut usage buffer file %s back to %d bytes: %s", self._path, size, exc)
 
     def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -8,18 +8,20 @@ instant and run again, or two drainers at once, never count a delta twice.
 
 Damage before a file's end sends the file to `quarantine/` (after its intact records are
 replayed, which the applied ids make safe); a torn last record, the mark of a crash mid-append,
-is reported and skipped.
+is reported and skipped. A delta the database refuses (a constraint, say its user was deleted)
+is dead-lettered with its reason (`reject`) and the rest of its file replayed.
 """
 
 import fcntl
 import json
 import logging
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.db import connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from usage import sql
@@ -32,6 +34,13 @@ DRAINING_SUFFIX = ".draining"
 DELTAS_PER_TRANSACTION = 1000
 # The marker of a delta that neither the database nor the buffer could take (usage.lost).
 LOST_MARKER = "usage_delta_lost "
+# The marker of a delta the database refused (a constraint, not an outage): kept as a log line
+# and in a dead-letter file under quarantine/, with the reason; replayable once the cause is fixed.
+REJECTED_MARKER = "usage_delta_rejected "
+REPLAYABLE_MARKERS = (LOST_MARKER, REJECTED_MARKER)
+# Errors that say "the database cannot take this write now" (an outage), as opposed to "the
+# database refuses this data" (a constraint): on SQLite and through Django's connection.
+DJANGO_UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 @dataclass
@@ -40,6 +49,7 @@ class DrainReport:
     applied: int = 0
     duplicates: int = 0
     torn_records: int = 0
+    rejected: int = 0
     quarantined: list[str] = field(default_factory=list)
 
     def add(self, other: "DrainReport") -> None:
@@ -47,7 +57,25 @@ class DrainReport:
         self.applied += other.applied
         self.duplicates += other.duplicates
         self.torn_records += other.torn_records
+        self.rejected += other.rejected
         self.quarantined += other.quarantined
+
+
+def reject(deltas: list[UsageDelta], reason: str, directory: Path) -> None:
+    """Dead-letter deltas the database refused: one `usage_delta_rejected {json}` line each, with
+    the reason, in the log and in quarantine/rejected-<host>_<pid>.log (fsynced); both are
+    replayed by `drain_usage_buffer --from-log FILE` once the cause is fixed (the deltas' ids make a
+    second replay count nothing)."""
+    lines = [REJECTED_MARKER + json.dumps({**d.to_dict(), "reason": reason}, separators=(",", ":")) for d in deltas]
+    for line in lines:
+        logger.error("%s", line)
+    quarantine = Path(directory) / QUARANTINE
+    quarantine.mkdir(parents=True, exist_ok=True)
+    path = quarantine / f"rejected-{socket.gethostname()}_{os.getpid()}.log"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(line + "\n" for line in lines))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 class OutcomeNotYetKnown(Exception):
@@ -73,12 +101,31 @@ def apply_once(deltas: Iterable[UsageDelta], landed: frozenset[str] = frozenset(
     return len(fresh), len(unique) - len(fresh)
 
 
-def apply_in_chunks(deltas: list[UsageDelta], landed: frozenset[str] = frozenset()) -> tuple[int, int]:
-    applied = skipped = 0
-    for start in range(0, len(deltas), DELTAS_PER_TRANSACTION):
-        a, s = apply_once(deltas[start : start + DELTAS_PER_TRANSACTION], landed)
+def apply_in_chunks(deltas: list[UsageDelta], landed: frozenset[str] = frozenset(),
+                    rejects: Path | None = None) -> tuple[int, int, int]:
+    """(applied, skipped, rejected). A chunk the database refuses (a constraint, not an outage) is
+    split in halves until the refused deltas stand alone: they are dead-lettered under `rejects`
+    (a buffer directory) and the rest applied, so one bad delta never blocks a file. Outages raise."""
+    applied = skipped = rejected = 0
+    chunks = [deltas[start : start + DELTAS_PER_TRANSACTION] for start in range(0, len(deltas), DELTAS_PER_TRANSACTION)]
+    while chunks:
+        chunk = chunks.pop(0)
+        try:
+            a, s = apply_once(chunk, landed)
+        except DJANGO_UNAVAILABLE:
+            raise
+        except DatabaseError as exc:
+            if rejects is None:
+                raise
+            if len(chunk) > 1:
+                middle = len(chunk) // 2
+                chunks[:0] = [chunk[:middle], chunk[middle:]]
+                continue
+            reject(chunk, f"{type(exc).__name__}: {exc}".strip(), rejects)
+            rejected += 1
+            continue
         applied, skipped = applied + a, skipped + s
-    return applied, skipped
+    return applied, skipped, rejected
 
 
 def landed_writes(txids: dict[str, int]) -> frozenset[str]:
@@ -133,7 +180,7 @@ def replay_file(fd: int, path: Path) -> DrainReport:
     with os.fdopen(os.dup(fd), "rb") as handle:
         parsed = decode(handle.read())
     landed = landed_writes(parsed.txids) if parsed.txids else frozenset()
-    report.applied, report.duplicates = apply_in_chunks(parsed.deltas, landed)
+    report.applied, report.duplicates, report.rejected = apply_in_chunks(parsed.deltas, landed, rejects=path.parent)
     if parsed.torn_tail:
         report.torn_records = 1
         logger.warning("usage buffer %s: skipped a torn last record of %d bytes (a crash mid-append)",
@@ -171,18 +218,22 @@ def drain(directory: Path) -> DrainReport:
 
 
 def deltas_from_log(lines: Iterable[str]) -> list[UsageDelta]:
-    """The deltas logged as lost (`usage_delta_lost {json}`), wherever the marker stands in a line."""
+    """The deltas logged as lost (`usage_delta_lost {json}`) or rejected (`usage_delta_rejected
+    {json}`), wherever the marker stands in a line."""
     deltas = []
     for line in lines:
-        index = line.find(LOST_MARKER)
-        if index >= 0:
-            deltas.append(UsageDelta.from_dict(json.loads(line[index + len(LOST_MARKER) :])))
+        for marker in REPLAYABLE_MARKERS:
+            index = line.find(marker)
+            if index >= 0:
+                deltas.append(UsageDelta.from_dict(json.loads(line[index + len(marker) :])))
+                break
     return deltas
 
 
 def replay_log(lines: Iterable[str]) -> DrainReport:
+    """Replay logged deltas; one the database still refuses stops the replay with its error."""
     deltas = deltas_from_log(lines)
-    applied, duplicates = apply_in_chunks(deltas)
+    applied, duplicates, _ = apply_in_chunks(deltas)
     return DrainReport(applied=applied, duplicates=duplicates)
 
 

@@ -310,6 +310,15 @@ class GroupCommitter:
             self._task = None
 
 
+@dataclass
+class WriteAttempt:
+    """How far a write got, for whoever stops waiting for it: its txid once read, and whether
+    COMMIT was sent (after which the outcome is unknown until txid_status() says)."""
+
+    txid: int | None = None
+    committing: bool = False
+
+
 class CommitOutcomeUnknown(Exception):
     """The connection failed while COMMIT was under way: the write may or may not have landed.
     `txid` (read before COMMIT) lets PostgreSQL's txid_status() answer which."""
@@ -321,6 +330,8 @@ class CommitOutcomeUnknown(Exception):
 
 class PostgresWriter:
     """Writes batches through an async psycopg pool (no Django on the request path)."""
+
+    resolves_unknown_outcomes = True  # txid_status(): a write abandoned mid-way can be resolved
 
     def __init__(self, conninfo: str, max_size: int = 4, timeout: float = 2.0, synchronous_commit: bool = True):
         self.conninfo = conninfo
@@ -336,7 +347,7 @@ class PostgresWriter:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def write(self, deltas: list[UsageDelta]) -> None:
+    async def write(self, deltas: list[UsageDelta], attempt: WriteAttempt | None = None) -> None:
         """One transaction: the watermark lock (which reads the txid), the 5-minute UPSERTs, the
         late-data statements (rare), COMMIT. The txid is known before the COMMIT's outcome can be
         lost, so a cut COMMIT is resolved with txid_status(), never replayed blindly.
@@ -344,23 +355,25 @@ class PostgresWriter:
         BEGIN and COMMIT are plain statements on an autocommit connection: psycopg's transaction
         block and pipeline mode cost more CPU than they save on loopback (measured: 0.29 against
         0.36 ms of CPU per batch of 8)."""
+        attempt = attempt or WriteAttempt()
         async with self.pool.connection() as conn:
             cursor = conn.cursor()
-            txid = None
-            committing = False
             try:
                 await cursor.execute("BEGIN")
                 plan = write_plan(await with_reserved_keys_async(deltas, cursor), "postgresql")
                 await cursor.execute(*plan.lock)
                 locked = await cursor.fetchall()
-                txid = locked[0][0]
+                attempt.txid = locked[0][0]
                 for statement in (*plan.upserts, *plan.late(locked)):
                     await cursor.execute(*statement)
-                committing = True
+                attempt.committing = True
                 await cursor.execute("COMMIT")
             except psycopg.OperationalError as exc:
-                if committing:
-                    raise CommitOutcomeUnknown(txid) from exc
+                if attempt.committing:
+                    raise CommitOutcomeUnknown(attempt.txid) from exc
+                raise
+            except asyncio.CancelledError:
+                await conn.close()  # abandoned by a caller that stopped waiting: never reused mid-transaction
                 raise
             except BaseException:
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.closed:
@@ -381,6 +394,8 @@ class PostgresWriter:
 class ThreadWriter:
     """Writes batches through Django's connection in one dedicated thread (SQLite)."""
 
+    resolves_unknown_outcomes = False  # a local file, its waits bounded by SQLite's busy timeout
+
     def __init__(self, using: str = "default"):
         self.using = using
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-ledger")
@@ -392,7 +407,7 @@ class ThreadWriter:
         await asyncio.get_running_loop().run_in_executor(self.executor, connections.close_all)
         self.executor.shutdown(wait=True)
 
-    async def write(self, deltas: list[UsageDelta]) -> None:
+    async def write(self, deltas: list[UsageDelta], attempt: WriteAttempt | None = None) -> None:
         await asyncio.get_running_loop().run_in_executor(self.executor, record_many, deltas, self.using)
 
     async def ping(self) -> None:

@@ -113,6 +113,7 @@ class BufferEvent(models.Model):
         DRAINED = "drained", "replayed from the buffer"
         LOST = "lost", "lost (logged for drain_usage_buffer --from-log)"
         REFUSED = "refused", "requests refused (503)"
+        REJECTED = "rejected", "refused by the database (dead-lettered for drain_usage_buffer --from-log)"
 
     kind = models.CharField(max_length=10, choices=Kind.choices)
     count = models.BigIntegerField()

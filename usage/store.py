@@ -33,18 +33,23 @@ from django.utils import timezone
 from psycopg_pool import PoolTimeout
 
 from usage.buffer import BufferWriter, decode, directory_writable
-from usage.drain import LOST_MARKER, candidates, drain
-from usage.ledger import CommitOutcomeUnknown, GroupCommitter, UsageDelta, make_writer
+from usage.drain import DJANGO_UNAVAILABLE, LOST_MARKER, candidates, drain, reject
+from usage.ledger import CommitOutcomeUnknown, GroupCommitter, UsageDelta, WriteAttempt, make_writer
 from usage.models import BufferEvent
 
 logger = logging.getLogger("codevector.usage")
 
 
-# Errors that mean "the database cannot take this write now", for Django's drivers and psycopg's pool.
+# How long a cut COMMIT whose transaction is still open is waited for before it is buffered.
 IN_PROGRESS_WAIT_SECONDS = 2.0
 
-UNAVAILABLE = (DatabaseError, OSError, asyncio.TimeoutError, psycopg.OperationalError, psycopg.InterfaceError,
-               PoolTimeout)
+# Errors that mean "the database cannot take this write now" (an outage: buffer and retry), for
+# Django's drivers and psycopg's pool, and the bounded waits' own timeout.
+UNAVAILABLE = (*DJANGO_UNAVAILABLE, OSError, asyncio.TimeoutError, psycopg.OperationalError,
+               psycopg.InterfaceError, PoolTimeout)
+# Errors that mean "the database refuses this data" (a constraint, say a user deleted while their
+# key was still cached): the batch is split until the refused delta stands alone, dead-lettered.
+REJECTED = (DatabaseError, psycopg.Error)
 
 
 @dataclass
@@ -60,6 +65,7 @@ class StoreStatus:
     quarantined_files: int
     lost: int  # deltas neither the database nor the buffer could take (logged for replay)
     refused: int  # requests refused because usage could not be recorded
+    rejected: int  # deltas the database refused (a constraint), dead-lettered with the reason
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -84,8 +90,10 @@ class UsageStore:
         self._db_down = False
         self._buffer_ok = True
         self._tasks: list[asyncio.Task] = []
-        self._counts = {"buffered": 0, "drained": 0, "lost": 0, "refused": 0}
-        self._reported = {"drained": 0, "lost": 0, "refused": 0}  # already written as BufferEvents
+        self._counts = {"buffered": 0, "drained": 0, "lost": 0, "refused": 0, "rejected": 0}
+        self._reported = {"drained": 0, "lost": 0, "refused": 0, "rejected": 0}  # already written as BufferEvents
+        self.db_timeout = settings.USAGE_DB_TIMEOUT_SECONDS
+        self._abandoned: set[asyncio.Task] = set()  # writes stopped waiting for (a hung database)
         self._last_drain_at: datetime | None = None
         self._quarantined = 0
         self._pending_files = 0
@@ -108,6 +116,8 @@ class UsageStore:
         await self.committer.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._buffer_thread, self.buffer.seal)
+        if not self._db_down:  # what this process saw since its last report, before it goes
+            await loop.run_in_executor(self._drain_thread, self._report_events_quietly)
         await self.writer.close()
         await loop.run_in_executor(self._drain_thread, connections.close_all)
         self._buffer_thread.shutdown(wait=True)
@@ -133,17 +143,60 @@ class UsageStore:
         if self._db_down:
             await self._to_buffer(deltas)
             return
+        attempt = WriteAttempt()
         try:
-            await self.writer.write(deltas)
+            await self._bounded(self.writer.write(deltas, attempt), abandon_ok=self.writer.resolves_unknown_outcomes)
         except CommitOutcomeUnknown as exc:
             await self._resolve_unknown(deltas, exc.txid)
         except UNAVAILABLE as exc:
             self._trip(exc)
-            await self._to_buffer(deltas)
+            # Stopped waiting after COMMIT was sent: the outcome is the drainer's to resolve with
+            # the txid (the database is not answering now). Before COMMIT: it can never commit.
+            await self._to_buffer(deltas, attempt.txid if attempt.committing else None)
+        except REJECTED as exc:
+            await self._isolate(deltas, exc)
+
+    async def _isolate(self, deltas: list[UsageDelta], exc: BaseException) -> None:
+        """The database refused the batch's data: split it until the refused delta stands alone;
+        the others are written (each half through the whole path: outages still buffer)."""
+        if len(deltas) == 1:
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            self._counts["rejected"] += 1
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._buffer_thread, reject, deltas, reason,
+                                                                 self.buffer_dir)
+            except OSError as error:  # the log line above is still there to replay from
+                logger.critical("could not write the dead-letter file for delta %s: %s", deltas[0].id, error)
+            return
+        middle = len(deltas) // 2
+        await self._write_batch(deltas[:middle])
+        await self._write_batch(deltas[middle:])
+
+    async def _bounded(self, operation, abandon_ok: bool = True):
+        """Await a database operation at most USAGE_DB_TIMEOUT_SECONDS (asyncio.TimeoutError past
+        it). A database that stops answering is an outage like one that refuses. The operation is
+        cancelled but not waited for: psycopg may spend seconds trying to cancel on a dead socket.
+        With `abandon_ok` False (SQLite's thread writer, whose write cannot be called back) the
+        wait is not bounded here; SQLite's busy timeout bounds it."""
+        task = asyncio.ensure_future(operation)
+        if not abandon_ok:
+            return await task
+        done, _ = await asyncio.wait({task}, timeout=self.db_timeout)
+        if task in done:
+            return task.result()
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._forget_abandoned)
+        raise asyncio.TimeoutError(f"the usage database did not answer within {self.db_timeout:g} s")
+
+    def _forget_abandoned(self, task: asyncio.Task) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.info("an abandoned usage write ended with %s", type(task.exception()).__name__)
 
     async def _resolve_unknown(self, deltas: list[UsageDelta], txid: int) -> None:
         try:
-            status = await self.writer.txid_status(txid)
+            status = await self._bounded(self.writer.txid_status(txid))
             # The server may not have read the COMMIT yet when the connection went: a transaction
             # still open is waited for a moment (it ends once the server sees the socket closed),
             # never replayed beside it. Still open after that: buffered with its txid, and the
@@ -151,7 +204,7 @@ class UsageStore:
             deadline = time.monotonic() + IN_PROGRESS_WAIT_SECONDS
             while status == "in progress" and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-                status = await self.writer.txid_status(txid)
+                status = await self._bounded(self.writer.txid_status(txid))
         except UNAVAILABLE as exc:
             self._trip(exc)
             await self._to_buffer(deltas, txid)  # the drainer asks txid_status() before replaying
@@ -213,7 +266,7 @@ class UsageStore:
 
     async def _database_answers(self) -> bool:
         try:
-            await asyncio.wait_for(self.writer.ping(), timeout=settings.USAGE_DB_TIMEOUT_SECONDS)
+            await self._bounded(self.writer.ping())
             return True
         except (*UNAVAILABLE, Exception):
             return False
@@ -226,6 +279,7 @@ class UsageStore:
                 report = drain(self.buffer_dir)
                 if report.files:
                     self._counts["drained"] += report.applied
+                    self._counts["rejected"] += report.rejected
                     self._quarantined += len(report.quarantined)
                     self._last_drain_at = timezone.now()
                     logger.warning("replayed %d buffered usage deltas from %d file(s) (%d already applied)",
@@ -235,6 +289,13 @@ class UsageStore:
             logger.warning("buffer drain stopped: %s", exc)
         finally:
             self._refresh_pending()
+
+    def _report_events_quietly(self) -> None:
+        try:
+            close_old_connections()
+            self._report_events()
+        except DatabaseError as exc:
+            logger.warning("could not report degraded-mode counts on close: %s", exc)
 
     def _report_events(self) -> None:
         now = timezone.now()
@@ -264,6 +325,7 @@ class UsageStore:
             last_drain_at=self._last_drain_at,
             quarantined_files=self._quarantined,
             lost=self._counts["lost"],
+            rejected=self._counts["rejected"],
             refused=self._counts["refused"],
         )
 
@@ -280,10 +342,11 @@ class BufferOverview:
     lost: int
     refused: int
     last_drain_at: datetime | None
+    rejected: int = 0
 
     @property
     def needs_attention(self) -> bool:
-        return bool(self.pending_files or self.quarantined_files or self.lost or self.refused)
+        return bool(self.pending_files or self.quarantined_files or self.lost or self.refused or self.rejected)
 
 
 def buffer_overview(buffer_dir: Path | None = None, since: datetime | None = None) -> BufferOverview:
@@ -308,4 +371,5 @@ def buffer_overview(buffer_dir: Path | None = None, since: datetime | None = Non
         lost=totals.get("lost", 0),
         refused=totals.get("refused", 0),
         last_drain_at=last_drain,
+        rejected=totals.get("rejected", 0),
     )
