@@ -39,6 +39,9 @@ The upstream model name picks a failure, so a facade can be pointed at one:
                   `incomplete_details: {"reason": "max_output_tokens"}` and usage; a stream ends in
                   `response.incomplete`
 
+Chat completions answers (whole or streamed) carry `set-cookie: mock_session=abc; Path=/`, which
+the gateway must not pass on.
+
 GET /_mock/requests lists the requests seen (path, headers, body); DELETE clears the list.
 """
 
@@ -51,6 +54,9 @@ from aiohttp import web
 
 FAILURES = ("fail-500", "fail-429", "fail-timeout", "fail-drop", "no-usage", "stream-error", "incomplete")
 REASONING_TOKENS = 16  # reported by the Responses API mock, part of its output tokens
+# Chat completions answers carry a cookie, as real upstreams behind a load balancer may: the
+# gateway must never pass it on to its callers.
+CHAT_HEADERS = {"set-cookie": "mock_session=abc; Path=/"}
 
 
 def _text(value) -> str:
@@ -159,9 +165,10 @@ class MockUpstream:
                     "service_tier": "default"}
             if usage is not None:
                 data["usage"] = usage
-            return web.json_response(data)
+            return web.json_response(data, headers=CHAT_HEADERS)
         include_usage = (body.get("stream_options") or {}).get("include_usage") is True
-        response = web.StreamResponse(headers={"content-type": "text/event-stream", "x-request-id": "req_mock"})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream", "x-request-id": "req_mock",
+                                               **CHAT_HEADERS})
         await response.prepare(request)
 
         def chunk(delta, finish=None, choices=True):

@@ -40,7 +40,8 @@ run_suite() {  # name, database url, extra pytest args...
   local name=$1 url=$2
   shift 2
   echo "=== $name: pytest on $url"
-  DATABASE_URL="$url" CODEVECTOR_TEST_DB="$name" "$PY" -m pytest -n "$workers" "$@"
+  # --dist loadgroup: the fault tests share one xdist group (they start clusters and gunicorns).
+  DATABASE_URL="$url" CODEVECTOR_TEST_DB="$name" "$PY" -m pytest -n "$workers" --dist loadgroup "$@"
   local rc=$?
   # pytest's 5 means "no tests collected": never a success here.
   if [ $rc -ne 0 ]; then
