@@ -15,7 +15,11 @@ Modes:
   resets the server side without it (the transaction aborts). Either returns once the server
   has ended the transaction.
 
-Every mode but "up" and "down" acts on one COMMIT only (`cuts` counts them).
+- "blackhole": a database that stops answering without closing anything (packets dropped): bytes
+  are read from both sides and held, new connections accepted but not carried on; set "up"
+  again and everything held flows on, in order, as TCP delivers after the network heals.
+
+Every cut mode acts on one COMMIT only (`cuts` counts them).
 """
 
 import asyncio
@@ -42,6 +46,8 @@ class PgProxy:
 
     def _run(self):
         asyncio.set_event_loop(self._loop)
+        self._flowing = asyncio.Event()  # cleared while the mode is "blackhole"
+        self._flowing.set()
         self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -50,6 +56,10 @@ class PgProxy:
     def set_mode(self, mode: str) -> None:
         def apply():
             self.mode = mode
+            if mode == "blackhole":
+                self._flowing.clear()
+            else:
+                self._flowing.set()
             if mode == "down":
                 for writer in list(self._writers):
                     writer.transport.abort()
@@ -68,6 +78,7 @@ class PgProxy:
         let each connection's task end, then stop the loop."""
         async def shutdown():
             self.mode = "down"
+            self._flowing.set()
             self._server.close()
             if self._held is not None and not self._held.done():
                 self._held.set_result("abort")
@@ -89,6 +100,7 @@ class PgProxy:
         if self.mode == "down":
             client_writer.transport.abort()
             return
+        await self._flowing.wait()
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -116,14 +128,18 @@ class PgProxy:
                     else:
                         await self._hold(data, server_writer, answered)
                     return
+                await self._flowing.wait()
                 server_writer.write(data)
                 await server_writer.drain()
+            await self._flowing.wait()  # the client closed: the server hears of it once the network flows
+            server_writer.transport.abort()
 
         async def downstream():
             while data := await server_reader.read(65536):
                 if cut.is_set():  # an answer the client must never see (a forwarded COMMIT's)
                     answered.set()
                     return
+                await self._flowing.wait()
                 client_writer.write(data)
                 await client_writer.drain()
 
