@@ -10,7 +10,7 @@ WORKERS ?= 1
 
 export USAGE_BUFFER_DIR ?= $(CURDIR)/var/usage-buffer
 
-.PHONY: install browser run test bench migrate clean
+.PHONY: install browser run test bench bench-tools bench-gateway bench-dashboard migrate clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,8 +54,21 @@ browser:
 test: install browser
 	tests/run.sh
 
+# The gateway bench drives wrk (Debian's package) and profiles with py-spy (PyPI) when asked.
+bench-tools: install
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "wrk is missing for bench/gateway.py: run 'sudo apt-get install -y wrk'." >&2; exit 1; fi; }
+	@$(BIN)/pip install -q py-spy
+
 bench: install
 	$(PY) bench/ledger.py
+
+bench-gateway: bench-tools
+	$(PY) bench/gateway.py
+
+bench-dashboard: install
+	$(PY) bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) node_modules var staticfiles

@@ -67,7 +67,8 @@ class KeyCache:
         self._by_digest: dict[str, KeyInfo] = {}
         self._unknown: dict[str, float] = {}  # digest -> monotonic time until which it stays unknown
         self._used: set[int] = set()
-        self._tokens, self._tokens_at = 0.0, time.monotonic()
+        # A full bucket to start: a key created since the last refresh works at once in a new worker.
+        self._tokens, self._tokens_at = float(settings.GATEWAY_KEY_LOOKUPS_PER_SECOND), time.monotonic()
         self.loaded = False
 
     def replace(self, keys: dict[str, KeyInfo]) -> None:
