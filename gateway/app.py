@@ -19,7 +19,8 @@ from django.db import connections
 from gateway import upstream
 from gateway.catalog import FacadeInfo, load_facades
 from gateway.keys import KeyCache, load_usable_keys, touch_keys
-from gateway.pipeline import Call, Pipeline, Refusal, Route, request_ids
+from gateway.call import Call, Refusal, request_ids
+from gateway.pipeline import Pipeline, Route
 from gateway.providers import anthropic, openai, responses
 from usage.budgets import BudgetBook
 from usage.store import UsageStore

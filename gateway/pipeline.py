@@ -1,19 +1,15 @@
 """One gateway request, step by step: read → parse → resolve → check → forward → stream → record.
 
-A `Call` carries the request through the steps; a `Refusal` is an answer the gateway gives itself
-before forwarding (nothing is recorded). The steps read the process's snapshots (keys, facades,
-budgets) and write through the usage store; the ASGI shell in `gateway.app` owns those.
+A `Call` (gateway.call) carries the request through the steps; a `Refusal` is an answer the
+gateway gives itself before forwarding (nothing is recorded). The steps read the process's
+snapshots (keys, facades, budgets) and write through the usage store; the ASGI shell in
+`gateway.app` owns those.
 """
 
 import asyncio
 import logging
 import os
-import time
-import itertools
-import secrets
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import NamedTuple
 
 import aiohttp
@@ -21,11 +17,11 @@ import orjson
 from django.conf import settings
 
 from gateway import upstream
+from gateway.call import Call, Refusal
 from gateway.catalog import FacadeInfo
-from gateway.keys import KeyInfo, load_key, presented_key
-from gateway.providers import SSEReader, Unsupported, Usage, anthropic, openai, strict_json
+from gateway.keys import load_key, presented_key
+from gateway.providers import SSEReader, Unsupported, Usage, anthropic, strict_json
 from usage.ledger import UsageDelta
-from usage.money import usd_exact
 from usage.pricing import cost_nanos
 
 logger = logging.getLogger("codevector.gateway")
@@ -40,91 +36,6 @@ class Route(NamedTuple):
     protocol: object  # a module of gateway.providers
     upstream_path: str
     billed: bool = True  # False: a free call (token counting), forwarded but neither budgeted nor recorded
-
-
-class RequestIds:
-    """Request ids, which are also the ledger's exactly-once delta ids across hosts and restarts: a
-    random 64-bit prefix per process (drawn anew in each worker, after the fork) and a counter.
-    Cheaper than a uuid4 each, as unique."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self._prefix = "req_" + secrets.token_hex(8)
-        self._counter = itertools.count(1)
-
-    def new(self) -> str:
-        return f"{self._prefix}{next(self._counter):012x}"
-
-
-request_ids = RequestIds()
-
-
-class Refusal(Exception):
-    """A request the gateway answers itself, before forwarding: nothing is recorded."""
-
-    def __init__(self, status: int, message: str, *, type: str | None = None, code: str | None = None,
-                 param: str | None = None, headers: list | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
-        self.headers = headers or []
-
-
-@dataclass
-class Call:
-    """One request on its way through the gateway."""
-
-    scope: dict
-    receive: object
-    send: object
-    protocol: object = openai
-    request_id: str = field(default_factory=request_ids.new)
-    started: float = field(default_factory=time.monotonic)
-    key: KeyInfo | None = None
-    facade: FacadeInfo | None = None
-    status: int = 0
-    usage: Usage | None = None
-    cost: int | None = None
-    extra_headers: list = field(default_factory=list)
-
-    @cached_property
-    def headers(self) -> dict[str, str]:
-        return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope["headers"]}
-
-    def response_headers(self, content_type: bytes) -> list[tuple[bytes, bytes]]:
-        headers = [(b"content-type", content_type), (b"x-codevector-request-id", self.request_id.encode())]
-        if self.cost is not None:
-            headers.append((b"x-codevector-cost-usd", usd_exact(self.cost).encode()))
-        return headers + self.extra_headers
-
-    async def respond(self, status: int, body: bytes, headers: list | None = None,
-                      content_type: bytes = b"application/json") -> None:
-        self.status = status
-        await self.send({"type": "http.response.start", "status": status,
-                         "headers": self.response_headers(content_type) + (headers or [])})
-        await self.send({"type": "http.response.body", "body": body})
-
-    async def refuse(self, refusal: Refusal) -> None:
-        await self.respond(refusal.status, self.protocol.error_body(
-            refusal.status, refusal.message, type=refusal.type, code=refusal.code, param=refusal.param),
-            refusal.headers)
-
-    def log(self) -> None:
-        """One JSON line per request, built only when the logger would write it (never a key)."""
-        if not logger.isEnabledFor(logging.INFO):
-            return
-        usage = self.usage or Usage()
-        logger.info(orjson.dumps({
-            "event": "request", "request_id": self.request_id, "method": self.scope.get("method"),
-            "path": self.scope.get("path"), "status": self.status,
-            "user": self.key.username if self.key else None, "key_prefix": self.key.prefix if self.key else None,
-            "facade": self.facade.name if self.facade else None, "input_tokens": usage.input_tokens,
-            "cached_input_tokens": usage.cached_input_tokens, "cache_write_tokens": usage.cache_write_tokens,
-            "output_tokens": usage.output_tokens, "reasoning_tokens": usage.reasoning_tokens, "estimated": usage.estimated,
-            "cost_usd": usd_exact(self.cost) if self.cost is not None else None,
-            "latency_ms": round((time.monotonic() - self.started) * 1000, 2),
-        }).decode())
 
 
 class Pipeline:

@@ -12,7 +12,6 @@ from decimal import Decimal
 from time import monotonic
 from zoneinfo import ZoneInfo
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import models, transaction
 from django.utils import timezone

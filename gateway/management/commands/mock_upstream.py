@@ -4,7 +4,7 @@ from gateway import mock_upstream
 
 
 class Command(BaseCommand):
-    help = "Serve a fake OpenAI- and Anthropic-shaped upstream (demo, tests, benchmarks). See gateway/mock_upstream.py."
+    help = "Serve a fake OpenAI- and Anthropic-shaped upstream (demo, tests, benchmarks). See gateway/mock_upstream/."
 
     def add_arguments(self, parser):
         parser.add_argument("--port", type=int, default=8001)

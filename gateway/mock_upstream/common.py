@@ -1,0 +1,30 @@
+"""What the mock upstream's protocols share: the failure models, the deterministic counts."""
+
+import math
+
+FAILURES = ("fail-500", "fail-429", "fail-timeout", "fail-drop", "no-usage", "stream-error", "incomplete")
+REASONING_TOKENS = 16  # reported by the Responses API mock, part of its output tokens
+# Chat completions answers carry a cookie, as real upstreams behind a load balancer may: the
+# gateway must never pass it on to its callers.
+CHAT_HEADERS = {"set-cookie": "mock_session=abc; Path=/"}
+
+
+def _text(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(_text(v) for v in value)
+    if isinstance(value, dict):
+        return value["text"] if isinstance(value.get("text"), str) else _text(value.get("content", ""))
+    return ""
+
+
+def counts(prompt: str, model: str) -> tuple[int, int, str]:
+    prompt_tokens = 10 + math.ceil(len(prompt) / 4)
+    reply = f"Mock reply from {model}: {prompt[:40]}"
+    return prompt_tokens, math.ceil(len(reply) / 4), reply
+
+
+def words(reply: str) -> list[str]:
+    parts = reply.split(" ")
+    return [p if i == 0 else " " + p for i, p in enumerate(parts)]

@@ -1,0 +1,229 @@
+"""The mock upstream's aiohttp application: OpenAI chat completions and embeddings, Anthropic
+messages, the Responses API (gateway.mock_upstream.responses), failures and request recording."""
+
+import asyncio
+import json
+import math
+import time
+
+from aiohttp import web
+
+from gateway.mock_upstream.common import CHAT_HEADERS, _text, counts, words
+from gateway.mock_upstream.responses import ResponsesMock
+
+
+class MockUpstream(ResponsesMock):
+    def __init__(self, delay_ms: int = 0, chunk_delay_ms: int = 0):
+        self.delay = delay_ms / 1000
+        self.chunk_delay = chunk_delay_ms / 1000
+        self.seen: list[dict] = []
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/v1/responses/input_tokens", self.responses_input_tokens)
+        app.router.add_post("/v1/responses/compact", self.responses_compact)
+        app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/messages/count_tokens", self.messages_count_tokens)
+        app.router.add_get("/_mock/requests", self.list_requests)
+        app.router.add_delete("/_mock/requests", self.clear_requests)
+        app.router.add_get("/healthz", self.health)
+        return app
+
+    async def _begin(self, request: web.Request) -> dict:
+        body = await request.json()
+        self.seen = self.seen[-999:] + [{"path": request.path, "headers": dict(request.headers), "body": body}]
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return body
+
+    async def health(self, request):
+        return web.json_response({"status": "ok"})
+
+    async def list_requests(self, request):
+        return web.json_response(self.seen)
+
+    async def clear_requests(self, request):
+        self.seen = []
+        return web.json_response({"cleared": True})
+
+    # --- failures shared by both protocols ------------------------------------------------
+
+    async def _failure(self, request, model: str, stream: bool, error_body) -> web.StreamResponse | None:
+        if model == "fail-500":
+            return web.json_response(error_body(500), status=500)
+        if model == "fail-429":
+            return web.json_response(error_body(429), status=429)
+        if model == "fail-timeout":
+            await asyncio.sleep(60)
+        if model == "fail-drop" and not stream:
+            request.transport.close()
+            return web.Response()  # never reaches the closed connection
+        return None
+
+    # --- OpenAI -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _openai_error(status: int) -> dict:
+        kind = "rate_limit_exceeded" if status == 429 else None
+        return {"error": {"message": f"Mock upstream error {status}", "type": "server_error" if status >= 500
+                          else "requests", "param": None, "code": kind}}
+
+    @staticmethod
+    def _openai_usage(prompt_tokens: int, completion_tokens: int) -> dict:
+        cached = prompt_tokens // 2 if prompt_tokens >= 64 else 0
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                              "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._begin(request)
+        model, stream = body.get("model", ""), body.get("stream") is True
+        failure = await self._failure(request, model, stream, self._openai_error)
+        if failure is not None:
+            return failure
+        prompt_tokens, completion_tokens, reply = counts(_text(body.get("messages", "")), model)
+        usage = None if model == "no-usage" else self._openai_usage(prompt_tokens, completion_tokens)
+        base = {"id": f"chatcmpl-mock{int(time.time() * 1000)}", "created": int(time.time()),
+                "model": f"{model}-2024-07-18", "system_fingerprint": "fp_mock"}
+        if not stream:
+            message = {"role": "assistant", "content": reply, "refusal": None, "annotations": []}
+            data = {**base, "object": "chat.completion",
+                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+                    "service_tier": "default"}
+            if usage is not None:
+                data["usage"] = usage
+            return web.json_response(data, headers=CHAT_HEADERS)
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        response = web.StreamResponse(headers={"content-type": "text/event-stream", "x-request-id": "req_mock",
+                                               **CHAT_HEADERS})
+        await response.prepare(request)
+
+        def chunk(delta, finish=None, choices=True):
+            data = {**base, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices
+                    else []}
+            if include_usage:
+                data["usage"] = None
+            return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+        events += [chunk({"content": w}) for w in words(reply)]
+        for index, event in enumerate(events):
+            await response.write(event)
+            if model == "fail-drop" and index == 2:
+                request.transport.close()
+                return response
+            if model == "stream-error" and index == 2:
+                error = {"error": {"message": "The server had an error while processing your request.",
+                                   "type": "server_error", "param": None, "code": None}}
+                await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+                return response
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        await response.write(chunk({}, finish="stop"))
+        if include_usage and usage is not None:
+            final = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+            await response.write(b"data: " + json.dumps(final, separators=(",", ":")).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await self._begin(request)
+        model = body.get("model", "")
+        failure = await self._failure(request, model, False, self._openai_error)
+        if failure is not None:
+            return failure
+        inputs = body.get("input", "")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        prompt_tokens = sum(math.ceil(len(_text(i) if not isinstance(i, int) else "1") / 4) for i in items) or 1
+        data = {"object": "list", "model": model,
+                "data": [{"object": "embedding", "index": i, "embedding": [0.0125 * (i + 1), -0.5, 0.25, 0.0]}
+                         for i in range(len(items))]}
+        if model != "no-usage":
+            data["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+        return web.json_response(data)
+
+    # --- Anthropic --------------------------------------------------------------------------
+
+    @staticmethod
+    def _anthropic_error(status: int) -> dict:
+        kind = "rate_limit_error" if status == 429 else "api_error"
+        return {"type": "error", "error": {"type": kind, "message": f"Mock upstream error {status}"}}
+
+    @staticmethod
+    def _anthropic_usage(prompt_tokens: int, output_tokens: int) -> dict:
+        if prompt_tokens < 64:
+            return {"input_tokens": prompt_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                    "output_tokens": output_tokens}
+        reads, writes = prompt_tokens // 4, 8
+        return {"input_tokens": prompt_tokens - reads - writes, "cache_creation_input_tokens": writes,
+                "cache_read_input_tokens": reads, "output_tokens": output_tokens}
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        body = await self._begin(request)
+        model, stream = body.get("model", ""), body.get("stream") is True
+        failure = await self._failure(request, model, stream, self._anthropic_error)
+        if failure is not None:
+            return failure
+        prompt = _text(body.get("system", "")) + _text(body.get("messages", ""))
+        prompt_tokens, output_tokens, reply = counts(prompt, model)
+        usage = self._anthropic_usage(prompt_tokens, output_tokens)
+        message_id = f"msg_mock{int(time.time() * 1000)}"
+        if not stream:
+            data = {"id": message_id, "type": "message", "role": "assistant", "model": model,
+                    "content": [{"type": "text", "text": reply}], "stop_reason": "end_turn", "stop_sequence": None}
+            if model != "no-usage":
+                data["usage"] = {**usage, "service_tier": "standard"}
+            return web.json_response(data)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream", "request-id": "req_mock"})
+        await response.prepare(request)
+
+        async def event(name: str, data: dict):
+            await response.write(f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
+
+        start_usage = {**usage, "output_tokens": 1}
+        message = {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
+                   "stop_reason": None, "stop_sequence": None}
+        if model != "no-usage":
+            message["usage"] = start_usage
+        await event("message_start", {"type": "message_start", "message": message})
+        await event("content_block_start", {"type": "content_block_start", "index": 0,
+                                             "content_block": {"type": "text", "text": ""}})
+        await event("ping", {"type": "ping"})
+        for index, word in enumerate(words(reply)):
+            await event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                 "delta": {"type": "text_delta", "text": word}})
+            if model == "fail-drop" and index == 1:
+                request.transport.close()
+                return response
+            if model == "stream-error" and index == 1:
+                await event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+                return response
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        await event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+        if model != "no-usage":
+            delta["usage"] = usage
+        await event("message_delta", delta)
+        await event("message_stop", {"type": "message_stop"})
+        return response
+
+    async def messages_count_tokens(self, request: web.Request) -> web.StreamResponse:
+        body = await self._begin(request)
+        model = body.get("model", "")
+        failure = await self._failure(request, model, False, self._anthropic_error)
+        if failure is not None:
+            return failure
+        prompt_tokens, _, _ = counts(_text(body.get("system", "")) + _text(body.get("messages", "")), model)
+        return web.json_response({"input_tokens": prompt_tokens})
+
+
+def run(port: int, host: str = "127.0.0.1", delay_ms: int = 0, chunk_delay_ms: int = 0) -> None:
+    web.run_app(MockUpstream(delay_ms, chunk_delay_ms).app(), host=host, port=port, access_log=None,
+                print=lambda *args: None)
