@@ -33,6 +33,39 @@ class Unsupported(ValueError):
         self.param = param
 
 
+def event_of(data: str) -> dict | None:
+    """A stream event's JSON object, or None for anything else (a `[DONE]`, a comment, garbage)."""
+    try:
+        event = orjson.loads(data)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+class ReportedUsageStream:
+    """What the OpenAI streams share: usage reported whole (the latest report wins), else estimated
+    from the prompt and the text streamed so far; `done` at a normal end, `error` after an error."""
+
+    @staticmethod
+    def prompt_text(request_body: dict) -> str:
+        raise NotImplementedError
+
+    def __init__(self, public_model: str, caller_wants_usage: bool, request_body: dict):
+        self.public_model = public_model
+        self.caller_wants_usage = caller_wants_usage
+        self.request_body = request_body
+        self.reported: Usage | None = None
+        self.text: list[str] = []
+        self.error = False
+        self.done = False
+
+    def usage(self) -> Usage:
+        if self.reported is not None:
+            return self.reported
+        return Usage(input_tokens=estimate_tokens(self.prompt_text(self.request_body)),
+                     output_tokens=estimate_tokens("".join(self.text)), estimated=True)
+
+
 def estimate_tokens(text: str) -> int:
     """One token per 4 characters, rounded up (no tokenizer download: there is no internet)."""
     return math.ceil(len(text) / 4)

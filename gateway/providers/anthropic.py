@@ -7,11 +7,9 @@ the current API): the latest value of each field wins, the two are never added.
 """
 
 import json
-
-import orjson
 from datetime import UTC, datetime
 
-from gateway.providers import Usage, renamed_body, estimate_tokens, int_field, rename_model, text_of
+from gateway.providers import Usage, estimate_tokens, event_of, int_field, rename_model, renamed_body, text_of
 
 NAME = "anthropic"
 VERSION = "2023-06-01"
@@ -81,11 +79,8 @@ class StreamState:
         self.done = False
 
     def process(self, raw: bytes, name: str | None, data: str) -> bytes | None:
-        try:
-            event = orjson.loads(data)
-        except ValueError:
-            return raw
-        if not isinstance(event, dict):
+        event = event_of(data)
+        if event is None:
             return raw
         kind = event.get("type") or name
         if kind == "message_start" and isinstance(event.get("message"), dict):

@@ -2,9 +2,8 @@
 
 import json
 
-import orjson
-
-from gateway.providers import Usage, renamed_body, estimate_tokens, int_field, rename_model, text_of
+from gateway.providers import (ReportedUsageStream, Usage, estimate_tokens, event_of, int_field, rename_model, renamed_body,
+                                text_of)
 
 NAME = "openai"
 
@@ -77,28 +76,18 @@ def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[
     return raw, usage
 
 
-class StreamState:
+class StreamState(ReportedUsageStream):
     """Follows an OpenAI chat stream event by event: usage, text so far, errors, the end."""
 
-    def __init__(self, public_model: str, caller_wants_usage: bool, request_body: dict):
-        self.public_model = public_model
-        self.caller_wants_usage = caller_wants_usage
-        self.request_body = request_body
-        self.reported: Usage | None = None
-        self.text = []
-        self.error = False
-        self.done = False
+    prompt_text = staticmethod(prompt_text)
 
     def process(self, raw: bytes, name: str | None, data: str) -> bytes | None:
         """The bytes to send the caller for this event (None to hide it)."""
         if data.strip() == "[DONE]":
             self.done = True
             return raw
-        try:
-            event = orjson.loads(data)
-        except ValueError:
-            return raw
-        if not isinstance(event, dict):
+        event = event_of(data)
+        if event is None:
             return raw
         if "error" in event:
             self.error = True
@@ -114,12 +103,6 @@ class StreamState:
         if isinstance(event.get("model"), str):
             raw = rename_model(raw, event["model"], self.public_model)
         return raw
-
-    def usage(self) -> Usage:
-        if self.reported is not None:
-            return self.reported
-        return Usage(input_tokens=estimate_tokens(prompt_text(self.request_body)),
-                     output_tokens=estimate_tokens("".join(self.text)), estimated=True)
 
 
 def models_list(facades, created: int) -> dict:

@@ -15,9 +15,8 @@ top-level `model`, in a stream the `model` of the `response` object that the `re
 carry. Every other event passes through byte for byte.
 """
 
-import orjson
-
-from gateway.providers import Unsupported, Usage, estimate_tokens, int_field, rename_top_model, renamed_body
+from gateway.providers import (ReportedUsageStream, Unsupported, Usage, estimate_tokens, event_of, int_field,
+                                rename_top_model, renamed_body)
 from gateway.providers.openai import auth_headers, error_body, models_list  # noqa: F401 (same as Chat Completions)
 
 NAME = "openai"
@@ -93,25 +92,15 @@ def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[
     return raw, usage
 
 
-class StreamState:
+class StreamState(ReportedUsageStream):
     """Follows a Responses stream event by event: usage, text so far, errors, the end."""
 
-    def __init__(self, public_model: str, caller_wants_usage: bool, request_body: dict):
-        self.public_model = public_model
-        self.caller_wants_usage = caller_wants_usage
-        self.request_body = request_body
-        self.reported: Usage | None = None
-        self.text = []
-        self.error = False
-        self.done = False
+    prompt_text = staticmethod(prompt_text)
 
     def process(self, raw: bytes, name: str | None, data: str) -> bytes | None:
         """The bytes to send the caller for this event (never hidden: usage is part of the API)."""
-        try:
-            event = orjson.loads(data)
-        except ValueError:
-            return raw
-        if not isinstance(event, dict):
+        event = event_of(data)
+        if event is None:
             return raw
         kind = event["type"] if isinstance(event.get("type"), str) else name
         if kind in TEXT_DELTAS:
@@ -132,9 +121,3 @@ class StreamState:
         elif kind == "error":
             self.error = True
         return raw
-
-    def usage(self) -> Usage:
-        if self.reported is not None:
-            return self.reported
-        return Usage(input_tokens=estimate_tokens(prompt_text(self.request_body)),
-                     output_tokens=estimate_tokens("".join(self.text)), estimated=True)
