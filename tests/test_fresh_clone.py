@@ -1,5 +1,5 @@
 """A user's clone has nothing beside it: the tests that read wire fixtures pass in a fresh clone of the
-repository in an empty folder (no ../shared), run with the clone's own code."""
+repository in an empty folder (no shared folder beside it), run with the clone's own code."""
 
 import os
 import shutil
