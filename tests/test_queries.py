@@ -559,29 +559,25 @@ def test_leaderboard_and_by_facade_hand_written(settings, alice, bob, gpt, claud
 # --- a previous window that ends mid-hour, once its 5-minute rows are pruned ----------------------
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, open: the previous window ends mid-hour (now - N days) and "
-                   "its partial last hour is read from 5-minute rows that retention prunes")
 def test_previous_totals_ending_mid_hour_survive_pruning(settings, alice, gpt):
-    """`now` is rarely on an hour, so previous_end = now - N days rarely is either; by then the
-    5-minute rows of that partial hour are past retention. now = 2026-05-20 09:35 UTC, 7d:
-    previous window [2026-05-07 00:00, 2026-05-13 09:35) UTC."""
+    """`now` is rarely on an hour, so now - N days rarely is either; by then the 5-minute rows of
+    that partial hour are past retention, and no rolled level can give part of an hour. So the
+    previous window ends at the start of that local hour: now = 2026-05-20 09:35 UTC, 7d: previous
+    window [2026-05-07 00:00, 2026-05-13 09:00) UTC, exact before and after pruning. (Found as a
+    bug by this file: it ended at 09:35 and lost 09:00-09:35 once pruned.)"""
     settings.TIME_ZONE = "UTC"
     settings.USAGE_5MIN_RETENTION_DAYS = 3
     now = utc(2026, 5, 20, 9, 35)
-    placed = [(utc(2026, 5, 13, 8, 59, 59), True), (utc(2026, 5, 13, 9), True), (utc(2026, 5, 13, 9, 34, 59), True),
+    placed = [(utc(2026, 5, 13, 8, 59, 59), True), (utc(2026, 5, 13, 9), False), (utc(2026, 5, 13, 9, 34, 59), False),
               (utc(2026, 5, 13, 9, 35), False), (utc(2026, 5, 14, 12), False)]
     deltas = [make(i, alice, gpt, at) for i, (at, _) in enumerate(placed)]
     record_many(deltas)
     window = queries.resolve_window("7d", now)
-    assert window.previous_end == utc(2026, 5, 13, 9, 35)
+    assert window.previous_end == utc(2026, 5, 13, 9)
     expected = oracle(d for d, (_, previous) in zip(deltas, placed) if previous)
     assert got(queries.summary(window).previous) == expected  # before any rollup: 5-minute rows
 
     rollups.roll_up(now=now)
     assert got(queries.summary(window).previous) == expected  # rolled: hours, then 5-minute rows
-    rollups.prune(now=now)  # USAGE_5MIN_RETENTION_DAYS (3) < 7: 09:00-09:35 on 05-13 is gone from 5-minute rows
-    # KNOWN BUG in usage/queries.py (segments): the partial hour [09:00, 09:35) before previous_end
-    # is read from 5-minute rows only, which prune() has deleted; its hour row (09:00) is skipped
-    # because the whole hour does not fit before previous_end. The two deltas at 09:00 and
-    # 09:34:59 vanish from the previous totals (and from leaderboard previous ranks).
-    assert got(queries.summary(window).previous) == expected
+    rollups.prune(now=now)  # USAGE_5MIN_RETENTION_DAYS (3) < 7: 05-13's 5-minute rows are gone
+    assert got(queries.summary(window).previous) == expected  # whole hours: read from hour rows

@@ -16,7 +16,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
-from usage.calendar import as_utc, day_bounds, local_date, local_midnight, month_bounds, next_hour, zone
+from usage.calendar import as_utc, day_bounds, hour_start, local_date, local_midnight, month_bounds, next_hour, zone
 from usage.money import nanos_to_usd
 from usage.rollups import watermark
 from usage.counters import COUNTERS, Counters
@@ -41,7 +41,9 @@ class Window:
 
 def resolve_window(key: str, now: datetime | None = None) -> Window:
     """Last 7, 30 or 90 days: today (TIME_ZONE) up to now plus the days before; the previous
-    window is the same window moved back by as many days."""
+    window is the same window moved back by as many days, ending at the start of its last local
+    hour: the 5-minute rows of a partial hour that far back are past retention, and no rolled level
+    can give part of an hour, so a mid-hour end could not be exact."""
     if key not in WINDOWS:
         raise ValueError(f"unknown window {key!r}; use one of {', '.join(WINDOWS)}")
     days = WINDOWS[key]
@@ -50,7 +52,8 @@ def resolve_window(key: str, now: datetime | None = None) -> Window:
     first = local_date(now, tz) - timedelta(days=days - 1)
     return Window(
         key=key, days=days, start=local_midnight(first, tz), end=now,
-        previous_start=local_midnight(first - timedelta(days=days), tz), previous_end=now - timedelta(days=days),
+        previous_start=local_midnight(first - timedelta(days=days), tz),
+        previous_end=hour_start(now - timedelta(days=days), tz),
         dates=[first + timedelta(days=i) for i in range(days)],
     )
 
