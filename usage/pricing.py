@@ -1,7 +1,6 @@
-"""Cost of a request: tokens x prices, in Decimal, rounded once to integer nanodollars."""
+"""Cost of a request: tokens x prices, in exact integer arithmetic, rounded once (half to even) to nanodollars."""
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,4 +29,8 @@ def cost_nanos(prices: Prices, *, input_tokens: int, cached_input_tokens: int, c
         + cache_write_tokens * prices.cache_write_micros
         + output_tokens * prices.output_micros
     )
-    return int((Decimal(milli_nanos) / 1000).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    # Half to even, in integers (on the hot path; the same result as Decimal's ROUND_HALF_EVEN).
+    nanos, rest = divmod(milli_nanos, 1000)
+    if rest > 500 or (rest == 500 and nanos % 2):
+        nanos += 1
+    return nanos
