@@ -5,6 +5,9 @@ runs unchanged on PostgreSQL and SQLite (both accept `%s` through Django's curso
 and both support INSERT ... ON CONFLICT DO UPDATE with EXCLUDED).
 """
 
+import functools
+from datetime import datetime
+
 from usage.counters import COUNTERS
 
 LEVEL_TABLES = {
@@ -26,6 +29,35 @@ def _level_table(table: str) -> str:
     return table
 
 
+def literal(value) -> str:
+    """A ledger statement's parameter as SQL text, for the gateway's batches, which go as one text
+    of several statements (usage.ledger.PostgresWriter). Only what those statements bind: integers
+    and aware datetimes (a TypeError for anything else, so no string ever reaches SQL text)."""
+    if isinstance(value, int):
+        return str(int(value))  # bool too: 1 or 0
+    if isinstance(value, datetime) and value.utcoffset() is not None:
+        return f"'{value.isoformat()}'::timestamptz"
+    raise TypeError(f"a ledger statement binds integers and aware datetimes only, not {type(value).__name__}")
+
+
+def render(statements: list[tuple[str, list]], prepared: dict[str, str] | None = None) -> str:
+    """Statements with `%s` placeholders and their parameters as one text, values inlined
+    (literal). A statement whose text is in `prepared` (text -> name) becomes EXECUTE name(...)."""
+    parts = []
+    for text, params in statements:
+        values = [literal(value) for value in params]
+        name = prepared.get(text) if prepared else None
+        parts.append(f"EXECUTE {name}({', '.join(values)})" if name else text % tuple(values))
+    return "; ".join(parts)
+
+
+def prepare(name: str, text: str) -> str:
+    """PREPARE `name` for a statement written with `%s` placeholders (they become $1, $2, ...)."""
+    pieces = text.split("%s")
+    numbered = pieces[0] + "".join(f"${n}{piece}" for n, piece in enumerate(pieces[1:], start=1))
+    return f"PREPARE {name} AS {numbered}"
+
+
 def _row_count(rows: int) -> int:
     if rows < 1:
         raise ValueError("a statement needs at least one row")
@@ -33,6 +65,7 @@ def _row_count(rows: int) -> int:
 ROW_WIDTH = len(KEY_COLUMNS) + len(COUNTERS)
 
 
+@functools.lru_cache(maxsize=64)
 def add_counters(table: str, rows: int) -> str:
     """Multi-row additive UPSERT: `x = table.x + EXCLUDED.x` for every counter.
 
