@@ -145,7 +145,7 @@ class UsageStore:
             return
         attempt = WriteAttempt()
         try:
-            await self._bounded(self.writer.write(deltas, attempt), abandon_ok=self.writer.resolves_unknown_outcomes)
+            await self._write_bounded(deltas, attempt)
         except CommitOutcomeUnknown as exc:
             await self._resolve_unknown(deltas, exc.txid)
         except UNAVAILABLE as exc:
@@ -172,15 +172,26 @@ class UsageStore:
         await self._write_batch(deltas[:middle])
         await self._write_batch(deltas[middle:])
 
-    async def _bounded(self, operation, abandon_ok: bool = True):
-        """Await a database operation at most USAGE_DB_TIMEOUT_SECONDS (asyncio.TimeoutError past
-        it). A database that stops answering is an outage like one that refuses. The operation is
-        cancelled but not waited for: psycopg may spend seconds trying to cancel on a dead socket.
-        With `abandon_ok` False (SQLite's thread writer, whose write cannot be called back) the
-        wait is not bounded here; SQLite's busy timeout bounds it."""
+    async def _write_bounded(self, deltas: list[UsageDelta], attempt: WriteAttempt) -> None:
+        """The batch's write, at most USAGE_DB_TIMEOUT_SECONDS on PostgreSQL (asyncio.TimeoutError
+        past it): the writer's round trips (usage.pgwire) stop at once when cancelled, so no task
+        is needed to abandon them. SQLite's thread writer cannot be called back: its busy timeout
+        bounds it."""
+        if not self.writer.resolves_unknown_outcomes:
+            await self.writer.write(deltas, attempt)
+            return
+        try:
+            async with asyncio.timeout(self.db_timeout):
+                await self.writer.write(deltas, attempt)
+        except TimeoutError:
+            raise asyncio.TimeoutError(f"the usage database did not answer within {self.db_timeout:g} s") from None
+
+    async def _bounded(self, operation):
+        """Await a psycopg operation (txid_status, ping) at most USAGE_DB_TIMEOUT_SECONDS
+        (asyncio.TimeoutError past it). A database that stops answering is an outage like one that
+        refuses. The operation is cancelled but not waited for: psycopg may spend seconds trying to
+        cancel on a dead socket."""
         task = asyncio.ensure_future(operation)
-        if not abandon_ok:
-            return await task
         done, _ = await asyncio.wait({task}, timeout=self.db_timeout)
         if task in done:
             return task.result()
