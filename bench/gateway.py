@@ -6,7 +6,7 @@ and prints: p50/p99 at 1 in flight (direct, forwarder, gateway), throughput at 1
 upstream) and at 200 in flight (50 ms upstream), stream time-to-first-byte, and the requests
 recorded in the ledger against the requests the gateway answered.
 
-Run: .venv/bin/python bench/gateway.py [--seconds 10] [--budget]
+Run: .venv/bin/python bench/gateway.py [--seconds 6] [--rounds 3] [--budget] [--async-commit] [--quick]
 """
 
 import argparse
@@ -56,21 +56,23 @@ def wrk(url: str, connections: int, seconds: int, model: str, key: str | None, w
             "errors": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else ""}
 
 
-async def stream_ttfb(url: str, key: str | None, count: int = 200) -> float:
+async def stream_ttfb(targets: list[tuple[str, str | None]], count: int = 200) -> list[float]:
+    """Median time to the first streamed byte for each (url, key), the targets taking turns."""
     import aiohttp
 
     body = json.loads(BODY.replace("MODEL", "gpt-bench"))
     body["stream"] = True
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    samples = []
+    samples: list[list[float]] = [[] for _ in targets]
     async with aiohttp.ClientSession() as session:
         for _ in range(count):
-            started = time.perf_counter()
-            async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as response:
-                await response.content.readany()
-                samples.append(time.perf_counter() - started)
-                await response.read()
-    return statistics.median(samples) * 1000
+            for (url, key), mine in zip(targets, samples):
+                headers = {"authorization": f"Bearer {key}"} if key else {}
+                started = time.perf_counter()
+                async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as response:
+                    await response.content.readany()
+                    mine.append(time.perf_counter() - started)
+                    await response.read()
+    return [statistics.median(mine) * 1000 for mine in samples]
 
 
 async def counted_run(url: str, key: str, count: int = 2000, in_flight: int = 32) -> int:
@@ -134,12 +136,13 @@ def ledger_requests() -> int:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=6, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the figures are their medians)")
     parser.add_argument("--budget", action="store_true", help="put a (large) daily budget on the bench user")
     parser.add_argument("--async-commit", action="store_true",
                         help="run the gateway with USAGE_SYNCHRONOUS_COMMIT=off (no WAL flush before each answer)")
     parser.add_argument("--quick", action="store_true", help="only the 1- and 16-in-flight rows and the ledger check")
-    parser.add_argument("--profile", metavar="PATH", help="sample the gateway worker with py-spy during the "
+    parser.add_argument("--profile", metavar="PATH", help="sample the gateway worker with py-spy during the first "
                         "16-in-flight run and write a flat profile (py-spy's raw format) to PATH")
     args = parser.parse_args()
     import psycopg
@@ -183,36 +186,56 @@ def main():
         slow_direct, slow_forwarder = f"http://127.0.0.1:{slow_port}", f"http://127.0.0.1:{slow_fw_port}"
         asyncio.run(counted_run(gateway, key, 200))  # warm up
         s = args.seconds
-        rows = {
-            "1 in flight": [wrk(direct, 1, s, "gpt-bench", None, workdir), wrk(forwarder, 1, s, "gpt-bench", None, workdir),
-                            wrk(gateway, 1, s, "gpt-bench", key, workdir)],
-            "16 in flight, 0 ms": [wrk(direct, 16, s, "gpt-bench", None, workdir),
-                                   wrk(forwarder, 16, s, "gpt-bench", None, workdir),
-                                   profiled(args.profile, processes[3], s,
-                                            lambda: wrk(gateway, 16, s, "gpt-bench", key, workdir))],
-        }
+        targets = {"1 in flight": (1, "gpt-bench", [direct, forwarder, gateway]),
+                   "16 in flight, 0 ms": (16, "gpt-bench", [direct, forwarder, gateway])}
         if not args.quick:
-            rows["200 in flight, 50 ms"] = [wrk(slow_direct, 200, s, "gpt-bench", None, workdir),
-                                            wrk(slow_forwarder, 200, s, "gpt-bench", None, workdir),
-                                            wrk(gateway, 200, s, "gpt-bench-slow", key, workdir)]
-        print(f"\nbench/gateway.py — {s} s per run, budgets {'on' if args.budget else 'off'}, synchronous commit "
-              f"{'off' if args.async_commit else 'on'}; cores: {os.cpu_count()}")
-        print(f"{'':22} | {'direct to mock':>28} | {'bare forwarder':>28} | {'gateway':>28}")
-        for label, results in rows.items():
-            cells = [f"{r['rps']:>7.0f} req/s p50 {r['p50']:5.2f} p99 {r['p99']:6.2f} ms" for r in results]
+            targets["200 in flight, 50 ms"] = (200, "gpt-bench-slow", [slow_direct, slow_forwarder, gateway])
+        # Rounds interleave direct, forwarder and gateway, so that a slow spell of this shared
+        # machine lands on all three: each figure is the median of its rounds, each ratio the
+        # median of the ratios of one round.
+        rounds = {label: [] for label in targets}
+        for number in range(args.rounds):
+            for label, (connections, model, urls) in targets.items():
+                results = []
+                for who, url in zip(("direct", "forwarder", "gateway"), urls):
+                    def run(url=url, who=who, connections=connections, model=model):
+                        return wrk(url, connections, s, model if who == "gateway" else "gpt-bench",
+                                   key if who == "gateway" else None, workdir)
+
+                    profile = args.profile if (number, label, who) == (0, "16 in flight, 0 ms", "gateway") else None
+                    results.append(profiled(profile, processes[3], s, run))
+                rounds[label].append(results)
+        print(f"\nbench/gateway.py — {args.rounds} interleaved rounds of {s} s per run (medians), budgets "
+              f"{'on' if args.budget else 'off'}, synchronous commit {'off' if args.async_commit else 'on'}; "
+              f"cores: {os.cpu_count()}")
+        print(f"{'':22} | {'direct to mock':>36} | {'bare forwarder':>36} | {'gateway':>36}")
+        for label, results in rounds.items():
+            medians = [{field: statistics.median(r[i][field] for r in results) for field in ("rps", "p50", "p99")}
+                       for i in range(3)]
+            cells = [f"{m['rps']:>7.0f} req/s p50 {m['p50']:6.2f} p99 {m['p99']:7.2f} ms" for m in medians]
             print(f"{label:22} | " + " | ".join(cells))
-            for who, r in zip(("direct", "forwarder", "gateway"), results):
-                if r["errors"] or r["socket_errors"]:
-                    print(f"    {who}: {r['errors']} non-2xx, socket errors {r['socket_errors']}")
-        one = rows["1 in flight"]
-        print(f"added p50 at 1 in flight: forwarder {one[1]['p50'] - one[0]['p50']:.3f} ms, "
-              f"gateway {one[2]['p50'] - one[0]['p50']:.3f} ms")
-        sixteen = rows["16 in flight, 0 ms"]
-        print(f"gateway / forwarder throughput at 16 in flight: {sixteen[2]['rps'] / sixteen[1]['rps']:.0%}")
+            for r in results:
+                for who, one in zip(("direct", "forwarder", "gateway"), r):
+                    if one["errors"] or one["socket_errors"]:
+                        print(f"    {who}: {one['errors']} non-2xx, socket errors {one['socket_errors']}")
+        one = rounds["1 in flight"]
+        added = [r[2]["p50"] - r[1]["p50"] for r in one]
+        print(f"added p50 at 1 in flight, gateway over forwarder: {statistics.median(added):.2f} ms "
+              f"(rounds: {', '.join(f'{a:.2f}' for a in added)}; goal <= 1.0)")
+        for label, goal in (("16 in flight, 0 ms", "goal >= 60%"), ("200 in flight, 50 ms", "goal >= 85%")):
+            if label in rounds:
+                ratios = [r[2]["rps"] / r[1]["rps"] for r in rounds[label]]
+                print(f"gateway / forwarder throughput at {label}: {statistics.median(ratios):.0%} "
+                      f"(rounds: {', '.join(f'{x:.0%}' for x in ratios)}; {goal})")
+        if "200 in flight, 50 ms" in rounds:
+            extra = [r[2]["p99"] - r[1]["p99"] for r in rounds["200 in flight, 50 ms"]]
+            print(f"p99 at 200 in flight, gateway over forwarder: {statistics.median(extra):+.0f} ms "
+                  f"(rounds: {', '.join(f'{x:+.0f}' for x in extra)}; goal <= +50)")
         if not args.quick:
-            ttfb = [asyncio.run(stream_ttfb(u, k)) for u, k in ((direct, None), (forwarder, None), (gateway, key))]
-            print(f"stream time to first byte (median): direct {ttfb[0]:.2f} ms, forwarder {ttfb[1]:.2f} ms, "
-                  f"gateway {ttfb[2]:.2f} ms")
+            ttfb = asyncio.run(stream_ttfb([(direct, None), (forwarder, None), (gateway, key)]))
+            print(f"stream time to first byte (median, taking turns): direct {ttfb[0]:.2f} ms, forwarder "
+                  f"{ttfb[1]:.2f} ms, gateway {ttfb[2]:.2f} ms (+{ttfb[2] - ttfb[1]:.2f} over the forwarder; "
+                  "goal <= +0.5)")
             completed, seconds = asyncio.run(open_streams(gateway, key, 1000))
             print(f"1,000 concurrent streams (each about 2 s long) through one worker: {completed} completed "
                   f"in {seconds:.1f} s")
