@@ -76,9 +76,11 @@ class Call:
 
     async def respond(self, status: int, body: bytes, headers: list | None = None,
                       content_type: bytes = b"application/json") -> None:
+        """A whole answer, with its Content-Length (no chunked encoding)."""
         self.status = status
         await self.send({"type": "http.response.start", "status": status,
-                         "headers": self.response_headers(content_type) + (headers or [])})
+                         "headers": [*self.response_headers(content_type), *(headers or []),
+                                     (b"content-length", str(len(body)).encode())]})
         await self.send({"type": "http.response.body", "body": body})
 
     async def refuse(self, refusal: Refusal) -> None:

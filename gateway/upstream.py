@@ -4,6 +4,8 @@ aiohttp, not httpx: httpx's pool collapses with hundreds of requests in flight (
 see the gateway issue). The connection limit is raised well past aiohttp's default of 100.
 """
 
+import functools
+
 import aiohttp
 from django.conf import settings
 
@@ -21,8 +23,12 @@ FORWARDED_RESPONSE_PREFIXES = ("x-request-id", "request-id", "openai-", "anthrop
 
 def timeout() -> aiohttp.ClientTimeout:
     """No total limit (a stream may last minutes); connect and between-reads limits from settings."""
-    return aiohttp.ClientTimeout(total=None, sock_connect=settings.GATEWAY_CONNECT_TIMEOUT,
-                                 sock_read=settings.GATEWAY_READ_TIMEOUT)
+    return _timeout(settings.GATEWAY_CONNECT_TIMEOUT, settings.GATEWAY_READ_TIMEOUT)
+
+
+@functools.lru_cache(maxsize=8)
+def _timeout(connect: float, read: float) -> aiohttp.ClientTimeout:  # one object per request path, not per request
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
 
 
 def open_session() -> aiohttp.ClientSession:

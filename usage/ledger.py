@@ -393,7 +393,8 @@ class PostgresWriter:
 
     async def _prepare(self, conn: psycopg.AsyncConnection) -> None:
         """Each new connection of the pool: its prepared UPSERTs."""
-        await pgwire.run(conn, "; ".join(sql.prepare(name, text) for text, name in self.prepared.items()))
+        if self.prepared:
+            await pgwire.run(conn, "; ".join(sql.prepare(name, text) for text, name in self.prepared.items()))
 
     async def write(self, deltas: list[UsageDelta], attempt: WriteAttempt | None = None) -> None:
         """One transaction: the watermark lock (which reads the txid), the 5-minute UPSERTs, the
@@ -425,13 +426,28 @@ class PostgresWriter:
         except asyncio.CancelledError:
             await self._release(conn, broken=True)  # abandoned by a caller that stopped waiting: never reused
             raise
+        except psycopg.errors.InvalidSqlStatementName:
+            # A prepared UPSERT is missing (a pooler between us and PostgreSQL that does not keep the
+            # session): nothing was committed (it failed before COMMIT). Write it as plain text from
+            # now on, starting with this batch.
+            await self._end(conn)
+            if not self.prepared:
+                raise
+            logger.warning("the ledger's prepared statements are missing on the server (transaction pooling?); "
+                           "writing without them")
+            self.prepared = {}
+            await self.write(deltas, attempt)
         except BaseException:
             # A statement failed: the statements after it, COMMIT included, did not run. End the
             # transaction before the connection is reused.
-            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                await pgwire.run(conn, "ROLLBACK")
-            await self._release(conn)
+            await self._end(conn)
             raise
+
+    async def _end(self, conn: psycopg.AsyncConnection) -> None:
+        """Roll back what a failed statement left open, and return the connection to the pool."""
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await pgwire.run(conn, "ROLLBACK")
+        await self._release(conn)
 
     def _take_armed(self) -> _Armed | None:
         while self._armed:

@@ -1,0 +1,167 @@
+"""The gateway's ledger writer on PostgreSQL (usage.ledger.PostgresWriter, usage.pgwire): one round
+trip per batch on an armed connection, the armed transaction's lock given back when idle, prepared
+UPSERTs (and plain text when a pooler loses them), statement errors in psycopg's classes."""
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from usage import pgwire, sql
+from usage.ledger import PostgresWriter, UsageDelta, WriteAttempt, postgres_conninfo
+from usage.models import FiveMinuteUsage
+from usage.rollups import ensure_state
+
+T0 = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+
+pytestmark = [pytest.mark.postgres_only, pytest.mark.django_db(transaction=True)]
+
+
+def delta(owner, facade, tokens, user_id=None):
+    """`owner`: (user id, key id); `user_id` instead of the owner's: a user the database refuses."""
+    return UsageDelta(id=uuid.uuid4().hex, user_id=user_id or owner[0], key_id=owner[1], facade_id=facade.pk, at=T0,
+                      input_tokens=tokens, cost_nanos=tokens * 1000)
+
+
+@pytest.fixture
+def alice_key(alice):
+    from gateway.models import ApiKey
+
+    ApiKey.objects.create_key(user=alice, name="writer test")
+    return alice.pk, alice.api_keys.get().pk
+
+
+def totals():
+    rows = list(FiveMinuteUsage.objects.all())
+    return sum(r.requests for r in rows), sum(r.input_tokens for r in rows), sum(r.cost_nanos for r in rows)
+
+
+async def with_writer(scenario):
+    writer = PostgresWriter(postgres_conninfo(), 2, timeout=2.0)
+    await writer.open()
+    try:
+        return await scenario(writer)
+    finally:
+        await writer.close()
+
+
+def watermark_lock_is_free() -> bool:
+    """What a rollup asks first: the watermark row FOR UPDATE (here NOWAIT: busy -> False)."""
+    with psycopg.connect(postgres_conninfo(), autocommit=True) as conn:
+        try:
+            with conn.transaction():
+                conn.execute(f"SELECT watermark FROM {sql.STATE_TABLE} WHERE id = 1 FOR UPDATE NOWAIT")
+            return True
+        except psycopg.errors.LockNotAvailable:
+            return False
+
+
+def test_a_write_leaves_the_next_one_armed_and_it_commits_in_one_round_trip(alice_key, gpt):
+    ensure_state()
+
+    async def scenario(writer):
+        first, second = WriteAttempt(), WriteAttempt()
+        await writer.write([delta(alice_key, gpt, 10), delta(alice_key, gpt, 20)], first)
+        assert len(writer._armed) == 1  # the next transaction is open, its txid known
+        armed_txid = writer._armed[0].locked[0][0]
+        assert armed_txid > first.txid
+        sent = []
+        run = pgwire.run
+
+        async def counting(conn, text):
+            sent.append(text)
+            return await run(conn, text)
+
+        pgwire.run = counting
+        try:
+            await writer.write([delta(alice_key, gpt, 30)], second)
+        finally:
+            pgwire.run = run
+        assert second.txid == armed_txid
+        assert len(sent) == 1  # UPSERT; COMMIT; BEGIN; lock
+        assert sent[0].startswith("EXECUTE codevector_add_5min_1(") and "; COMMIT; BEGIN; " in sent[0]
+        return watermark_lock_is_free()
+
+    lock_free_while_armed = asyncio.run(with_writer(scenario))
+    assert lock_free_while_armed is False  # the armed transaction holds the watermark's share lock
+    assert totals() == (3, 60, 60_000)
+    assert watermark_lock_is_free()  # closing the writer rolled it back
+
+
+def test_an_idle_armed_transaction_gives_the_watermark_back_for_rollups(alice_key, gpt):
+    ensure_state()
+
+    async def scenario(writer):
+        await writer.write([delta(alice_key, gpt, 5)])
+        held = watermark_lock_is_free()
+        started = time.monotonic()
+        while not watermark_lock_is_free():
+            assert time.monotonic() - started < PostgresWriter.ARMED_SECONDS + 2, "the armed lock was never released"
+            await asyncio.sleep(0.02)
+        await writer.write([delta(alice_key, gpt, 7)])  # a fresh transaction: two round trips, same result
+        return held
+
+    assert asyncio.run(with_writer(scenario)) is False
+    assert totals() == (2, 12, 12_000)
+
+
+def test_a_refused_delta_raises_psycopgs_error_and_the_connection_serves_again(alice_key, gpt):
+    ensure_state()
+
+    async def scenario(writer):
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):  # a user deleted meanwhile, say
+            await writer.write([delta(alice_key, gpt, 1, user_id=alice_key[0] + 10_000)])
+        assert not writer._armed
+        await writer.write([delta(alice_key, gpt, 9)])
+
+    asyncio.run(with_writer(scenario))
+    assert totals() == (1, 9, 9_000)
+
+
+def test_lost_prepared_statements_fall_back_to_plain_text_without_losing_the_batch(alice_key, gpt):
+    ensure_state()
+
+    async def scenario(writer):
+        await writer.write([delta(alice_key, gpt, 1)])
+        # What a transaction-pooling proxy does: the next statement lands in a session that never
+        # prepared them.
+        await pgwire.run(writer._armed[0].conn, "DEALLOCATE ALL")
+        await writer.write([delta(alice_key, gpt, 2), delta(alice_key, gpt, 4)])
+        assert writer.prepared == {}
+        await writer.write([delta(alice_key, gpt, 8)])
+
+    asyncio.run(with_writer(scenario))
+    assert totals() == (4, 15, 15_000)
+
+
+def test_pgwire_returns_every_result_and_raises_the_failing_statements_class(db):
+    async def scenario():
+        conn = await psycopg.AsyncConnection.connect(postgres_conninfo(), autocommit=True)
+        try:
+            results = await pgwire.run(conn, "SELECT 1; SELECT 'two', NULL")
+            assert [pgwire.text(r) for r in results] == ["1", "two"]
+            assert pgwire.text(results[1], 0, 1) is None
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                await pgwire.run(conn, "BEGIN; SELECT 1/0; SELECT 3")
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+            await pgwire.run(conn, "ROLLBACK")
+            assert pgwire.text((await pgwire.run(conn, "SELECT 3"))[0]) == "3"
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
+
+
+def test_literals_take_integers_and_aware_times_only():
+    assert sql.literal(42) == "42"
+    assert sql.literal(True) == "1"
+    assert sql.literal(T0) == "'2026-07-01T09:00:00+00:00'::timestamptz"
+    for refused in ("1; DROP TABLE x", 1.5, None, datetime(2026, 1, 1)):
+        with pytest.raises(TypeError):
+            sql.literal(refused)
+    assert sql.render([("SELECT %s, %s", [1, 2]), ("SELECT %s", [3])]) == "SELECT 1, 2; SELECT 3"
+    assert sql.render([("INSERT %s", [7])], {"INSERT %s": "p1"}) == "EXECUTE p1(7)"
+    assert sql.prepare("p2", "VALUES (%s, %s), (%s)") == "PREPARE p2 AS VALUES ($1, $2), ($3)"
