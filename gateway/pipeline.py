@@ -38,6 +38,10 @@ class Route(NamedTuple):
     billed: bool = True  # False: a free call (token counting), forwarded but neither budgeted nor recorded
 
 
+def too_large(limit: int) -> Refusal:
+    return Refusal(413, f"Request body is larger than the gateway's limit of {limit} bytes.", code="request_too_large")
+
+
 class Pipeline:
     """The request steps, over the snapshots and store of one gateway process (`gateway.app`)."""
 
@@ -79,23 +83,25 @@ class Pipeline:
 
     @staticmethod
     async def read_body(call: Call, limit: int) -> bytes:
-        too_large = Refusal(413, f"Request body is larger than the gateway's limit of {limit} bytes.",
-                            code="request_too_large")
         declared = call.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise too_large
+            raise too_large(limit)
+        message = await call.receive()
+        body = message.get("body", b"")
+        if message["type"] == "http.request" and not message.get("more_body") and len(body) <= limit:
+            return body  # the usual case: the whole body in one message
         chunks, size = [], 0
         while True:
-            message = await call.receive()
             if message["type"] == "http.disconnect":
                 raise Refusal(400, "The client went away before sending the whole body.")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)
+            message = await call.receive()
 
     @staticmethod
     def parse(raw: bytes) -> dict:

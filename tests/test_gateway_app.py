@@ -239,6 +239,31 @@ def test_an_oversized_body_gets_a_413(gw, settings):
     assert ledger()["requests"] == 0
 
 
+def test_a_chunked_body_is_read_whole_and_one_past_the_limit_gets_a_413(gw, settings):
+    """Without Content-Length the body arrives in several messages: each is read, and the limit
+    still holds."""
+    import http.client
+
+    settings.GATEWAY_MAX_BODY_BYTES = 2048
+    host, port = gw.url.removeprefix("http://").split(":")
+
+    def post_chunked(body: bytes):
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        pieces = [body[i:i + 100] for i in range(0, len(body), 100)]
+        connection.request("POST", "/v1/chat/completions", body=iter(pieces), encode_chunked=True, headers={
+            "authorization": f"Bearer {gw.key}", "content-type": "application/json", "transfer-encoding": "chunked"})
+        response = connection.getresponse()
+        answer = response.status, json.loads(response.read())
+        connection.close()
+        return answer
+
+    status, answer = post_chunked(json.dumps({"model": "gpt-test", "messages": chat("hello " * 100)}).encode())
+    assert status == 200 and answer["model"] == "gpt-test"
+    status, answer = post_chunked(json.dumps({"model": "gpt-test", "messages": chat("x" * 4000)}).encode())
+    assert status == 413 and answer["error"]["code"] == "request_too_large"
+    assert ledger()["requests"] == 1
+
+
 # --- upstream failures: recorded as errors ----------------------------------------------------
 
 
