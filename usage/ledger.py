@@ -243,12 +243,14 @@ class GroupCommitter:
     """One writer task per process: takes every delta waiting, writes them in one transaction,
     then releases each waiting caller (or raises the write's error in each).
 
-    Up to `batches_in_flight` batches are written at once, on their own connections: while one
-    waits for its COMMIT's disk flush, the next is already sent, so the flushes follow each other
-    without idle round trips between them (a hot bucket row serialises them; other rows do not
-    wait at all). Each batch locks its rows in key order (merge_deltas), so batches never deadlock."""
+    Up to `batches_in_flight` batches are written at once, on their own connections (each batch
+    locks its rows in key order, merge_deltas, so batches never deadlock). One by default: every
+    delta that arrives while a batch commits joins the next, and fewer, larger batches cost this
+    process and the database less per request (bench/gateway.py at 16 in flight: 58 % of the
+    forwarder against 52 % with two, medians of ten interleaved rounds); since a write is one round
+    trip (PostgresWriter), a second batch in flight no longer hides a round trip."""
 
-    def __init__(self, write_batch: WriteBatch, batches_in_flight: int = 2):
+    def __init__(self, write_batch: WriteBatch, batches_in_flight: int = 1):
         self._write_batch = write_batch
         self._pending: list[tuple[UsageDelta, asyncio.Future]] = []
         self._wakeup = asyncio.Event()
