@@ -446,10 +446,18 @@ class PostgresWriter:
             raise
 
     async def _end(self, conn: psycopg.AsyncConnection) -> None:
-        """Roll back what a failed statement left open, and return the connection to the pool."""
-        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            await pgwire.run(conn, "ROLLBACK")
-        await self._release(conn)
+        """Roll back what a failed statement left open, and return the connection to the pool
+        (closed, if even the ROLLBACK fails or is cut short)."""
+        try:
+            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await pgwire.run(conn, "ROLLBACK")
+        except (psycopg.Error, OSError):
+            await self._release(conn, broken=True)
+        except asyncio.CancelledError:
+            await self._release(conn, broken=True)
+            raise
+        else:
+            await self._release(conn)
 
     def _take_armed(self) -> _Armed | None:
         while self._armed:
