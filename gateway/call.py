@@ -4,9 +4,7 @@
 import itertools
 import logging
 import secrets
-import time
-from dataclasses import dataclass, field
-from functools import cached_property
+from time import monotonic
 
 import orjson
 
@@ -47,26 +45,30 @@ class Refusal(Exception):
         self.headers = headers or []
 
 
-@dataclass
 class Call:
-    """One request on its way through the gateway."""
+    """One request on its way through the gateway (a plain class with slots: one is made per request)."""
 
-    scope: dict
-    receive: object
-    send: object
-    protocol: object = openai
-    request_id: str = field(default_factory=request_ids.new)
-    started: float = field(default_factory=time.monotonic)
-    key: KeyInfo | None = None
-    facade: FacadeInfo | None = None
-    status: int = 0
-    usage: Usage | None = None
-    cost: int | None = None
-    extra_headers: list = field(default_factory=list)
+    __slots__ = ("scope", "receive", "send", "protocol", "request_id", "started", "key", "facade", "status", "usage",
+                 "cost", "extra_headers", "_headers")
 
-    @cached_property
+    def __init__(self, scope: dict, receive, send, protocol=openai):
+        self.scope, self.receive, self.send, self.protocol = scope, receive, send, protocol
+        self.request_id: str = request_ids.new()
+        self.started: float = monotonic()
+        self.key: KeyInfo | None = None
+        self.facade: FacadeInfo | None = None
+        self.status = 0
+        self.usage: Usage | None = None
+        self.cost: int | None = None
+        self.extra_headers: list[tuple[bytes, bytes]] = []
+        self._headers: dict[str, str] | None = None
+
+    @property
     def headers(self) -> dict[str, str]:
-        return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope["headers"]}
+        """The request's headers by name (ASGI servers give the names in lower case)."""
+        if self._headers is None:
+            self._headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope["headers"]}
+        return self._headers
 
     def response_headers(self, content_type: bytes) -> list[tuple[bytes, bytes]]:
         headers = [(b"content-type", content_type), (b"x-codevector-request-id", self.request_id.encode())]
@@ -101,5 +103,5 @@ class Call:
             "cached_input_tokens": usage.cached_input_tokens, "cache_write_tokens": usage.cache_write_tokens,
             "output_tokens": usage.output_tokens, "reasoning_tokens": usage.reasoning_tokens, "estimated": usage.estimated,
             "cost_usd": usd_exact(self.cost) if self.cost is not None else None,
-            "latency_ms": round((time.monotonic() - self.started) * 1000, 2),
+            "latency_ms": round((monotonic() - self.started) * 1000, 2),
         }).decode())

@@ -21,6 +21,7 @@ from gateway.call import Call, Refusal
 from gateway.catalog import FacadeInfo
 from gateway.keys import load_key, presented_key
 from gateway.providers import SSEReader, Unsupported, Usage, anthropic, strict_json
+from usage.budgets import NO_BUDGET
 from usage.ledger import UsageDelta
 from usage.pricing import cost_nanos
 
@@ -137,6 +138,8 @@ class Pipeline:
 
     def check_budgets(self, call: Call) -> None:
         verdict = self.gateway.budgets.check(call.key.user_id, datetime.now(UTC))
+        if verdict is NO_BUDGET:
+            return
         call.extra_headers += [(name.encode(), value.encode()) for name, value in verdict.headers]
         if verdict.refusal is not None:
             raise Refusal(429, verdict.refusal, type="budget_exceeded", code="budget_exceeded")
@@ -208,7 +211,7 @@ class Pipeline:
             raise Refusal(502, f"The upstream for '{call.facade.name}' dropped the connection.",
                           code="upstream_unreachable") from None
         content_type = response.headers.get("content-type", "application/json").encode("latin-1")
-        await call.respond(response.status, data, upstream.response_headers(response.headers), content_type)
+        await call.respond(response.status, data, upstream.response_headers(response.raw_headers), content_type)
 
     async def whole_response(self, call: Call, response: aiohttp.ClientResponse, body: dict) -> None:
         try:
@@ -224,7 +227,7 @@ class Pipeline:
         content_type = response.headers.get("content-type", "application/json").encode("latin-1")
         if response.status >= 400:
             await self.record(call, Usage(), error=True)
-            await call.respond(response.status, data, upstream.response_headers(response.headers), content_type)
+            await call.respond(response.status, data, upstream.response_headers(response.raw_headers), content_type)
             return
         try:
             data, usage = call.protocol.finish_response(data, call.facade.name, body)
@@ -233,7 +236,7 @@ class Pipeline:
             raise Refusal(502, f"The upstream for '{call.facade.name}' answered with something that is not JSON.",
                           code="upstream_bad_response")
         await self.record(call, usage)
-        await call.respond(response.status, data, upstream.response_headers(response.headers), content_type)
+        await call.respond(response.status, data, upstream.response_headers(response.raw_headers), content_type)
 
     async def streamed_response(self, call: Call, response: aiohttp.ClientResponse, body: dict,
                                 caller_wants_usage: bool) -> None:
@@ -244,7 +247,7 @@ class Pipeline:
         call.status = response.status
         await call.send({"type": "http.response.start", "status": response.status,
                          "headers": call.response_headers(b"text/event-stream; charset=utf-8")
-                         + [(b"cache-control", b"no-cache")] + upstream.response_headers(response.headers)})
+                         + [(b"cache-control", b"no-cache")] + upstream.response_headers(response.raw_headers)})
         recorded = False
         error = False
         try:

@@ -44,6 +44,10 @@ def request_headers(caller_headers: dict[str, str], credential_headers: dict[str
     return headers
 
 
-def response_headers(upstream_headers) -> list[tuple[bytes, bytes]]:
-    return [(name.lower().encode(), value.encode("latin-1", errors="replace"))
-            for name, value in upstream_headers.items() if name.lower().startswith(FORWARDED_RESPONSE_PREFIXES)]
+_FORWARDED_RESPONSE_PREFIXES = tuple(prefix.encode() for prefix in FORWARDED_RESPONSE_PREFIXES)
+
+
+def response_headers(raw_headers) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers a caller may see, from aiohttp's `raw_headers`: names in lower case,
+    values as the upstream sent them (bytes, never decoded and re-encoded)."""
+    return [(name.lower(), value) for name, value in raw_headers if name.lower().startswith(_FORWARDED_RESPONSE_PREFIXES)]

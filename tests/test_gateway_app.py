@@ -366,7 +366,10 @@ def test_only_allowlisted_headers_reach_the_upstream_and_the_facade_credential_r
     for name in ("cookie", "x-forwarded-for", "proxy-authorization", "x-canary", "x-forwarded-host", "x-api-key"):
         assert name not in seen, name
     assert not any("canary" in value for value in seen.values())
-    assert "set-cookie" not in {k.lower() for k in headers}
+    names = {k.lower(): v for k, v in headers.items()}
+    assert "set-cookie" not in names
+    # The upstream's rate-limit and processing headers reach the caller, names in lower case.
+    assert (names["x-ratelimit-remaining-requests"], names["openai-processing-ms"]) == ("499", "7")
 
 
 def test_an_unset_upstream_credential_is_a_502_without_forwarding(gw, monkeypatch):

@@ -269,6 +269,8 @@ class BudgetBook:
 
     def check(self, user_id: int, now: datetime) -> BudgetVerdict:
         """The gateway's one question per request, answered from the snapshot (no database)."""
+        if not self._applies_to(user_id):
+            return NO_BUDGET
         return verdict(self.states(user_id, now))
 
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
+from operator import add
 
 import psycopg
 from django.db import connections, transaction
@@ -47,10 +48,10 @@ class UsageDelta(Counters):
     def __post_init__(self):
         if self.at.tzinfo is None:
             raise ValueError("a usage delta needs a timezone-aware time")
-        for name in COUNTERS:
-            value = getattr(self, name)
-            if type(value) is not int:
-                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        values = counter_values(self)
+        if not all(type(value) is int for value in values):  # one pass; the message names the first culprit
+            name, value = next((n, v) for n, v in zip(COUNTERS, values) if type(v) is not int)
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
 
     @property
     def bucket_start(self) -> datetime:
@@ -88,16 +89,18 @@ Key = tuple[datetime, int, int, int]  # bucket start, user, API key, facade
 def merge_deltas(deltas: Iterable[UsageDelta]) -> dict[Key, list[int]]:
     """Sum deltas per bucket key, in key order (a fixed lock order: no deadlocks between writers)."""
     merged: dict[Key, list[int]] = {}
+    starts: dict[datetime, datetime] = {}  # a batch's deltas share a few instants' buckets
     for delta in deltas:
         if delta.key_id is None:
             raise ValueError(f"delta {delta.id} has no API key: resolve it with with_reserved_keys() first")
-        key = (delta.bucket_start, delta.user_id, delta.key_id, delta.facade_id)
-        counters = delta.counters()
-        if key in merged:
-            merged[key] = [a + b for a, b in zip(merged[key], counters)]
-        else:
-            merged[key] = list(counters)
-    return dict(sorted(merged.items()))
+        start = starts.get(delta.at)
+        if start is None:
+            start = starts[delta.at] = five_minute_start(delta.at)
+        key = (start, delta.user_id, delta.key_id, delta.facade_id)
+        counters = counter_values(delta)
+        known = merged.get(key)
+        merged[key] = list(counters) if known is None else list(map(add, known, counters))
+    return dict(sorted(merged.items())) if len(merged) > 1 else merged
 
 
 Statement = tuple[str, list]

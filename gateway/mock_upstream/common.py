@@ -6,7 +6,9 @@ FAILURES = ("fail-500", "fail-429", "fail-timeout", "fail-drop", "no-usage", "st
 REASONING_TOKENS = 16  # reported by the Responses API mock, part of its output tokens
 # Chat completions answers carry a cookie, as real upstreams behind a load balancer may: the
 # gateway must never pass it on to its callers.
-CHAT_HEADERS = {"set-cookie": "mock_session=abc; Path=/"}
+# A cookie the gateway must not pass on, and the kind of headers it must (names as upstreams spell them).
+CHAT_HEADERS = {"set-cookie": "mock_session=abc; Path=/", "X-Ratelimit-Remaining-Requests": "499",
+                "OpenAI-Processing-MS": "7"}
 
 
 def _text(value) -> str:
