@@ -101,6 +101,58 @@ def test_group_commit_releases_each_caller_after_its_delta_is_committed(alice, g
     }
 
 
+def test_the_committer_polls_only_while_a_batch_is_in_flight_and_never_past_its_bound():
+    """USAGE_COMMIT_SPIN_SECONDS: the loop turns without sleeping while a batch is written, and stops
+    at once when the batch is done, or when the bound is reached with the batch still out."""
+
+    async def spin_turns(write_seconds: float, spin_seconds: float) -> tuple[int, bool]:
+        """Turns of the loop during a write, counted by a callback that re-arms itself each turn
+        only while the committer spins (a sleeping loop takes one turn per timer)."""
+        loop = asyncio.get_running_loop()
+        turns = 0
+
+        async def write(deltas):
+            await asyncio.sleep(write_seconds)
+
+        committer = GroupCommitter(write, spin_seconds=spin_seconds)
+
+        def watch():
+            nonlocal turns
+            if committer._spinning:
+                turns += 1
+            if not done.done():
+                loop.call_soon(watch)
+
+        done = loop.create_future()
+        recorded = loop.create_task(committer.record(None))
+        loop.call_soon(watch)
+        await recorded
+        done.set_result(None)
+        spinning_after = committer._spinning
+        await committer.close()
+        return turns, spinning_after
+
+    turns_off, _ = asyncio.run(spin_turns(0.05, 0.0))
+    turns_on, left_on = asyncio.run(spin_turns(0.05, 0.2))
+    assert turns_off == 0 and turns_on > 100 and left_on is False
+
+    async def bounded() -> tuple[bool, bool]:
+        async def write(deltas):
+            await asyncio.sleep(0.15)
+
+        committer = GroupCommitter(write, spin_seconds=0.02)
+        recorded = asyncio.get_running_loop().create_task(committer.record(None))
+        await asyncio.sleep(0.005)
+        early = committer._spinning
+        await asyncio.sleep(0.05)  # past the bound, the batch still out
+        late = committer._spinning
+        await recorded
+        await committer.close()
+        return early, late
+
+    assert asyncio.run(bounded()) == (True, False)
+
+
 def test_the_upsert_statement_names_every_counter():
     statement = ledger.sql.add_counters("usage_bucket_5min", 2)
     assert statement.count("(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)") == 2  # 4 key columns, 9 counters

@@ -81,7 +81,7 @@ class UsageStore:
         self.retry_seconds = settings.USAGE_DB_RETRY_SECONDS
         self.writer = make_writer(pool_size=settings.GATEWAY_DB_POOL_SIZE, timeout=settings.USAGE_DB_TIMEOUT_SECONDS,
                                   synchronous_commit=settings.USAGE_SYNCHRONOUS_COMMIT)
-        self.committer = GroupCommitter(self._write_batch)
+        self.committer = GroupCommitter(self._write_batch, spin_seconds=settings.USAGE_COMMIT_SPIN_SECONDS)
         self.buffer = BufferWriter(self.buffer_dir, settings.USAGE_BUFFER_MAX_FILE_BYTES)
         # One thread for buffer appends (ordered, never blocking the event loop on fsync) and
         # one for draining through Django's connection.
