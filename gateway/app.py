@@ -8,6 +8,7 @@ aiohttp session.
 """
 
 import asyncio
+import gc
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,13 @@ STORED_RESPONSES = ("Stored responses cannot be retrieved, cancelled or deleted 
                     "/v1/responses/{id}, POST /v1/responses/{id}/cancel, GET /v1/responses/{id}/input_items): "
                     "chain turns with previous_response_id in POST /v1/responses instead.")
 TOUCH_KEYS_SECONDS = 60
+# The garbage collector's thresholds once a worker has started (Python's default: 700, 10, 10).
+# Each request leaves a few reference cycles behind (aiohttp's response and connection, asyncio's
+# futures), so the young generation fills ~150 times a second; at the defaults a full collection
+# followed every second or so and walked every object of Django and the gateway (~50 ms here: the
+# p99 at 200 requests in flight). Started objects are frozen out of the collector's walks
+# (gc.freeze) and the young generation is collected ~14 times less often (README, Performance).
+GC_THRESHOLDS = (10_000, 20, 100)
 
 
 # OpenAI-shaped organization usage and costs are database reads for dashboards: Django serves them
@@ -51,6 +59,14 @@ DJANGO_UNDER_V1 = "/v1/organization/"
 
 def is_gateway_path(path: str) -> bool:
     return (path.startswith("/v1/") and not path.startswith(DJANGO_UNDER_V1)) or path in PROBES
+
+
+def tune_gc() -> None:
+    """Collect what starting left behind, freeze the survivors (modules, Django, the snapshots) out
+    of every later collection, and collect the young generation less often (GC_THRESHOLDS)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class GatewayApp:
@@ -103,6 +119,7 @@ class GatewayApp:
             self._tasks = [loop.create_task(self._refresh_forever(), name="gateway-cache-refresh"),
                            loop.create_task(self._touch_keys_forever(), name="gateway-key-last-used")]
             self._started = True
+            tune_gc()
 
     async def stop(self) -> None:
         """After the server has let requests in flight finish: commit every pending delta."""

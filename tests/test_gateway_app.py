@@ -415,3 +415,13 @@ def test_random_keys_cannot_flood_the_database_with_lookups(gw, settings):
     _, fresh = ApiKey.objects.create_key(gw.user)
     client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=fresh, max_retries=0)
     assert client.models.list().data  # a real new key still gets through the gateway's own bucket
+
+
+def test_a_started_gateway_freezes_its_startup_objects_and_collects_young_objects_less_often(gw):
+    """gateway.app.tune_gc, run once the gateway has started (here under uvicorn's lifespan)."""
+    import gc
+
+    from gateway.app import GC_THRESHOLDS
+
+    assert gc.get_threshold() == GC_THRESHOLDS == (10_000, 20, 100)
+    assert gc.get_freeze_count() > 10_000  # Django, the gateway and their modules: not walked again
