@@ -5,6 +5,7 @@ background with each user's exact spend from the read module, plus the spend thi
 recorded since. Everything here that the gateway calls per request is pure Python, no database.
 """
 
+import functools
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -123,6 +124,13 @@ class BudgetVerdict:
 NO_BUDGET = BudgetVerdict()
 
 
+@functools.lru_cache(maxsize=64)
+def reset_header(resets_at: datetime) -> str:
+    """When a budget resets, in the gateway's time zone (settings.TIME_ZONE; the gateway activates
+    no other), as its headers say it: the same few instants on every request, formatted once."""
+    return timezone.localtime(resets_at, timezone.get_default_timezone()).isoformat()
+
+
 def verdict(states: list[BudgetState]) -> BudgetVerdict:
     """The tightest budget (the tightest exceeded one, if any) in headers; refused if any is exceeded."""
     over = [s for s in states if s.exceeded]
@@ -132,7 +140,7 @@ def verdict(states: list[BudgetState]) -> BudgetVerdict:
     headers = [("x-codevector-budget-limit-usd", usd_exact(tight.rule.limit_nanos)),
                ("x-codevector-budget-remaining-usd", usd_exact(max(tight.remaining_nanos, 0)))]
     if tight.resets_at:
-        headers.append(("x-codevector-budget-reset", timezone.localtime(tight.resets_at).isoformat()))
+        headers.append(("x-codevector-budget-reset", reset_header(tight.resets_at)))
     if any(s.warning for s in states):
         headers.append(("x-codevector-budget-warning", "true"))
     return BudgetVerdict(tuple(headers), over[0].refusal_message() if over else None)
