@@ -11,6 +11,7 @@ UPSERT and the late-data path); the sync and async drivers run the very same sta
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -303,8 +304,10 @@ class GroupCommitter:
         of sleeping: a callback always ready makes each turn of the loop look for I/O without
         blocking. On a virtual machine whose idle CPU halts (a VM exit), waking up for the commit's
         answer costs more than the wait; the requests waiting on the batch pay it
-        (settings.USAGE_COMMIT_SPIN_SECONDS)."""
+        (settings.USAGE_COMMIT_SPIN_SECONDS). Each turn yields the CPU to any process waiting for
+        it (sched_yield): the database answering the batch may be one."""
         if self._writing and time.monotonic() < until:
+            _yield_cpu()  # PostgreSQL or the upstream, if waiting for this CPU, run first
             loop.call_soon(self._spin, loop, until)
         else:
             self._spinning = False
@@ -331,6 +334,9 @@ class GroupCommitter:
             self._wakeup.set()
             await self._task
             self._task = None
+
+
+_yield_cpu = getattr(os, "sched_yield", lambda: None)
 
 
 @dataclass
