@@ -216,7 +216,7 @@ USAGE_SYNCHRONOUS_COMMIT = env_bool("USAGE_SYNCHRONOUS_COMMIT", True)
 # While a ledger batch is in flight, the gateway's event loop polls for at most this long instead of
 # sleeping until the commit answers (0: it sleeps). On virtual machines whose idle CPUs halt, the
 # wake-up costs more than the wait: polling there raised one worker's throughput at 16 requests in
-# flight by about a tenth (README, Performance), for the CPU of one core during each commit.
+# flight by 2-10 points of the forwarder's (README, Performance), for the CPU of one core during commits.
 USAGE_COMMIT_SPIN_SECONDS = env_float("USAGE_COMMIT_SPIN_SECONDS", 0.002, minimum=0)
 
 # --- Rollups ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from operator import add
 
 import psycopg
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 # Rows per statement: 500 x 11 parameters stays far below SQLite's and PostgreSQL's limits.
 ROWS_PER_STATEMENT = 500
 BUCKET_SECONDS = 300
+BUCKET = timedelta(seconds=BUCKET_SECONDS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,13 +92,13 @@ Key = tuple[datetime, int, int, int]  # bucket start, user, API key, facade
 def merge_deltas(deltas: Iterable[UsageDelta]) -> dict[Key, list[int]]:
     """Sum deltas per bucket key, in key order (a fixed lock order: no deadlocks between writers)."""
     merged: dict[Key, list[int]] = {}
-    starts: dict[datetime, datetime] = {}  # a batch's deltas share a few instants' buckets
+    start = end = None  # the last delta's bucket: a batch's deltas nearly all share one
     for delta in deltas:
         if delta.key_id is None:
             raise ValueError(f"delta {delta.id} has no API key: resolve it with with_reserved_keys() first")
-        start = starts.get(delta.at)
-        if start is None:
-            start = starts[delta.at] = five_minute_start(delta.at)
+        if start is None or not start <= delta.at < end:
+            start = five_minute_start(delta.at)
+            end = start + BUCKET
         key = (start, delta.user_id, delta.key_id, delta.facade_id)
         counters = counter_values(delta)
         known = merged.get(key)

@@ -4,9 +4,9 @@ import math
 
 FAILURES = ("fail-500", "fail-429", "fail-timeout", "fail-drop", "no-usage", "stream-error", "incomplete")
 REASONING_TOKENS = 16  # reported by the Responses API mock, part of its output tokens
-# Chat completions answers carry a cookie, as real upstreams behind a load balancer may: the
-# gateway must never pass it on to its callers.
-# A cookie the gateway must not pass on, and the kind of headers it must (names as upstreams spell them).
+# Chat completions answers carry a cookie, as real upstreams behind a load balancer may (the
+# gateway must never pass it on to its callers), and rate-limit and processing headers spelt as
+# upstreams spell them (the gateway passes those on).
 CHAT_HEADERS = {"set-cookie": "mock_session=abc; Path=/", "X-Ratelimit-Remaining-Requests": "499",
                 "OpenAI-Processing-MS": "7"}
 
