@@ -56,13 +56,6 @@ class UsageDelta(Counters):
             name, value = next((n, v) for n, v in zip(COUNTERS, values) if type(v) is not int)
             raise TypeError(f"{name} must be an int, not {type(value).__name__}")
 
-    @property
-    def bucket_start(self) -> datetime:
-        return five_minute_start(self.at)
-
-    def counters(self) -> tuple[int, ...]:
-        return counter_values(self)
-
     def to_dict(self) -> dict:
         data = asdict(self)
         data["at"] = self.at.isoformat()
@@ -243,6 +236,7 @@ def record(delta: UsageDelta, using: str = "default") -> None:
 # --- async group commit (the gateway) ---------------------------------------------------------
 
 WriteBatch = Callable[[list[UsageDelta]], Awaitable[None]]
+_yield_cpu = getattr(os, "sched_yield", lambda: None)  # GroupCommitter._spin; a no-op where the OS has none
 
 
 class GroupCommitter:
@@ -335,9 +329,6 @@ class GroupCommitter:
             self._wakeup.set()
             await self._task
             self._task = None
-
-
-_yield_cpu = getattr(os, "sched_yield", lambda: None)
 
 
 @dataclass
