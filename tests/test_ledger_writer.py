@@ -137,6 +137,36 @@ def test_lost_prepared_statements_fall_back_to_plain_text_without_losing_the_bat
     assert totals() == (4, 15, 15_000)
 
 
+def test_a_lost_lock_statement_after_commit_leaves_the_outcome_to_txid_status_never_to_a_rewrite(alice_key, gpt):
+    """More rows than are prepared go as plain text; the prepared lock after COMMIT then fails with
+    the batch already committed: the writer says the outcome is unknown (the store asks
+    txid_status()), it does not write the batch a second time."""
+    from datetime import timedelta
+
+    from usage.ledger import PREPARED_ROWS, CommitOutcomeUnknown
+
+    ensure_state()
+    spread = [replace_at(delta(alice_key, gpt, 1), T0 + timedelta(minutes=5 * n)) for n in range(PREPARED_ROWS + 1)]
+
+    async def scenario(writer):
+        await writer.write([delta(alice_key, gpt, 100)])
+        await pgwire.run(writer._armed[0].conn, f"DEALLOCATE {writer.LOCK_NAME}")
+        with pytest.raises(CommitOutcomeUnknown) as raised:
+            await writer.write(spread)
+        assert await writer.txid_status(raised.value.txid) == "committed"
+        assert writer.prepared == {}
+        await writer.write([delta(alice_key, gpt, 1000)])
+
+    asyncio.run(with_writer(scenario))
+    assert totals() == (PREPARED_ROWS + 3, 1100 + PREPARED_ROWS + 1, (1100 + PREPARED_ROWS + 1) * 1000)
+
+
+def replace_at(one: UsageDelta, at: datetime) -> UsageDelta:
+    from dataclasses import replace
+
+    return replace(one, at=at)
+
+
 def test_pgwire_returns_every_result_and_raises_the_failing_statements_class(db):
     async def scenario():
         conn = await psycopg.AsyncConnection.connect(postgres_conninfo(), autocommit=True)

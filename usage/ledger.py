@@ -386,6 +386,9 @@ class PostgresWriter:
 
     resolves_unknown_outcomes = True  # txid_status(): a write abandoned mid-way can be resolved
     ARMED_SECONDS = 0.2
+    # The watermark lock, prepared too: as plain text PostgreSQL parsed and planned it for every
+    # batch (~0.15 ms of its CPU here, more than the prepared UPSERT's whole execution).
+    LOCK_NAME = "codevector_lock_watermark"
 
     def __init__(self, conninfo: str, max_size: int = 4, timeout: float = 2.0, synchronous_commit: bool = True):
         self.conninfo = conninfo
@@ -400,6 +403,7 @@ class PostgresWriter:
         table = sql.LEVEL_TABLES["5min"]
         self.prepared = {sql.add_counters(table, rows): f"codevector_add_5min_{rows}"
                          for rows in range(1, PREPARED_ROWS + 1)}
+        self.prepared[sql.LOCK_WATERMARK_FOR_WRITE["postgresql"]] = self.LOCK_NAME
         self._armed: list[_Armed] = []
         self._disarming: set[asyncio.Task] = set()
 
@@ -429,7 +433,7 @@ class PostgresWriter:
         attempt = attempt or WriteAttempt()
         armed = self._take_armed()
         conn = armed.conn if armed is not None else await self.pool.getconn()
-        lock = sql.LOCK_WATERMARK_FOR_WRITE["postgresql"]
+        lock = sql.render([(sql.LOCK_WATERMARK_FOR_WRITE["postgresql"], [])], self.prepared)
         try:
             if any(delta.key_id is None for delta in deltas):  # never on the gateway's path
                 deltas = await with_reserved_keys_async(deltas, psycopg.AsyncClientCursor(conn))
@@ -447,16 +451,20 @@ class PostgresWriter:
         except asyncio.CancelledError:
             await self._release(conn, broken=True)  # abandoned by a caller that stopped waiting: never reused
             raise
-        except psycopg.errors.InvalidSqlStatementName:
-            # A prepared UPSERT is missing (a pooler between us and PostgreSQL that does not keep the
-            # session): nothing was committed (it failed before COMMIT). Write it as plain text from
-            # now on, starting with this batch.
+        except psycopg.errors.InvalidSqlStatementName as exc:
+            # A prepared statement is missing (a pooler between us and PostgreSQL that does not keep
+            # the session). Write as plain text from now on. An UPSERT's EXECUTE failed before COMMIT:
+            # nothing was committed, this batch is written again. The lock's EXECUTE after COMMIT
+            # (the UPSERTs sent as text): the batch may have landed, txid_status() says.
             await self._end(conn)
             if not self.prepared:
                 raise
             logger.warning("the ledger's prepared statements are missing on the server (transaction pooling?); "
                            "writing without them")
             self.prepared = {}
+            if attempt.committing and self.LOCK_NAME in str(exc):
+                raise CommitOutcomeUnknown(attempt.txid) from exc
+            attempt.committing = False
             await self.write(deltas, attempt)
         except BaseException:
             # A statement failed: the statements after it, COMMIT included, did not run. End the

@@ -47,7 +47,10 @@ def render(statements: list[tuple[str, list]], prepared: dict[str, str] | None =
     for text, params in statements:
         values = [literal(value) for value in params]
         name = prepared.get(text) if prepared else None
-        parts.append(f"EXECUTE {name}({', '.join(values)})" if name else text % tuple(values))
+        if name:
+            parts.append(f"EXECUTE {name}({', '.join(values)})" if values else f"EXECUTE {name}")
+        else:
+            parts.append(text % tuple(values))
     return "; ".join(parts)
 
 
