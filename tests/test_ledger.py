@@ -134,7 +134,9 @@ def test_the_committer_polls_only_while_a_batch_is_in_flight_and_never_past_its_
 
     turns_off, _ = asyncio.run(spin_turns(0.05, 0.0))
     turns_on, left_on = asyncio.run(spin_turns(0.05, 0.2))
-    assert turns_off == 0 and turns_on > 100 and left_on is False
+    # A sleeping loop turns once or twice in 50 ms; a spinning one hundreds of times when the CPU
+    # is free, still dozens when other processes take it (each turn yields it to them).
+    assert turns_off == 0 and turns_on > 10 and left_on is False
 
     async def bounded() -> tuple[bool, bool]:
         async def write(deltas):
@@ -151,6 +153,41 @@ def test_the_committer_polls_only_while_a_batch_is_in_flight_and_never_past_its_
         return early, late
 
     assert asyncio.run(bounded()) == (True, False)
+
+
+def test_the_next_batch_goes_out_before_the_callers_of_the_last_one_run_on():
+    """A batch's answer and the next batch's send share one step of the event loop: the deltas that
+    arrived meanwhile do not wait behind the released callers (each answering its client)."""
+
+    async def scenario() -> list:
+        events, gates = [], []
+
+        async def write(deltas):
+            events.append(("write", list(deltas)))
+            gate = asyncio.get_running_loop().create_future()
+            gates.append(gate)
+            await gate
+
+        committer = GroupCommitter(write)
+
+        async def caller(name):
+            await committer.record(name)
+            events.append(("answered", name))
+
+        first = asyncio.create_task(caller("a"))
+        while not gates:
+            await asyncio.sleep(0)
+        second = [asyncio.create_task(caller(name)) for name in ("b", "c")]
+        await asyncio.sleep(0.01)  # b and c wait: one batch in flight
+        gates[0].set_result(None)
+        await first
+        gates[1].set_result(None)
+        await asyncio.gather(*second)
+        await committer.close()
+        return events
+
+    assert asyncio.run(scenario()) == [("write", ["a"]), ("write", ["b", "c"]), ("answered", "a"),
+                                       ("answered", "b"), ("answered", "c")]
 
 
 def test_the_upsert_statement_names_every_counter():

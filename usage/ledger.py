@@ -286,8 +286,11 @@ class GroupCommitter:
                     return
                 continue
             await self._slots.acquire()  # meanwhile more deltas join the batch
+            if not self._pending:  # a lane that just finished its batch took them
+                self._slots.release()
+                continue
             batch, self._pending = self._pending, []
-            task = loop.create_task(self._write(batch), name="usage-ledger-batch")
+            task = loop.create_task(self._lane(batch), name="usage-ledger-lane")
             self._writing.add(task)
             task.add_done_callback(self._writing.discard)
             if self.spin_seconds and not self._spinning:
@@ -307,6 +310,21 @@ class GroupCommitter:
         else:
             self._spinning = False
 
+    async def _lane(self, batch: list[tuple[UsageDelta, asyncio.Future]]) -> None:
+        """Write `batch`, then at once every delta that arrived meanwhile, until none is waiting.
+
+        The next batch goes out in the same step of the event loop that received the previous
+        one's answer: before the callers just released run on (each answers its client), not after
+        them. Handing back to the writer task instead (a wake-up, then a new task) put two passes of
+        the loop's queue between two batches (16 in flight: ~1 ms of a 2.8 ms cycle)."""
+        try:
+            while batch:
+                await self._write(batch)
+                batch, self._pending = self._pending, []
+        finally:
+            self._slots.release()
+            self._wakeup.set()  # a closing committer looks again once every batch is written
+
     async def _write(self, batch: list[tuple[UsageDelta, asyncio.Future]]) -> None:
         try:
             await self._write_batch([delta for delta, _ in batch])
@@ -318,9 +336,6 @@ class GroupCommitter:
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)
-        finally:
-            self._slots.release()
-            self._wakeup.set()  # a closing committer looks again once every batch is written
 
     async def close(self) -> None:
         """Commit every pending delta, then stop the writer task."""
