@@ -4,7 +4,9 @@ Starts, on this machine: two mock upstreams (0 ms and 50 ms), the gateway (gunic
 worker, PostgreSQL database codevector_bench_gateway) and bench/forwarder.py; drives them with wrk
 and prints: p50/p99 at 1 in flight (direct, forwarder, gateway), throughput at 16 in flight (0 ms
 upstream) and at 200 in flight (50 ms upstream), stream time-to-first-byte, and the requests
-recorded in the ledger against the requests the gateway answered.
+recorded in the ledger against the requests the gateway answered. With --budget, a second gateway
+(database codevector_bench_gateway_budget, a daily budget on the bench user) takes its turn beside
+the first in every round, and budgets on are printed against budgets off, round by round.
 
 Run: .venv/bin/python bench/gateway.py [--seconds 6] [--rounds 3] [--budget] [--async-commit] [--quick]
 """
@@ -31,6 +33,7 @@ from tests.support.servers import Process, manage, wait_for_port  # noqa: E402
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 DB = "codevector_bench_gateway"
 URL = f"{SERVER}/{DB}"
+BUDGET_URL = f"{SERVER}/{DB}_budget"  # --budget: the second gateway's database
 BODY = json.dumps({"model": "MODEL", "messages": [{"role": "user", "content": "Say hello to the benchmark."}]})
 
 
@@ -127,32 +130,57 @@ def profiled(path: str | None, gunicorn: Process, seconds: int, run):
         spy.wait(seconds + 30)
 
 
-def ledger_requests() -> int:
+def ledger_requests(url: str = URL) -> int:
     import psycopg
 
-    with psycopg.connect(URL) as conn:
+    with psycopg.connect(url) as conn:
         return conn.execute("SELECT coalesce(sum(requests), 0) FROM usage_bucket_5min").fetchone()[0]
+
+
+def prepare(url: str, ports: dict[str, int], budget: bool) -> str:
+    """A fresh database at `url` with the bench user, the three facades and an API key (returned);
+    with `budget`, a daily budget on the user (large: it never refuses, every request is checked)."""
+    import psycopg
+
+    server, name = url.rsplit("/", 1)
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    manage(url, "migrate", "-v0")
+    manage(url, "shell", "-c", "from django.contrib.auth.models import User; User.objects.create_user('bench')")
+    for model, port in ports.items():
+        manage(url, "create_facade", model, "--provider", "openai", "--base-url", f"http://127.0.0.1:{port}/v1",
+               "--upstream-model", "gpt-bench", "--input-price", "0.15", "--output-price", "0.6")
+    if budget:
+        manage(url, "set_budget", "bench", "--usd", "1000000", "--period", "daily", "--warn-percent", "90")
+    return manage(url, "create_api_key", "bench").strip().splitlines()[-1]
+
+
+def gunicorn(url: str, port: int, env: dict, log: Path) -> Process:
+    return Process([sys.executable, "-m", "gunicorn", "codevector.asgi:application", "-k", "uvicorn_worker.UvicornWorker",
+                    "--bind", f"127.0.0.1:{port}", "--workers", "1", "--backlog", "4096"],
+                   {**env, "DATABASE_URL": url}, log)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=6, help="per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the figures are their medians)")
-    parser.add_argument("--budget", action="store_true", help="put a (large) daily budget on the bench user")
+    parser.add_argument("--budget", action="store_true",
+                        help="also run a second gateway whose database puts a (large) daily budget on the bench user, "
+                             "taking turns with the first (budgets off), and print budgets on against off")
     parser.add_argument("--async-commit", action="store_true",
                         help="run the gateway with USAGE_SYNCHRONOUS_COMMIT=off (no WAL flush before each answer)")
     parser.add_argument("--quick", action="store_true", help="only the 1- and 16-in-flight rows and the ledger check")
     parser.add_argument("--profile", metavar="PATH", help="sample the gateway worker with py-spy during the first "
                         "16-in-flight run and write a flat profile (py-spy's raw format) to PATH")
     args = parser.parse_args()
-    import psycopg
 
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB}")
-    manage(URL, "migrate", "-v0")
     workdir = Path(tempfile.mkdtemp(prefix="cv-bench-"))
-    mock_port, slow_port, stream_port, gw_port, fw_port, slow_fw_port = (free_port() for _ in range(6))
+    mock_port, slow_port, stream_port, gw_port, fw_port, slow_fw_port, budget_port = (free_port() for _ in range(7))
+    facades = {"gpt-bench": mock_port, "gpt-bench-slow": slow_port, "gpt-bench-streams": stream_port}
+    key = prepare(URL, facades, budget=False)
+    budget_key = prepare(BUDGET_URL, facades, budget=True) if args.budget else None
     env = {**os.environ, "DATABASE_URL": URL, "USAGE_BUFFER_DIR": str(workdir / "buffer"), "LOG_LEVEL": "WARNING",
            "USAGE_SYNCHRONOUS_COMMIT": "false" if args.async_commit else "true"}
     processes = [
@@ -161,17 +189,7 @@ def main():
                 workdir / "mock-slow.log"),
         Process([sys.executable, "manage.py", "mock_upstream", "--port", str(stream_port), "--stream-chunk-delay-ms",
                  "250"], env, workdir / "mock-streams.log"),
-    ]
-    manage(URL, "shell", "-c", "from django.contrib.auth.models import User; User.objects.create_user('bench')")
-    for name, port in (("gpt-bench", mock_port), ("gpt-bench-slow", slow_port), ("gpt-bench-streams", stream_port)):
-        manage(URL, "create_facade", name, "--provider", "openai", "--base-url", f"http://127.0.0.1:{port}/v1",
-               "--upstream-model", "gpt-bench", "--input-price", "0.15", "--output-price", "0.6")
-    if args.budget:
-        manage(URL, "set_budget", "bench", "--usd", "1000000", "--period", "daily", "--warn-percent", "90")
-    key = manage(URL, "create_api_key", "bench").strip().splitlines()[-1]
-    processes += [
-        Process([sys.executable, "-m", "gunicorn", "codevector.asgi:application", "-k", "uvicorn_worker.UvicornWorker",
-                 "--bind", f"127.0.0.1:{gw_port}", "--workers", "1", "--backlog", "4096"], env, workdir / "gateway.log"),
+        gunicorn(URL, gw_port, env, workdir / "gateway.log"),
         Process([sys.executable, "-m", "uvicorn", "bench.forwarder:app", "--port", str(fw_port), "--loop", "uvloop",
                  "--http", "httptools", "--log-level", "warning", "--backlog", "4096"],
                 {**env, "UPSTREAM": f"http://127.0.0.1:{mock_port}"}, workdir / "forwarder.log"),
@@ -179,45 +197,57 @@ def main():
                  "uvloop", "--http", "httptools", "--log-level", "warning", "--backlog", "4096"],
                 {**env, "UPSTREAM": f"http://127.0.0.1:{slow_port}"}, workdir / "forwarder-slow.log"),
     ]
+    ports = [mock_port, slow_port, stream_port, gw_port, fw_port, slow_fw_port]
+    if args.budget:
+        # Its own buffer directory: two gateways never share one.
+        processes.append(gunicorn(BUDGET_URL, budget_port, {**env, "USAGE_BUFFER_DIR": str(workdir / "buffer-budget")},
+                                  workdir / "gateway-budget.log"))
+        ports.append(budget_port)
     try:
-        for port in (mock_port, slow_port, stream_port, gw_port, fw_port, slow_fw_port):
+        for port in ports:
             wait_for_port(port)
         direct, forwarder, gateway = (f"http://127.0.0.1:{p}" for p in (mock_port, fw_port, gw_port))
         slow_direct, slow_forwarder = f"http://127.0.0.1:{slow_port}", f"http://127.0.0.1:{slow_fw_port}"
-        asyncio.run(counted_run(gateway, key, 200))  # warm up
+        gateways = {gateway: (key, URL)}
+        who = ["direct", "forwarder", "gateway"]
+        if args.budget:
+            gateways[f"http://127.0.0.1:{budget_port}"] = (budget_key, BUDGET_URL)
+            who.append("gateway, budgets on")
+        for url, (gateway_key, _) in gateways.items():
+            asyncio.run(counted_run(url, gateway_key, 200))  # warm up
         s = args.seconds
-        targets = {"1 in flight": (1, "gpt-bench", [direct, forwarder, gateway]),
-                   "16 in flight, 0 ms": (16, "gpt-bench", [direct, forwarder, gateway])}
+        targets = {"1 in flight": (1, "gpt-bench", [direct, forwarder, *gateways]),
+                   "16 in flight, 0 ms": (16, "gpt-bench", [direct, forwarder, *gateways])}
         if not args.quick:
-            targets["200 in flight, 50 ms"] = (200, "gpt-bench-slow", [slow_direct, slow_forwarder, gateway])
-        # Rounds interleave direct, forwarder and gateway, so that a slow spell of this shared
-        # machine lands on all three: each figure is the median of its rounds, each ratio the
-        # median of the ratios of one round.
+            targets["200 in flight, 50 ms"] = (200, "gpt-bench-slow", [slow_direct, slow_forwarder, *gateways])
+        # Rounds interleave direct, forwarder and gateway (and the budgets-on gateway), so that a slow
+        # spell of this shared machine lands on all of them: each figure is the median of its rounds,
+        # each ratio the median of the ratios of one round.
         rounds = {label: [] for label in targets}
         for number in range(args.rounds):
             for label, (connections, model, urls) in targets.items():
                 results = []
-                for who, url in zip(("direct", "forwarder", "gateway"), urls):
-                    def run(url=url, who=who, connections=connections, model=model):
-                        return wrk(url, connections, s, model if who == "gateway" else "gpt-bench",
-                                   key if who == "gateway" else None, workdir)
+                for index, url in enumerate(urls):
+                    gateway_key = gateways[url][0] if url in gateways else None
 
-                    profile = args.profile if (number, label, who) == (0, "16 in flight, 0 ms", "gateway") else None
+                    def run(url=url, gateway_key=gateway_key, connections=connections, model=model):
+                        return wrk(url, connections, s, model if gateway_key else "gpt-bench", gateway_key, workdir)
+
+                    profile = args.profile if (number, label, index) == (0, "16 in flight, 0 ms", 2) else None
                     results.append(profiled(profile, processes[3], s, run))
                 rounds[label].append(results)
-        print(f"\nbench/gateway.py — {args.rounds} interleaved rounds of {s} s per run (medians), budgets "
-              f"{'on' if args.budget else 'off'}, synchronous commit {'off' if args.async_commit else 'on'}; "
-              f"cores: {os.cpu_count()}")
-        print(f"{'':22} | {'direct to mock':>36} | {'bare forwarder':>36} | {'gateway':>36}")
+        print(f"\nbench/gateway.py — {args.rounds} interleaved rounds of {s} s per run (medians), synchronous commit "
+              f"{'off' if args.async_commit else 'on'}; cores: {os.cpu_count()}")
+        print(f"{'':22} | " + " | ".join(f"{name:>36}" for name in ("direct to mock", "bare forwarder", *who[2:])))
         for label, results in rounds.items():
             medians = [{field: statistics.median(r[i][field] for r in results) for field in ("rps", "p50", "p99")}
-                       for i in range(3)]
+                       for i in range(len(who))]
             cells = [f"{m['rps']:>7.0f} req/s p50 {m['p50']:6.2f} p99 {m['p99']:7.2f} ms" for m in medians]
             print(f"{label:22} | " + " | ".join(cells))
             for r in results:
-                for who, one in zip(("direct", "forwarder", "gateway"), r):
+                for name, one in zip(who, r):
                     if one["errors"] or one["socket_errors"]:
-                        print(f"    {who}: {one['errors']} non-2xx, socket errors {one['socket_errors']}")
+                        print(f"    {name}: {one['errors']} non-2xx, socket errors {one['socket_errors']}")
         one = rounds["1 in flight"]
         added = [r[2]["p50"] - r[1]["p50"] for r in one]
         print(f"added p50 at 1 in flight, gateway over forwarder: {statistics.median(added):.2f} ms "
@@ -231,6 +261,16 @@ def main():
             extra = [r[2]["p99"] - r[1]["p99"] for r in rounds["200 in flight, 50 ms"]]
             print(f"p99 at 200 in flight, gateway over forwarder: {statistics.median(extra):+.0f} ms "
                   f"(rounds: {', '.join(f'{x:+.0f}' for x in extra)}; goal <= +50)")
+        if args.budget:
+            # Budgets on against off, each round's pair: throughput within 10 %, and the added p50 at
+            # 1 in flight (over the forwarder) within 10 % of the budgets-off gateway's.
+            for label, results in rounds.items():
+                ratios = [r[3]["rps"] / r[2]["rps"] for r in results]
+                print(f"budgets on / off, throughput at {label}: {statistics.median(ratios):.0%} "
+                      f"(rounds: {', '.join(f'{x:.0%}' for x in ratios)}; goal >= 90%)")
+            added_on = [r[3]["p50"] - r[1]["p50"] for r in one]
+            print(f"added p50 at 1 in flight, budgets on: {statistics.median(added_on):.2f} ms against "
+                  f"{statistics.median(added):.2f} ms off (rounds: {', '.join(f'{a:.2f}' for a in added_on)})")
         if not args.quick:
             ttfb = asyncio.run(stream_ttfb([(direct, None), (forwarder, None), (gateway, key)]))
             print(f"stream time to first byte (median, taking turns): direct {ttfb[0]:.2f} ms, forwarder "
@@ -240,11 +280,12 @@ def main():
             print(f"1,000 concurrent streams (each about 2 s long) through one worker: {completed} completed "
                   f"in {seconds:.1f} s")
         time.sleep(1)  # requests still in flight when wrk stopped are recorded before the count starts
-        before = ledger_requests()
-        answered = asyncio.run(counted_run(gateway, key, 2000))
-        time.sleep(0.5)
-        print(f"ledger check: the gateway answered {answered} requests with 200; the ledger recorded "
-              f"{ledger_requests() - before}")
+        for url, (gateway_key, database) in gateways.items():
+            before = ledger_requests(database)
+            answered = asyncio.run(counted_run(url, gateway_key, 2000))
+            time.sleep(0.5)
+            print(f"ledger check{' (budgets on)' if database == BUDGET_URL else ''}: the gateway answered {answered} "
+                  f"requests with 200; the ledger recorded {ledger_requests(database) - before}")
     finally:
         for process in processes:
             process.stop()
