@@ -5,6 +5,7 @@ local boundaries everywhere; hours, days and months start on local boundaries: a
 day around DST, a repeated autumn hour as two hour buckets, +5:30 and +5:45 zones included.
 """
 
+import functools
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -43,13 +44,24 @@ def next_hour(boundary: datetime, tz: ZoneInfo | None = None) -> datetime:
 
 
 def day_bounds(instant: datetime, tz: ZoneInfo | None = None) -> tuple[datetime, datetime]:
-    tz = tz or zone()
+    return _day_bounds(instant, tz or zone())
+
+
+def month_bounds(instant: datetime, tz: ZoneInfo | None = None) -> tuple[datetime, datetime]:
+    return _month_bounds(instant, tz or zone())
+
+
+# Remembered by (instant, zone): the reads split every window into the same days and months again
+# for each of their parts (usage.queries.segments: ~20 us of zone arithmetic a day, 1.9 ms for a
+# 90-day window, four or five times per page). The zone is part of the key, never the setting.
+@functools.lru_cache(maxsize=8192)
+def _day_bounds(instant: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
     day = local_date(instant, tz)
     return local_midnight(day, tz), local_midnight(day + timedelta(days=1), tz)
 
 
-def month_bounds(instant: datetime, tz: ZoneInfo | None = None) -> tuple[datetime, datetime]:
-    tz = tz or zone()
+@functools.lru_cache(maxsize=8192)
+def _month_bounds(instant: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
     first = local_date(instant, tz).replace(day=1)
     following = (first + timedelta(days=32)).replace(day=1)
     return local_midnight(first, tz), local_midnight(following, tz)

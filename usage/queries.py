@@ -233,12 +233,13 @@ class DayPoint:
 def daily_series(window: Window, user_id: int | None = None, key_id: int | None = None) -> list[DayPoint]:
     """One point per local day of the window, oldest first, zeros where empty."""
     tz = zone()
-    by_day = {day: Totals() for day in window.dates}
+    by_day: dict[date, list[int]] = {day: [0] * len(COUNTERS) for day in window.dates}
     for row in _sums([(window.start, window.end)], ("bucket_start",), watermark(), "day", user_id, key_id):
-        day = local_date(row["bucket_start"], tz)
-        if day in by_day:
-            by_day[day] += Totals.of(row)
-    return [DayPoint(day, totals) for day, totals in by_day.items()]
+        sums = by_day.get(local_date(row["bucket_start"], tz))
+        if sums is not None:  # summed as plain integers, one Totals a day (not one per row)
+            for index, name in enumerate(COUNTERS):
+                sums[index] += int(row[name] or 0)
+    return [DayPoint(day, Totals(**dict(zip(COUNTERS, sums)))) for day, sums in by_day.items()]
 
 
 @dataclass(frozen=True)
