@@ -581,3 +581,47 @@ def test_previous_totals_ending_mid_hour_survive_pruning(settings, alice, gpt):
     assert got(queries.summary(window).previous) == expected  # rolled: hours, then 5-minute rows
     rollups.prune(now=now)  # USAGE_5MIN_RETENTION_DAYS (3) < 7: 05-13's 5-minute rows are gone
     assert got(queries.summary(window).previous) == expected  # whole hours: read from hour rows
+
+
+# --- how a read runs on PostgreSQL: without parallel workers, and nothing left behind -----------
+
+
+def _setting_and_state():
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW max_parallel_workers_per_gather")
+        setting = cursor.fetchone()[0]
+    return setting, connection.connection.info.transaction_status.name
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_read_outside_a_transaction_runs_without_parallel_workers_in_one_transaction_of_its_own():
+    from django.db import DataError
+
+    before = _setting_and_state()
+    assert before[1] == "IDLE"  # autocommit, nothing open
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as sent:
+        rows = queries._fetch_serial("SELECT current_setting('max_parallel_workers_per_gather'), %s::int + 1", [41])
+    assert rows == [("0", 42)]
+    assert len(sent.captured_queries) == 1  # one round trip: BEGIN, the setting, the read and COMMIT in one text
+    assert _setting_and_state() == before  # the setting was local to the read's transaction
+    with pytest.raises(DataError, match="division by zero"):
+        queries._fetch_serial("SELECT 1 / (%s::int - 1)", [1])
+    assert _setting_and_state() == before  # the failed read's transaction is rolled back
+    assert queries._fetch_serial("SELECT %s::int", [7]) == [(7,)]
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_read_inside_the_callers_transaction_puts_the_setting_back():
+    from django.db import transaction
+
+    with transaction.atomic():
+        before = _setting_and_state()
+        assert queries._fetch_serial("SELECT current_setting('max_parallel_workers_per_gather')", []) == [("0",)]
+        assert _setting_and_state() == before

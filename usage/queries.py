@@ -178,6 +178,19 @@ def _fetch_serial(statement: str, params: list) -> list[tuple]:
         with connection.cursor() as cursor:
             cursor.execute(statement, params)
             return cursor.fetchall()
+    if connection.get_autocommit() and not connection.in_atomic_block:
+        # Outside a transaction (a page, the API): one round trip, not four (BEGIN, the setting, the
+        # read, COMMIT: ~0.5 ms of a 3 ms read). Django's cursors bind parameters on the client, so
+        # the four go as one text; the cursor starts on the BEGIN's result, the read's is the third.
+        with connection.cursor() as cursor:
+            try:
+                cursor.execute(f"BEGIN; {sql.NO_PARALLEL_WORKERS_HERE}; {statement}; COMMIT", params)
+            except Exception:
+                cursor.execute("ROLLBACK")  # the statements after the failing one, COMMIT too, did not run
+                raise
+            cursor.nextset()
+            cursor.nextset()
+            return cursor.fetchall()
     nested = connection.in_atomic_block
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql.NO_PARALLEL_WORKERS)
