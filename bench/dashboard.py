@@ -9,7 +9,7 @@ Uses the database codevector_bench_dash on BENCH_DATABASE_URL's server (recreate
 finds it filled already). Goals: network-wide 90-day summary + series + breakdown + leaderboard
 together at most 100 ms p50; one user's summary + series + by-model + by-key at most 20 ms p50;
 one day's rollup at most 10 s. The filled database is ~1.9 GB: drop it when done
-(DROP DATABASE codevector_bench_dash); a fresh run recreates it in ~2 minutes.
+(DROP DATABASE codevector_bench_dash); a fresh run recreates it in ~6 minutes.
 """
 
 import argparse
