@@ -6,6 +6,7 @@ every total equals the sum of every delta recorded, the current 5-minute bucket 
 whatever the state of the rollups.
 """
 
+import contextlib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -184,9 +185,12 @@ def _fetch_serial(statement: str, params: list) -> list[tuple]:
         # the four go as one text; the cursor starts on the BEGIN's result, the read's is the third.
         with connection.cursor() as cursor:
             try:
-                cursor.execute(f"BEGIN; {sql.NO_PARALLEL_WORKERS_HERE}; {statement}; COMMIT", params)
+                cursor.execute(f"BEGIN; {sql.NO_PARALLEL_WORKERS_IN_TRANSACTION}; {statement}; COMMIT", params)
             except Exception:
-                cursor.execute("ROLLBACK")  # the statements after the failing one, COMMIT too, did not run
+                # The statements after the failing one, COMMIT too, did not run: end the transaction
+                # (on a connection that broke, the ROLLBACK fails too; the read's own error is raised).
+                with contextlib.suppress(Exception):
+                    cursor.execute("ROLLBACK")
                 raise
             cursor.nextset()
             cursor.nextset()

@@ -130,7 +130,7 @@ def with_facade_names(statement: str, facade_table: str) -> str:
 NO_PARALLEL_WORKERS = ("SELECT current_setting('max_parallel_workers_per_gather'), "
                        "set_config('max_parallel_workers_per_gather', '0', true)")
 SET_PARALLEL_WORKERS = "SELECT set_config('max_parallel_workers_per_gather', %s, true)"
-NO_PARALLEL_WORKERS_HERE = "SET LOCAL max_parallel_workers_per_gather = 0"  # until the transaction ends
+NO_PARALLEL_WORKERS_IN_TRANSACTION = "SET LOCAL max_parallel_workers_per_gather = 0"  # until the transaction ends
 
 
 # --- usage without a key: one reserved, never-usable key per user ------------------------------
