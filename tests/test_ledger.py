@@ -155,6 +155,37 @@ def test_the_committer_polls_only_while_a_batch_is_in_flight_and_never_past_its_
     assert asyncio.run(bounded()) == (True, False)
 
 
+def test_a_lane_writing_batch_after_batch_polls_through_all_of_them():
+    """The spin's bound counts from each batch's start, not from the first: under steady load one
+    lane writes batch after batch, and the loop keeps polling past the first batch's bound."""
+
+    async def scenario() -> tuple[list[bool], bool]:
+        async def write(deltas):
+            await asyncio.sleep(0.03)
+
+        committer = GroupCommitter(write, spin_seconds=0.05)
+
+        async def feed():  # a delta every 10 ms for 150 ms: a batch is always waiting
+            callers = []
+            for _ in range(15):
+                callers.append(asyncio.create_task(committer.record(None)))
+                await asyncio.sleep(0.01)
+            await asyncio.gather(*callers)
+
+        feeding = asyncio.create_task(feed())
+        samples = []
+        for pause in (0.08, 0.03):  # at ~80 and ~110 ms: past the first batch's bound of 50 ms
+            await asyncio.sleep(pause)
+            samples.append(committer._spinning)
+        await feeding
+        await asyncio.sleep(0.06)
+        spinning_after = committer._spinning
+        await committer.close()
+        return samples, spinning_after
+
+    assert asyncio.run(scenario()) == ([True, True], False)
+
+
 def test_the_next_batch_goes_out_before_the_callers_of_the_last_one_run_on():
     """A batch's answer and the next batch's send share one step of the event loop: the deltas that
     arrived meanwhile do not wait behind the released callers (each answering its client)."""

@@ -12,7 +12,6 @@ UPSERT and the late-data path); the sync and async drivers run the very same sta
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
@@ -255,6 +254,7 @@ class GroupCommitter:
         self._write_batch = write_batch
         self.spin_seconds = spin_seconds
         self._spinning = False
+        self._spin_until = 0.0
         self._pending: list[tuple[UsageDelta, asyncio.Future]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -293,20 +293,29 @@ class GroupCommitter:
             task = loop.create_task(self._lane(batch), name="usage-ledger-lane")
             self._writing.add(task)
             task.add_done_callback(self._writing.discard)
-            if self.spin_seconds and not self._spinning:
-                self._spinning = True
-                loop.call_soon(self._spin, loop, time.monotonic() + self.spin_seconds)
 
-    def _spin(self, loop: asyncio.AbstractEventLoop, until: float) -> None:
+    def _spin_while_writing(self) -> None:
+        """Poll (`_spin`) for at most `spin_seconds` from now: called as each batch goes out, so a
+        lane writing batch after batch polls through all of them, and a batch that hangs stops the
+        polling once its own bound is reached."""
+        if not self.spin_seconds:
+            return
+        loop = asyncio.get_running_loop()
+        self._spin_until = loop.time() + self.spin_seconds
+        if not self._spinning:
+            self._spinning = True
+            loop.call_soon(self._spin, loop)
+
+    def _spin(self, loop: asyncio.AbstractEventLoop) -> None:
         """While a batch is in flight (at most `spin_seconds`), keep the event loop polling instead
         of sleeping: a callback always ready makes each turn of the loop look for I/O without
         blocking. On a virtual machine whose idle CPU halts (a VM exit), waking up for the commit's
         answer costs more than the wait; the requests waiting on the batch pay it
         (settings.USAGE_COMMIT_SPIN_SECONDS). Each turn yields the CPU to any process waiting for
         it (sched_yield): the database answering the batch may be one."""
-        if self._writing and time.monotonic() < until:
+        if self._writing and loop.time() < self._spin_until:
             _yield_cpu()  # PostgreSQL or the upstream, if waiting for this CPU, run first
-            loop.call_soon(self._spin, loop, until)
+            loop.call_soon(self._spin, loop)
         else:
             self._spinning = False
 
@@ -319,6 +328,7 @@ class GroupCommitter:
         the loop's queue between two batches (16 in flight: ~1 ms of a 2.8 ms cycle)."""
         try:
             while batch:
+                self._spin_while_writing()
                 await self._write(batch)
                 batch, self._pending = self._pending, []
         finally:
