@@ -4,7 +4,10 @@ Starts, on this machine: two mock upstreams (0 ms and 50 ms), the gateway (gunic
 worker, PostgreSQL database codevector_bench_gateway) and bench/forwarder.py; drives them with wrk
 and prints: p50/p99 at 1 in flight (direct, forwarder, gateway), throughput at 16 in flight (0 ms
 upstream) and at 200 in flight (50 ms upstream), stream time-to-first-byte, and the requests
-recorded in the ledger against the requests the gateway answered. With --budget, a second gateway
+recorded in the ledger against the requests the gateway answered, and how this disk's flushes
+behaved meanwhile (a probe beside the bench: 8 KiB written and fdatasync'ed every 20 ms; with
+synchronous commit each batch waits for one such flush of PostgreSQL's WAL, so a flush stalled
+by the disk stalls every request in flight). With --budget, a second gateway
 (database codevector_bench_gateway_budget, a daily budget on the bench user) takes its turn beside
 the first in every round, and budgets on are printed against budgets off, round by round.
 
@@ -20,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +47,7 @@ def wrk(url: str, connections: int, seconds: int, model: str, key: str | None, w
     if key:
         headers += f'wrk.headers["authorization"] = "Bearer {key}"\n'
     script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY.replace("MODEL", model))}\n{headers}')
+    start = time.monotonic()
     out = subprocess.run(["wrk", "-t", "1" if connections == 1 else "2", "-c", str(connections), "-d", f"{seconds}s",
                           "--latency", "-s", str(script), url + "/v1/chat/completions"],
                          capture_output=True, text=True, check=True).stdout
@@ -56,7 +61,49 @@ def wrk(url: str, connections: int, seconds: int, model: str, key: str | None, w
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {"p50": ms("50%"), "p99": ms("99%"), "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "requests": int(re.search(r"(\d+) requests in", out).group(1)),
-            "errors": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else ""}
+            "errors": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else "",
+            "start": start, "end": time.monotonic()}
+
+
+class DiskProbe(threading.Thread):
+    """Times an 8 KiB write + fdatasync every `every` seconds in `directory` (here on the device
+    PostgreSQL's WAL lives on) and keeps (start, seconds) of each, to tell a run that met a disk
+    stall from one that did not."""
+
+    def __init__(self, directory: Path, every: float = 0.02):
+        super().__init__(daemon=True)
+        self.path, self.every = directory / "disk-probe", every
+        self.samples: list[tuple[float, float]] = []
+        self.stopped = threading.Event()
+
+    def run(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, bytes(8192 * 64))
+            os.fsync(fd)
+            block, turn = os.urandom(8192), 0
+            while not self.stopped.wait(self.every):
+                os.pwrite(fd, block, (turn % 64) * 8192)
+                turn += 1
+                start = time.monotonic()
+                os.fdatasync(fd)
+                self.samples.append((start, time.monotonic() - start))
+        finally:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+
+    def stalls(self, start: float, end: float, over: float = 0.02) -> list[float]:
+        """The flushes longer than `over` seconds that overlapped [start, end], in ms."""
+        return [s * 1000 for t, s in list(self.samples) if s > over and t < end and t + s > start]
+
+    def summary(self) -> str:
+        flushes = sorted(s * 1000 for _, s in self.samples)
+        if not flushes:
+            return "no flushes timed"
+        over = [f for f in flushes if f > 20]
+        return (f"{len(flushes)} flushes, p50 {flushes[len(flushes) // 2]:.2f} ms, "
+                f"p99 {flushes[int(len(flushes) * 0.99)]:.2f} ms; {len(over)} over 20 ms"
+                + (f" (longest {over[-1]:.0f} ms)" if over else ""))
 
 
 async def stream_ttfb(targets: list[tuple[str, str | None]], count: int = 200) -> list[float]:
@@ -215,6 +262,8 @@ def main():
             who.append("gateway, budgets on")
         for url, (gateway_key, _) in gateways.items():
             asyncio.run(counted_run(url, gateway_key, 200))  # warm up
+        probe = DiskProbe(workdir)
+        probe.start()
         s = args.seconds
         targets = {"1 in flight": (1, "gpt-bench", [direct, forwarder, *gateways]),
                    "16 in flight, 0 ms": (16, "gpt-bench", [direct, forwarder, *gateways])}
@@ -271,6 +320,18 @@ def main():
             added_on = [r[3]["p50"] - r[1]["p50"] for r in one]
             print(f"added p50 at 1 in flight, budgets on: {statistics.median(added_on):.2f} ms against "
                   f"{statistics.median(added):.2f} ms off (rounds: {', '.join(f'{a:.2f}' for a in added_on)})")
+        probe.stopped.set()
+        probe.join()
+        print(f"disk flushes during the runs (8 KiB + fdatasync every 20 ms beside the bench): {probe.summary()}")
+        for label, results in rounds.items():
+            # A stall during a gateway run holds every request in flight for its length; the
+            # direct and forwarder runs never wait for the disk.
+            cells = []
+            for r in results:
+                stalls = [max(probe.stalls(one["start"], one["end"]), default=0) for one in r[2:]]
+                cells.append("/".join(f"{x:.0f}" for x in stalls))
+            print(f"  longest stall (ms) in each round's gateway run{'s (off/on)' if args.budget else ''} at "
+                  f"{label}: {', '.join(cells)}")
         if not args.quick:
             ttfb = asyncio.run(stream_ttfb([(direct, None), (forwarder, None), (gateway, key)]))
             print(f"stream time to first byte (median, taking turns): direct {ttfb[0]:.2f} ms, forwarder "
