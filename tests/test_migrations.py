@@ -95,3 +95,27 @@ def test_per_key_accounting_moves_history_to_a_reserved_key_per_user_keeping_eve
     with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("INSERT INTO usage_bucket_5min (bucket_start, user_id, facade_id, requests) "
                        "VALUES (%s, %s, %s, 1)", ["2026-03-01 00:00:00", users[0].pk, facade.pk])
+
+
+def bucket_indexes():
+    """{table: sorted column lists of its plain (non-unique, non-primary) indexes}."""
+    with connection.cursor() as cursor:
+        found = {}
+        for table in TABLES:
+            constraints = connection.introspection.get_constraints(cursor, table)
+            found[table] = sorted(c["columns"] for c in constraints.values()
+                                  if c["index"] and not c["unique"] and not c["primary_key"])
+        return found
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_bucket_tables_index_user_and_key_once_and_the_migration_reverses():
+    latest = MigrationExecutor(connection).loader.graph.leaf_nodes()
+    covered = [["facade_id"], ["key_id", "bucket_start"], ["user_id", "bucket_start"]]
+    assert bucket_indexes() == {table: covered for table in TABLES}
+    try:
+        migrate([("usage", "0010_buffer_event_rejected")])
+        assert bucket_indexes() == {table: sorted([*covered, ["key_id"], ["user_id"]]) for table in TABLES}
+    finally:
+        migrate(latest)
+    assert bucket_indexes() == {table: covered for table in TABLES}

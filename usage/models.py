@@ -14,10 +14,13 @@ class UsageBucket(models.Model):
     """
 
     bucket_start = models.DateTimeField()
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # No index of their own for user and key: each level's (user, bucket_start) and (key,
+    # bucket_start) indexes below serve every lookup one would (and the UPSERT of a new bucket
+    # row writes two index entries fewer).
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", db_index=False)
     # The API key that made the requests; usage from before per-key accounting (and deltas written
     # without a key) belongs to a reserved, never-usable key of the user (usage.sql).
-    key = models.ForeignKey("gateway.ApiKey", on_delete=models.PROTECT, related_name="+")
+    key = models.ForeignKey("gateway.ApiKey", on_delete=models.PROTECT, related_name="+", db_index=False)
     facade = models.ForeignKey("gateway.ModelFacade", on_delete=models.PROTECT, related_name="+")
     # ...and one BigIntegerField per counter of usage.counters, added below.
 
