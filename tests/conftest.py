@@ -5,7 +5,7 @@ from django.contrib.auth.models import User
 from django.db import connection
 
 from gateway.models import ModelFacade
-from tests.support.servers import free_port
+from tests.support.servers import listening_socket, port_of
 
 
 def pytest_collection_modifyitems(config, items):
@@ -114,10 +114,11 @@ def mock_upstream():
 
     server = ThreadServer()
     server.mock = MockUpstream()
-    port = free_port()
+    sock = listening_socket()
+    port = port_of(sock)
     runner = web.AppRunner(server.mock.app(), access_log=None, shutdown_timeout=1)
     server.call(runner.setup())
-    server.call(web.TCPSite(runner, "127.0.0.1", port).start())
+    server.call(web.SockSite(runner, sock).start())
     server.url = f"http://127.0.0.1:{port}"
     yield server
     server.call(runner.cleanup())
@@ -150,12 +151,13 @@ def gateway_server(django_db_setup, django_db_blocker):
 
     from codevector.asgi import application, gateway_application
 
-    port = free_port()
-    config = uvicorn.Config(application, host="127.0.0.1", port=port, lifespan="on", log_level="warning",
-                            loop="asyncio", timeout_graceful_shutdown=5)
+    sock = listening_socket()
+    port = port_of(sock)
+    config = uvicorn.Config(application, lifespan="on", log_level="warning", loop="asyncio",
+                            timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     with django_db_blocker.unblock():
-        thread = threading.Thread(target=server.run, daemon=True)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         deadline = time.monotonic() + 30
         while not server.started:

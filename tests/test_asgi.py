@@ -8,7 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.support.servers import free_port
+from tests.support.servers import listening_socket, port_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,13 +25,15 @@ def wait_for(url: str, seconds: float = 20.0):
 
 
 def test_gunicorn_serves_the_admin_login_and_the_gateway_probes(test_database_url, tmp_path):
-    port = free_port()
+    sock = listening_socket()
+    port = port_of(sock)
     env = {**os.environ, "DATABASE_URL": test_database_url, "USAGE_BUFFER_DIR": str(tmp_path)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "codevector.asgi:application", "-k", "uvicorn_worker.UvicornWorker",
-         "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    with sock:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "codevector.asgi:application", "-k", "uvicorn_worker.UvicornWorker",
+             "--bind", f"fd://{sock.fileno()}", "--workers", "1"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=[sock.fileno()],
+        )
     try:
         login = wait_for(f"http://127.0.0.1:{port}/admin/login/")
         page = login.read().decode()

@@ -5,6 +5,7 @@ exactly what the SDK responses reported, tokens and cost."""
 import json
 import logging
 import math
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +19,7 @@ from django.db.models import Sum
 
 from gateway.mock_upstream import FAILURES, counts
 from gateway.models import ApiKey, ModelFacade
-from tests.support.servers import free_port
+from tests.support.servers import port_of
 from usage.models import FiveMinuteUsage
 from usage.pricing import Prices, cost_nanos
 from usage.sql import COUNTERS
@@ -285,10 +286,12 @@ def test_an_upstream_timeout_is_a_504_and_an_error(gw, settings):
 
 
 def test_a_refused_connection_is_a_502_and_an_error(gw):
-    facade("gpt-nowhere", "openai", f"http://127.0.0.1:{free_port()}/v1", "gpt-4o-mini", GPT)
-    gw.server.refresh()
-    with pytest.raises(openai.InternalServerError) as info:
-        gw.openai.chat.completions.create(model="gpt-nowhere", messages=chat())
+    with socket.socket() as bound:  # bound, never listening: every connection to it is refused
+        bound.bind(("127.0.0.1", 0))
+        facade("gpt-nowhere", "openai", f"http://127.0.0.1:{port_of(bound)}/v1", "gpt-4o-mini", GPT)
+        gw.server.refresh()
+        with pytest.raises(openai.InternalServerError) as info:
+            gw.openai.chat.completions.create(model="gpt-nowhere", messages=chat())
     assert info.value.status_code == 502
     assert ledger() == expected(errors=1)
 

@@ -4,6 +4,7 @@ messages, the Responses API (gateway.mock_upstream.responses), failures and requ
 import asyncio
 import json
 import math
+import socket
 import time
 
 from aiohttp import web
@@ -224,6 +225,8 @@ class MockUpstream(ResponsesMock):
         return web.json_response({"input_tokens": prompt_tokens})
 
 
-def run(port: int, host: str = "127.0.0.1", delay_ms: int = 0, chunk_delay_ms: int = 0) -> None:
-    web.run_app(MockUpstream(delay_ms, chunk_delay_ms).app(), host=host, port=port, access_log=None,
-                print=lambda *args: None)
+def run(port: int, host: str = "127.0.0.1", delay_ms: int = 0, chunk_delay_ms: int = 0,
+        sock: socket.socket | None = None) -> None:
+    """Serve on host:port, or on `sock` (a listening socket) when given."""
+    where = {"sock": sock} if sock is not None else {"host": host, "port": port}
+    web.run_app(MockUpstream(delay_ms, chunk_delay_ms).app(), **where, access_log=None, print=lambda *args: None)

@@ -31,7 +31,7 @@ class PrivateCluster:
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-N", "-E", "UTF8")
-        self.running = False
+        self.running = self._started = False
 
     def _run(self, tool: str, *args: str) -> str:
         command = [str(self.bin / tool), *args]
@@ -43,9 +43,24 @@ class PrivateCluster:
         return f"postgres://postgres@127.0.0.1:{self.port}/{dbname}"
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "30", "start")
-        self.running = True
+        """Start the server. PostgreSQL binds its port itself, so on its first start another process
+        may have taken the port `free_port` gave: then it starts again on another (later starts
+        keep the port: the cluster's URL is out by then)."""
+        for attempt in range(5):
+            options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                       "-c max_connections=100")
+            try:
+                self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "30",
+                          "start")
+            except subprocess.CalledProcessError:
+                lost_the_port = self.log.exists() and "could not bind" in self.log.read_text(errors="replace")
+                if self._started or not lost_the_port or attempt == 4:
+                    raise
+                self.log.unlink()
+                self.port = free_port()
+            else:
+                break
+        self._started = self.running = True
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")

@@ -2,6 +2,7 @@
 gateway under gunicorn, against a database named by URL."""
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,11 +14,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
-    import socket
-
+    """A port free now (for servers that cannot take a socket, like PostgreSQL: another process may
+    take it before they bind; prefer `listening_socket`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def listening_socket() -> socket.socket:
+    """A socket already bound to a free loopback port and listening, for a server to serve on (a
+    child process inherits it: `Process(..., sockets=[sock])`). Binding first leaves no moment in
+    which another test's process could take the port: with a port number alone, a server that lost
+    that race died with "address already in use" while its caller talked to the winner."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
+def port_of(sock: socket.socket) -> int:
+    return sock.getsockname()[1]
 
 
 def manage(database_url: str, *args: str, env: dict | None = None) -> str:
@@ -57,10 +73,17 @@ def wait_for_port(port: int, seconds: float = 30.0) -> None:
 class Process:
     """A child process, stopped with SIGTERM (then SIGKILL) when the block ends."""
 
-    def __init__(self, args: list[str], env: dict, log: Path):
+    def __init__(self, args: list[str], env: dict, log: Path, sockets: tuple[socket.socket, ...] = ()):
+        """`sockets` are handed to the child (their numbers stay the same there) and closed here:
+        the child serves on them."""
         self.log = log
         self._log_file = open(log, "wb")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+        try:
+            self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                         pass_fds=[sock.fileno() for sock in sockets])
+        finally:
+            for sock in sockets:
+                sock.close()
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
@@ -78,15 +101,17 @@ class Process:
 
 
 def start_mock_upstream(workdir: Path, *extra: str) -> tuple[Process, str]:
-    port = free_port()
-    process = Process([sys.executable, "manage.py", "mock_upstream", "--port", str(port), *extra],
-                      {**os.environ}, workdir / "mock-upstream.log")
-    wait_for_port(port)
+    sock = listening_socket()
+    port = port_of(sock)
+    process = Process([sys.executable, "manage.py", "mock_upstream", "--fd", str(sock.fileno()), *extra],
+                      {**os.environ}, workdir / "mock-upstream.log", sockets=(sock,))
+    wait_for_http(f"http://127.0.0.1:{port}/healthz")
     return process, f"http://127.0.0.1:{port}"
 
 
 def start_gateway(database_url: str, workdir: Path, workers: int = 1, env: dict | None = None) -> tuple[Process, str]:
-    port = free_port()
+    sock = listening_socket()
+    port = port_of(sock)
     environment = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -95,7 +120,7 @@ def start_gateway(database_url: str, workdir: Path, workers: int = 1, env: dict 
         **(env or {}),
     }
     process = Process([sys.executable, "-m", "gunicorn", "codevector.asgi:application", "-k",
-                       "uvicorn_worker.UvicornWorker", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-                       "--graceful-timeout", "20"], environment, workdir / "gateway.log")
+                       "uvicorn_worker.UvicornWorker", "--bind", f"fd://{sock.fileno()}", "--workers", str(workers),
+                       "--graceful-timeout", "20"], environment, workdir / "gateway.log", sockets=(sock,))
     wait_for_http(f"http://127.0.0.1:{port}/healthz")
     return process, f"http://127.0.0.1:{port}"
