@@ -12,19 +12,23 @@ TABLES = {"fiveminuteusage": "usage_bucket_5min", "hourlyusage": "usage_bucket_h
           "dailyusage": "usage_bucket_day", "monthlyusage": "usage_bucket_month"}
 
 
-def drop_indexes(apps, schema_editor):
+def single_column_indexes(schema_editor):
+    """(quoted name, quoted table, quoted column) of each index this migration drops, by Django's
+    naming of the indexes it made for the foreign keys."""
+    q = schema_editor.quote_name
     for table in TABLES.values():
         for column in ("user_id", "key_id"):
-            name = schema_editor._create_index_name(table, [column], suffix="")  # Django's name for them
-            schema_editor.execute(f"DROP INDEX IF EXISTS {schema_editor.quote_name(name)}")
+            yield q(schema_editor._create_index_name(table, [column], suffix="")), q(table), q(column)
+
+
+def drop_indexes(apps, schema_editor):
+    for name, _, _ in single_column_indexes(schema_editor):
+        schema_editor.execute(f"DROP INDEX IF EXISTS {name}")
 
 
 def create_indexes(apps, schema_editor):
-    for table in TABLES.values():
-        for column in ("user_id", "key_id"):
-            name = schema_editor._create_index_name(table, [column], suffix="")
-            schema_editor.execute(f"CREATE INDEX IF NOT EXISTS {schema_editor.quote_name(name)} "
-                                  f"ON {schema_editor.quote_name(table)} ({schema_editor.quote_name(column)})")
+    for name, table, column in single_column_indexes(schema_editor):
+        schema_editor.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})")
 
 
 def state(model_name):
