@@ -213,10 +213,11 @@ USAGE_FAIL_OPEN = env_bool("USAGE_FAIL_OPEN", False)
 # flush: a request costs about one round trip instead of a disk flush, and a PostgreSQL or OS
 # crash (not an outage: those are buffered) can lose the last few hundred milliseconds of deltas.
 USAGE_SYNCHRONOUS_COMMIT = env_bool("USAGE_SYNCHRONOUS_COMMIT", True)
-# While a ledger batch is in flight, the gateway's event loop polls for at most this long instead of
-# sleeping until the commit answers (0: it sleeps). On virtual machines whose idle CPUs halt, the
-# wake-up costs more than the wait: polling there raised one worker's throughput at 16 requests in
-# flight by 2-10 points of the forwarder's (README, Performance), for the CPU of one core during commits.
+# While a ledger batch is in flight and every request the worker serves waits for a commit, the
+# gateway's event loop polls for at most this long instead of sleeping until the commit answers
+# (0: it sleeps). On virtual machines whose idle CPUs halt, the wake-up costs more than the wait.
+# With other requests in progress their I/O wakes the loop anyway, and it does not poll: polling
+# there took the CPU the database and the upstream needed (README, Performance).
 USAGE_COMMIT_SPIN_SECONDS = env_float("USAGE_COMMIT_SPIN_SECONDS", 0.002, minimum=0)
 
 # --- Rollups ------------------------------------------------------------------------------

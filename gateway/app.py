@@ -84,6 +84,7 @@ class GatewayApp:
         self._start_lock: asyncio.Lock | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pipeline = Pipeline(self)
+        self.requests_in_progress = 0  # the commit's spin (usage.ledger.GroupCommitter) reads it
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -111,7 +112,7 @@ class GatewayApp:
                 return
             self.loop = asyncio.get_running_loop()
             request_ids.reset()  # this process's own prefix (gunicorn may have imported us before forking)
-            self.store = UsageStore()
+            self.store = UsageStore(in_progress=lambda: self.requests_in_progress)
             await self.store.open()
             self.session = upstream.open_session()
             await self.refresh()
@@ -176,6 +177,13 @@ class GatewayApp:
     async def __call__(self, scope, receive, send) -> None:
         if not self._started:
             await self.start()  # servers that skip lifespan
+        self.requests_in_progress += 1
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.requests_in_progress -= 1
+
+    async def _serve(self, scope, receive, send) -> None:
         path, method = scope["path"], scope["method"]
         call = Call(scope, receive, send)
         if path == "/healthz":

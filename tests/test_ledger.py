@@ -155,6 +155,37 @@ def test_the_committer_polls_only_while_a_batch_is_in_flight_and_never_past_its_
     assert asyncio.run(bounded()) == (True, False)
 
 
+def test_the_committer_polls_only_while_every_request_in_progress_waits_for_a_commit():
+    """With the gateway's count of requests in progress: one request, waiting for its batch, makes
+    the loop poll; another request coming in stops the polling at once (its I/O wakes the loop);
+    a batch that goes out while other requests are in progress is not polled for at all."""
+
+    async def scenario() -> tuple[bool, bool, bool, bool]:
+        in_progress = 1
+
+        async def write(deltas):
+            await asyncio.sleep(0.05)
+
+        committer = GroupCommitter(write, spin_seconds=0.2, in_progress=lambda: in_progress)
+        first = asyncio.get_running_loop().create_task(committer.record(None))
+        await asyncio.sleep(0.01)
+        alone = committer._spinning
+        in_progress = 2  # a second request arrives, still on its way to the upstream
+        await asyncio.sleep(0.01)
+        joined = committer._spinning
+        await first
+        in_progress = 3  # the next batch goes out with two other requests in progress
+        second = asyncio.get_running_loop().create_task(committer.record(None))
+        await asyncio.sleep(0.01)
+        busy = committer._spinning
+        in_progress = 1
+        await second
+        await committer.close()
+        return alone, joined, busy, committer._waiting == 0
+
+    assert asyncio.run(scenario()) == (True, False, False, True)
+
+
 def test_a_lane_writing_batch_after_batch_polls_through_all_of_them():
     """The spin's bound counts from each batch's start, not from the first: under steady load one
     lane writes batch after batch, and the loop keeps polling past the first batch's bound."""

@@ -250,9 +250,13 @@ class GroupCommitter:
     equal at 200 in flight). A write being one round trip (PostgresWriter), a second batch in
     flight no longer hides a round trip."""
 
-    def __init__(self, write_batch: WriteBatch, batches_in_flight: int = 1, spin_seconds: float = 0.0):
+    def __init__(self, write_batch: WriteBatch, batches_in_flight: int = 1, spin_seconds: float = 0.0,
+                 in_progress: Callable[[], int] | None = None):
         self._write_batch = write_batch
         self.spin_seconds = spin_seconds
+        # The requests this process is serving (the gateway's count); None: only the waiting callers.
+        self._in_progress = in_progress
+        self._waiting = 0  # callers in record(), not yet released
         self._spinning = False
         self._spin_until = 0.0
         self._pending: list[tuple[UsageDelta, asyncio.Future]] = []
@@ -272,8 +276,12 @@ class GroupCommitter:
         self.start()
         future = asyncio.get_running_loop().create_future()
         self._pending.append((delta, future))
+        self._waiting += 1
         self._wakeup.set()
-        await future
+        try:
+            await future
+        finally:
+            self._waiting -= 1
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -313,11 +321,18 @@ class GroupCommitter:
         answer costs more than the wait; the requests waiting on the batch pay it
         (settings.USAGE_COMMIT_SPIN_SECONDS). Each turn yields the CPU to any process waiting for
         it (sched_yield): the database answering the batch may be one."""
-        if self._writing and loop.time() < self._spin_until:
+        if self._writing and loop.time() < self._spin_until and self._nothing_else_to_do():
             _yield_cpu()  # PostgreSQL or the upstream, if waiting for this CPU, run first
             loop.call_soon(self._spin, loop)
         else:
             self._spinning = False
+
+    def _nothing_else_to_do(self) -> bool:
+        """True while every request this process serves waits for a commit: the loop would sleep
+        until the answer. With other requests in progress, their I/O wakes the loop anyway, and a
+        spin only takes the CPU that they, the database and the upstream need (16 in flight on
+        two cores: 59 % of the bare forwarder without a spin, 55 % with one; README, Performance)."""
+        return self._in_progress is None or self._in_progress() <= self._waiting
 
     async def _lane(self, batch: list[tuple[UsageDelta, asyncio.Future]]) -> None:
         """Write `batch`, then at once every delta that arrived meanwhile, until none is waiting.

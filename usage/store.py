@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Callable
 
 import psycopg
 from django.conf import settings
@@ -75,13 +76,15 @@ class StoreStatus:
 
 
 class UsageStore:
-    def __init__(self, *, buffer_dir: Path | None = None, fail_open: bool | None = None):
+    def __init__(self, *, buffer_dir: Path | None = None, fail_open: bool | None = None,
+                 in_progress: Callable[[], int] | None = None):
         self.buffer_dir = Path(buffer_dir or settings.USAGE_BUFFER_DIR)
         self.fail_open = settings.USAGE_FAIL_OPEN if fail_open is None else fail_open
         self.retry_seconds = settings.USAGE_DB_RETRY_SECONDS
         self.writer = make_writer(pool_size=settings.GATEWAY_DB_POOL_SIZE, timeout=settings.USAGE_DB_TIMEOUT_SECONDS,
                                   synchronous_commit=settings.USAGE_SYNCHRONOUS_COMMIT)
-        self.committer = GroupCommitter(self._write_batch, spin_seconds=settings.USAGE_COMMIT_SPIN_SECONDS)
+        self.committer = GroupCommitter(self._write_batch, spin_seconds=settings.USAGE_COMMIT_SPIN_SECONDS,
+                                        in_progress=in_progress)
         self.buffer = BufferWriter(self.buffer_dir, settings.USAGE_BUFFER_MAX_FILE_BYTES)
         # One thread for buffer appends (ordered, never blocking the event loop on fsync) and
         # one for draining through Django's connection.
