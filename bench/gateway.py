@@ -7,7 +7,8 @@ upstream) and at 200 in flight (50 ms upstream), stream time-to-first-byte, and 
 recorded in the ledger against the requests the gateway answered, and how this disk's flushes
 behaved meanwhile (a probe beside the bench: 8 KiB written and fdatasync'ed every 20 ms; with
 synchronous commit each batch waits for one such flush of PostgreSQL's WAL, so a flush stalled
-by the disk stalls every request in flight). With --budget, a second gateway
+by the disk stalls every request in flight), and the share of the CPU this VM's hypervisor took
+for other guests during each forwarder and gateway run (steal). With --budget, a second gateway
 (database codevector_bench_gateway_budget, a daily budget on the bench user) takes its turn beside
 the first in every round, and budgets on are printed against budgets off, round by round.
 
@@ -47,7 +48,7 @@ def wrk(url: str, connections: int, seconds: int, model: str, key: str | None, w
     if key:
         headers += f'wrk.headers["authorization"] = "Bearer {key}"\n'
     script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY.replace("MODEL", model))}\n{headers}')
-    start = time.monotonic()
+    start, stolen = time.monotonic(), cpu_stolen()
     out = subprocess.run(["wrk", "-t", "1" if connections == 1 else "2", "-c", str(connections), "-d", f"{seconds}s",
                           "--latency", "-s", str(script), url + "/v1/chat/completions"],
                          capture_output=True, text=True, check=True).stdout
@@ -62,7 +63,23 @@ def wrk(url: str, connections: int, seconds: int, model: str, key: str | None, w
     return {"p50": ms("50%"), "p99": ms("99%"), "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "requests": int(re.search(r"(\d+) requests in", out).group(1)),
             "errors": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else "",
-            "start": start, "end": time.monotonic()}
+            "start": start, "end": time.monotonic(), "steal": cpu_stolen(stolen)}
+
+
+def cpu_stolen(since: tuple[int, int] | None = None):
+    """This VM's CPU time taken by its hypervisor for other guests ("steal" in /proc/stat): the
+    (stolen, total) ticks now, or the share stolen since `since`. Every process here runs slower
+    by about as much while it lasts, and a run that meets more of it than the one it is compared
+    with moves the ratio."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(x) for x in stat.readline().split()[1:9]]
+    except OSError:
+        return 0.0 if since else (0, 0)
+    now = (ticks[7], sum(ticks))
+    if since is None:
+        return now
+    return (now[0] - since[0]) / max(1, now[1] - since[1])
 
 
 class DiskProbe(threading.Thread):
@@ -342,6 +359,8 @@ def main():
                                                                  if label.startswith("200") else "") for r in calm]
             print(f"    rounds without a stall in the gateway's run: {len(calm)} of {len(results)}"
                   + (f" ({', '.join(figures)})" if figures else ""))
+            print(f"  CPU stolen by the hypervisor (%) in each round's forwarder/gateway runs at {label}: "
+                  + ", ".join("/".join(f"{one['steal']:.0%}".rstrip("%") for one in r[1:]) for r in results))
         if not args.quick:
             ttfb = asyncio.run(stream_ttfb([(direct, None), (forwarder, None), (gateway, key)]))
             print(f"stream time to first byte (median, taking turns): direct {ttfb[0]:.2f} ms, forwarder "
