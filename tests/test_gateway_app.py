@@ -114,6 +114,20 @@ def test_chat_completion_is_proxied_renamed_and_counted_exactly(gw):
     assert gw.mock.seen[-1]["body"]["model"] == "gpt-4o-mini"
 
 
+def test_the_gateway_counts_its_requests_in_progress_for_the_commit_spin(gw):
+    """GatewayApp.requests_in_progress (read by the ledger's commit spin): one while a stream is
+    open, none once answers and refusals are out."""
+    gw.mock.chunk_delay = 0.2
+    stream = gw.openai.chat.completions.create(model="gpt-test", messages=chat(), stream=True)
+    chunks = iter(stream)
+    next(chunks)
+    during = gw.server.app.requests_in_progress
+    rest = list(chunks)
+    status, _, _ = post(gw, "/v1/chat/completions", b"{}", {"authorization": ""})
+    assert (during, status, gw.server.app.requests_in_progress) == (1, 401, 0)
+    assert rest and ledger()["requests"] == 1
+
+
 def test_a_stream_without_include_usage_hides_the_usage_chunk_but_counts_it(gw):
     chunks = list(gw.openai.chat.completions.create(model="gpt-test", messages=chat(), stream=True))
     assert all(chunk.usage is None for chunk in chunks) and all(chunk.choices for chunk in chunks)
