@@ -12,7 +12,10 @@ for other guests during each forwarder and gateway run (steal). With --budget, a
 (database codevector_bench_gateway_budget, a daily budget on the bench user) takes its turn beside
 the first in every round, and budgets on are printed against budgets off, round by round.
 
-Run: .venv/bin/python bench/gateway.py [--seconds 6] [--rounds 3] [--budget] [--async-commit] [--quick]
+With --reference, bench/forwarder_ledger.py (the forwarder with a group-committed UPSERT before each
+answer: what recording costs at its simplest) takes its turn too, and the gateway is printed against it.
+
+Run: .venv/bin/python bench/gateway.py [--seconds 6] [--rounds 3] [--budget] [--async-commit] [--quick] [--reference]
 """
 
 import argparse
@@ -39,6 +42,7 @@ SERVER = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:543
 DB = "codevector_bench_gateway"
 URL = f"{SERVER}/{DB}"
 BUDGET_URL = f"{SERVER}/{DB}_budget"  # --budget: the second gateway's database
+REFERENCE_URL = f"{SERVER}/{DB}_reference"  # --reference: bench/forwarder_ledger.py's database
 BODY = json.dumps({"model": "MODEL", "messages": [{"role": "user", "content": "Say hello to the benchmark."}]})
 
 
@@ -236,12 +240,16 @@ def main():
     parser.add_argument("--async-commit", action="store_true",
                         help="run the gateway with USAGE_SYNCHRONOUS_COMMIT=off (no WAL flush before each answer)")
     parser.add_argument("--quick", action="store_true", help="only the 1- and 16-in-flight rows and the ledger check")
+    parser.add_argument("--reference", action="store_true",
+                        help="also run bench/forwarder_ledger.py (the forwarder with a group-committed UPSERT before "
+                             "each answer) in every round, and print the gateway against it")
     parser.add_argument("--profile", metavar="PATH", help="sample the gateway worker with py-spy during the first "
                         "16-in-flight run and write a flat profile (py-spy's raw format) to PATH")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="cv-bench-"))
-    mock_port, slow_port, stream_port, gw_port, fw_port, slow_fw_port, budget_port = (free_port() for _ in range(7))
+    mock_port, slow_port, stream_port, gw_port, fw_port, slow_fw_port, budget_port, ref_port, slow_ref_port = (
+        free_port() for _ in range(9))
     facades = {"gpt-bench": mock_port, "gpt-bench-slow": slow_port, "gpt-bench-streams": stream_port}
     key = prepare(URL, facades, budget=False)
     budget_key = prepare(BUDGET_URL, facades, budget=True) if args.budget else None
@@ -267,6 +275,18 @@ def main():
         processes.append(gunicorn(BUDGET_URL, budget_port, {**env, "USAGE_BUFFER_DIR": str(workdir / "buffer-budget")},
                                   workdir / "gateway-budget.log"))
         ports.append(budget_port)
+    if args.reference:
+        import psycopg
+
+        with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {DB}_reference WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {DB}_reference")
+        for port, upstream in ((ref_port, mock_port), (slow_ref_port, slow_port)):
+            processes.append(Process([sys.executable, "-m", "uvicorn", "bench.forwarder_ledger:app", "--port", str(port),
+                                      "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--backlog",
+                                      "4096"], {**env, "UPSTREAM": f"http://127.0.0.1:{upstream}",
+                                                "REFERENCE_DSN": REFERENCE_URL}, workdir / f"reference-{port}.log"))
+            ports.append(port)
     try:
         for port in ports:
             wait_for_port(port)
@@ -277,15 +297,20 @@ def main():
         if args.budget:
             gateways[f"http://127.0.0.1:{budget_port}"] = (budget_key, BUDGET_URL)
             who.append("gateway, budgets on")
+        references = []  # --reference: appended to each row, after the gateways
+        if args.reference:
+            references = [f"http://127.0.0.1:{ref_port}", f"http://127.0.0.1:{slow_ref_port}"]
+            who.append("forwarder + ledger (reference)")
         for url, (gateway_key, _) in gateways.items():
             asyncio.run(counted_run(url, gateway_key, 200))  # warm up
         probe = DiskProbe(workdir)
         probe.start()
         s = args.seconds
-        targets = {"1 in flight": (1, "gpt-bench", [direct, forwarder, *gateways]),
-                   "16 in flight, 0 ms": (16, "gpt-bench", [direct, forwarder, *gateways])}
+        targets = {"1 in flight": (1, "gpt-bench", [direct, forwarder, *gateways, *references[:1]]),
+                   "16 in flight, 0 ms": (16, "gpt-bench", [direct, forwarder, *gateways, *references[:1]])}
         if not args.quick:
-            targets["200 in flight, 50 ms"] = (200, "gpt-bench-slow", [slow_direct, slow_forwarder, *gateways])
+            targets["200 in flight, 50 ms"] = (200, "gpt-bench-slow",
+                                               [slow_direct, slow_forwarder, *gateways, *references[1:]])
         # Rounds interleave direct, forwarder and gateway (and the budgets-on gateway), so that a slow
         # spell of this shared machine lands on all of them: each figure is the median of its rounds,
         # each ratio the median of the ratios of one round.
@@ -327,6 +352,19 @@ def main():
             extra = [r[2]["p99"] - r[1]["p99"] for r in rounds["200 in flight, 50 ms"]]
             print(f"p99 at 200 in flight, gateway over forwarder: {statistics.median(extra):+.0f} ms "
                   f"(rounds: {', '.join(f'{x:+.0f}' for x in extra)}; goal <= +50)")
+        if args.reference:
+            # The gateway against the issue's reference: what its own steps cost over recording alone.
+            last = len(who) - 1
+            added_ref = [r[last]["p50"] - r[1]["p50"] for r in one]
+            print(f"reference (forwarder + ledger) at 1 in flight: added p50 {statistics.median(added_ref):.2f} ms over "
+                  f"the forwarder (rounds: {', '.join(f'{a:.2f}' for a in added_ref)})")
+            for label, results in rounds.items():
+                of_forwarder = [r[last]["rps"] / r[1]["rps"] for r in results]
+                gateway_of_reference = [r[2]["rps"] / r[last]["rps"] for r in results]
+                print(f"reference / forwarder throughput at {label}: {statistics.median(of_forwarder):.0%} "
+                      f"(rounds: {', '.join(f'{x:.0%}' for x in of_forwarder)}); gateway / reference: "
+                      f"{statistics.median(gateway_of_reference):.0%} "
+                      f"(rounds: {', '.join(f'{x:.0%}' for x in gateway_of_reference)})")
         if args.budget:
             # Budgets on against off, each round's pair: throughput within 10 %, and the added p50 at
             # 1 in flight (over the forwarder) within 10 % of the budgets-off gateway's.
@@ -345,7 +383,7 @@ def main():
             # direct and forwarder runs never wait for the disk.
             cells = []
             for r in results:
-                stalls = [max(probe.stalls(one["start"], one["end"]), default=0) for one in r[2:]]
+                stalls = [max(probe.stalls(one["start"], one["end"]), default=0) for one in r[2:2 + len(gateways)]]
                 cells.append("/".join(f"{x:.0f}" for x in stalls))
             print(f"  longest stall (ms) in each round's gateway run{'s (off/on)' if args.budget else ''} at "
                   f"{label}: {', '.join(cells)}")
@@ -360,7 +398,7 @@ def main():
             print(f"    rounds without a stall in the gateway's run: {len(calm)} of {len(results)}"
                   + (f" ({', '.join(figures)})" if figures else ""))
             print(f"  CPU stolen by the hypervisor (%) in each round's forwarder/gateway runs at {label}: "
-                  + ", ".join("/".join(f"{one['steal']:.0%}".rstrip("%") for one in r[1:]) for r in results))
+                  + ", ".join("/".join(f"{one['steal']:.0%}".rstrip("%") for one in r[1:2 + len(gateways)]) for r in results))
         if not args.quick:
             ttfb = asyncio.run(stream_ttfb([(direct, None), (forwarder, None), (gateway, key)]))
             print(f"stream time to first byte (median, taking turns): direct {ttfb[0]:.2f} ms, forwarder "
