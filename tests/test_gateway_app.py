@@ -124,6 +124,10 @@ def test_the_gateway_counts_its_requests_in_progress_for_the_commit_spin(gw):
     during = gw.server.app.requests_in_progress
     rest = list(chunks)
     status, _, _ = post(gw, "/v1/chat/completions", b"{}", {"authorization": ""})
+    # The client has its answer a moment before the server's handler returns.
+    deadline = time.monotonic() + 5
+    while gw.server.app.requests_in_progress and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert (during, status, gw.server.app.requests_in_progress) == (1, 401, 0)
     assert rest and ledger()["requests"] == 1
 
