@@ -11,16 +11,14 @@ table `reference_bucket` into) in the environment.
 import asyncio
 import os
 
-import aiohttp
 import psycopg
 
+from bench.forwarder import forwarding_app, start_of
 from usage import pgwire
 
-UPSTREAM = os.environ.get("UPSTREAM", "http://127.0.0.1:8001")
 UPSERT = ("INSERT INTO reference_bucket (bucket, requests, bytes) VALUES (1, {requests}, {size}) "
           "ON CONFLICT (bucket) DO UPDATE SET requests = reference_bucket.requests + excluded.requests, "
           "bytes = reference_bucket.bytes + excluded.bytes")
-session: aiohttp.ClientSession | None = None
 connection: psycopg.AsyncConnection | None = None
 pending: list[tuple[int, asyncio.Future]] = []
 wakeup: asyncio.Event | None = None
@@ -39,37 +37,28 @@ async def writer() -> None:
                 future.set_result(None)
 
 
-async def app(scope, receive, send):
-    global session, connection, wakeup
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
-                connection = await psycopg.AsyncConnection.connect(os.environ["REFERENCE_DSN"], autocommit=True)
-                await connection.execute("CREATE TABLE IF NOT EXISTS reference_bucket "
-                                         "(bucket int PRIMARY KEY, requests bigint NOT NULL, bytes bigint NOT NULL)")
-                wakeup = asyncio.Event()
-                asyncio.get_running_loop().create_task(writer())
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await session.close()
-                await connection.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    async with session.post(UPSTREAM + scope["path"], data=body,
-                            headers={"content-type": "application/json"}) as response:
-        data = await response.read()
-        recorded = asyncio.get_running_loop().create_future()
-        pending.append((len(data), recorded))
-        wakeup.set()
-        await recorded  # recorded before the first byte of the answer
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": [(b"content-type", response.headers.get("content-type", "").encode())]})
-        await send({"type": "http.response.body", "body": data})
+async def start() -> None:
+    global connection, wakeup
+    connection = await psycopg.AsyncConnection.connect(os.environ["REFERENCE_DSN"], autocommit=True)
+    await connection.execute("CREATE TABLE IF NOT EXISTS reference_bucket "
+                             "(bucket int PRIMARY KEY, requests bigint NOT NULL, bytes bigint NOT NULL)")
+    wakeup = asyncio.Event()
+    asyncio.get_running_loop().create_task(writer())
+
+
+async def stop() -> None:
+    await connection.close()
+
+
+async def recorded_answer(response, send) -> None:
+    """The whole answer, sent once its counters are committed (before its first byte)."""
+    data = await response.read()
+    recorded = asyncio.get_running_loop().create_future()
+    pending.append((len(data), recorded))
+    wakeup.set()
+    await recorded
+    await send(start_of(response))
+    await send({"type": "http.response.body", "body": data})
+
+
+app = forwarding_app(recorded_answer, start, stop)
