@@ -137,7 +137,10 @@ class Pipeline:
         return facade
 
     def check_budgets(self, call: Call) -> None:
-        verdict = self.gateway.budgets.check(call.key.user_id, datetime.now(UTC))
+        budgets = self.gateway.budgets
+        if not budgets.applies_to(call.key.user_id):
+            return
+        verdict = budgets.check(call.key.user_id, datetime.now(UTC))
         if verdict is NO_BUDGET:
             return
         call.extra_headers += [(name.encode(), value.encode()) for name, value in verdict.headers]

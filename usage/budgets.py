@@ -240,7 +240,8 @@ class BudgetBook:
         for local in self._local.values():
             local.drop_before(read_started)
 
-    def _applies_to(self, user_id: int) -> bool:
+    def applies_to(self, user_id: int) -> bool:
+        """Whether any budget applies to the user: a dictionary look-up, asked before the clock is read."""
         return bool(self._defaults) or user_id in self._own
 
     def _applicable(self, user_id: int) -> list[BudgetRule]:
@@ -250,7 +251,7 @@ class BudgetBook:
                 if period in own or period in self._defaults]
 
     def add_spend(self, user_id: int, at: datetime, nanos: int) -> None:
-        if nanos and self._applies_to(user_id):
+        if nanos and self.applies_to(user_id):
             self._local.setdefault(user_id, LocalSpend()).add(monotonic(), at, nanos)
 
     def _window(self, period: str, now: datetime) -> tuple[datetime | None, datetime | None]:
@@ -261,7 +262,7 @@ class BudgetBook:
         return window
 
     def states(self, user_id: int, now: datetime) -> list[BudgetState]:
-        if not self._applies_to(user_id):
+        if not self.applies_to(user_id):
             return []
         local = self._local.get(user_id)
         states = []
@@ -277,7 +278,7 @@ class BudgetBook:
 
     def check(self, user_id: int, now: datetime) -> BudgetVerdict:
         """The gateway's one question per request, answered from the snapshot (no database)."""
-        if not self._applies_to(user_id):
+        if not self.applies_to(user_id):
             return NO_BUDGET
         return verdict(self.states(user_id, now))
 

@@ -262,19 +262,22 @@ class GroupCommitter:
         self._pending: list[tuple[UsageDelta, asyncio.Future]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._slots = asyncio.Semaphore(batches_in_flight)
         self._writing: set[asyncio.Task] = set()
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-ledger-writer")
+            # The loop, kept: asyncio.get_running_loop() is a getpid() system call on Python 3.11.
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._run(), name="usage-ledger-writer")
 
     async def record(self, delta: UsageDelta) -> None:
         if self._closing:
             raise RuntimeError("the ledger is closed")
         self.start()
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         self._pending.append((delta, future))
         self._waiting += 1
         self._wakeup.set()
@@ -308,7 +311,7 @@ class GroupCommitter:
         polling once its own bound is reached."""
         if not self.spin_seconds:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._spin_until = loop.time() + self.spin_seconds
         if not self._spinning:
             self._spinning = True

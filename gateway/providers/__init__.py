@@ -4,6 +4,7 @@ What they share lives here: the usage a response reports, the 4-characters-a-tok
 responses that report none, and an incremental reader of server-sent events.
 """
 
+import functools
 import json
 import math
 import re
@@ -139,12 +140,21 @@ class SSEReader:
         return raw, name, "\n".join(data)
 
 
+@functools.lru_cache(maxsize=256)
+def _model_keys(upstream: str, public: str) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """`"model":<upstream>` with and without a space after the colon, each with its renamed form
+    (worked out once per pair of names: a whole answer and every event of a stream ask)."""
+    old, new = json.dumps(upstream).encode(), json.dumps(public).encode()
+    return (b'"model":' + old, b'"model":' + new), (b'"model": ' + old, b'"model": ' + new)
+
+
 def rename_model(raw: bytes, upstream: str, public: str) -> bytes:
     """Rewrite `"model":"<upstream>"` to the facade's public name without re-encoding the event."""
     if upstream == public:
         return raw
-    old, new = json.dumps(upstream).encode(), json.dumps(public).encode()
-    return raw.replace(b'"model":' + old, b'"model":' + new).replace(b'"model": ' + old, b'"model": ' + new)
+    for old, new in _model_keys(upstream, public):
+        raw = raw.replace(old, new)
+    return raw
 
 
 # A JSON string or a bracket, to tell how deep a `"model":` key sits when there are several.
@@ -175,20 +185,19 @@ def rename_top_model(raw: bytes, upstream: str, public: str, depth: int) -> byte
     `metadata`, say) stays; with a single occurrence, no scan is needed."""
     if upstream == public:
         return raw
-    old, new = json.dumps(upstream).encode(), json.dumps(public).encode()
     hits = []
-    for pattern in (b'"model":' + old, b'"model": ' + old):
+    for pattern, renamed in _model_keys(upstream, public):
         start = raw.find(pattern)
         while start >= 0:
-            hits.append((start, pattern))
+            hits.append((start, pattern, renamed))
             start = raw.find(pattern, start + len(pattern))
     if len(hits) > 1:
-        depths = _depths(raw, {start for start, _ in hits})
-        hits = [(start, pattern) for start, pattern in hits if depths.get(start) == depth]
+        depths = _depths(raw, {hit[0] for hit in hits})
+        hits = [hit for hit in hits if depths.get(hit[0]) == depth]
     if not hits:
         return raw
-    start, pattern = min(hits)
-    return raw[:start] + pattern[: -len(old)] + new + raw[start + len(pattern):]
+    start, pattern, renamed = min(hits)
+    return raw[:start] + renamed + raw[start + len(pattern):]
 
 
 def renamed_body(raw: bytes, public_model: str) -> tuple[object, bytes]:
