@@ -49,14 +49,10 @@ async def with_writer(scenario):
 
 
 def watermark_lock_is_free() -> bool:
-    """What a rollup asks first: the watermark row FOR UPDATE (here NOWAIT: busy -> False)."""
+    """What a rollup asks first: the watermark's lock, exclusively (here without waiting)."""
     with psycopg.connect(postgres_conninfo(), autocommit=True) as conn:
-        try:
-            with conn.transaction():
-                conn.execute(f"SELECT watermark FROM {sql.STATE_TABLE} WHERE id = 1 FOR UPDATE NOWAIT")
-            return True
-        except psycopg.errors.LockNotAvailable:
-            return False
+        with conn.transaction():
+            return conn.execute(f"SELECT pg_try_advisory_xact_lock({sql.WATERMARK_LOCK_KEY})").fetchone()[0]
 
 
 def test_a_write_leaves_the_next_one_armed_and_it_commits_in_one_round_trip(alice_key, gpt):
@@ -81,14 +77,55 @@ def test_a_write_leaves_the_next_one_armed_and_it_commits_in_one_round_trip(alic
         finally:
             pgwire.run = run
         assert second.txid == armed_txid
-        assert len(sent) == 1  # UPSERT; COMMIT; BEGIN; lock
-        assert sent[0].startswith("EXECUTE codevector_add_5min_1(") and "; COMMIT; BEGIN; " in sent[0]
+        assert len(sent) == 1  # UPSERT; COMMIT; BEGIN; the lock, shared; the watermark and txid
+        assert sent[0].startswith("EXECUTE codevector_add_5min_1(")
+        assert sent[0].endswith("; COMMIT; BEGIN; EXECUTE codevector_share_watermark; EXECUTE codevector_lock_watermark")
         return watermark_lock_is_free()
 
     lock_free_while_armed = asyncio.run(with_writer(scenario))
     assert lock_free_while_armed is False  # the armed transaction holds the watermark's share lock
     assert totals() == (3, 60, 60_000)
     assert watermark_lock_is_free()  # closing the writer rolled it back
+
+
+def test_armed_writers_lock_nothing_in_the_watermarks_row_and_a_rollup_still_waits_for_them(alice_key, gpt):
+    """Three writers armed at once (three gateway workers) hold the watermark's advisory lock
+    shared: the row itself carries no lock (a row share-locked by several transactions needs a new
+    MultiXact per lock), and a rollup's exclusive lock waits until they give it back."""
+    ensure_state()
+
+    async def scenario():
+        writers = [PostgresWriter(postgres_conninfo(), 1, timeout=2.0) for _ in range(3)]
+        for writer in writers:
+            await writer.open()
+        try:
+            for n, writer in enumerate(writers):
+                await writer.write([delta(alice_key, gpt, n + 1)])
+            assert all(len(writer._armed) == 1 for writer in writers)
+            with psycopg.connect(postgres_conninfo(), autocommit=True) as conn:
+                xmax = conn.execute(f"SELECT xmax::text FROM {sql.STATE_TABLE} WHERE id = 1").fetchone()[0]
+            return xmax, watermark_lock_is_free()
+        finally:
+            for writer in writers:
+                await writer.close()
+
+    xmax, free_while_armed = asyncio.run(scenario())
+    assert xmax == "0"  # with FOR SHARE: a MultiXact of the three transactions
+    assert free_while_armed is False
+    assert watermark_lock_is_free()
+    assert totals() == (3, 6, 6_000)
+
+
+def test_a_rollup_holds_the_watermarks_lock_exclusively_until_it_ends(alice_key, gpt):
+    from django.db import connection, transaction
+
+    from usage.rollups import _lock_state
+
+    ensure_state()
+    with transaction.atomic(), connection.cursor() as cursor:
+        _lock_state(cursor)
+        assert watermark_lock_is_free() is False
+    assert watermark_lock_is_free()
 
 
 def test_an_idle_armed_transaction_gives_the_watermark_back_for_rollups(alice_key, gpt):
@@ -137,10 +174,11 @@ def test_lost_prepared_statements_fall_back_to_plain_text_without_losing_the_bat
     assert totals() == (4, 15, 15_000)
 
 
-def test_a_lost_lock_statement_after_commit_leaves_the_outcome_to_txid_status_never_to_a_rewrite(alice_key, gpt):
-    """More rows than are prepared go as plain text; the prepared lock after COMMIT then fails with
-    the batch already committed: the writer says the outcome is unknown (the store asks
-    txid_status()), it does not write the batch a second time."""
+@pytest.mark.parametrize("lost", [PostgresWriter.SHARE_NAME, PostgresWriter.LOCK_NAME])
+def test_a_lost_lock_statement_after_commit_leaves_the_outcome_to_txid_status_never_to_a_rewrite(alice_key, gpt, lost):
+    """More rows than are prepared go as plain text; a prepared statement of the lock after COMMIT
+    then fails with the batch already committed: the writer says the outcome is unknown (the store
+    asks txid_status()), it does not write the batch a second time."""
     from datetime import timedelta
 
     from usage.ledger import PREPARED_ROWS, CommitOutcomeUnknown
@@ -150,7 +188,7 @@ def test_a_lost_lock_statement_after_commit_leaves_the_outcome_to_txid_status_ne
 
     async def scenario(writer):
         await writer.write([delta(alice_key, gpt, 100)])
-        await pgwire.run(writer._armed[0].conn, f"DEALLOCATE {writer.LOCK_NAME}")
+        await pgwire.run(writer._armed[0].conn, f"DEALLOCATE {lost}")
         with pytest.raises(CommitOutcomeUnknown) as raised:
             await writer.write(spread)
         assert await writer.txid_status(raised.value.txid) == "committed"

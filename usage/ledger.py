@@ -105,7 +105,8 @@ Statement = tuple[str, list]
 class WritePlan:
     """The statements one write runs, in one transaction, in this order:
 
-    1. `lock`: read (and share-lock) the rollup watermark; on PostgreSQL, also the transaction id.
+    1. `lock`: on PostgreSQL, take the watermark's lock shared (usage.sql.SHARE_WATERMARK); then
+       read the rollup watermark, and on PostgreSQL the transaction id (the last statement's row).
     2. `upserts`: add every delta to its 5-minute bucket.
     3. `late(watermark)`: a delta whose bucket lies before the watermark is also added, additively,
        to every coarser bucket already rolled (its hour; its day and month once those have ended
@@ -113,7 +114,7 @@ class WritePlan:
        recomputed from 5-minute rows that retention may have pruned.
     """
 
-    lock: Statement
+    lock: list[Statement]
     upserts: list[Statement]
     rows: list[tuple[Key, list[int]]]
 
@@ -140,9 +141,16 @@ class WritePlan:
                 for statement in _add_rows(sql.LEVEL_TABLES[level], sorted(merged.items()))]
 
 
+def lock_statements(vendor: str) -> list[Statement]:
+    """A write's first statements (WritePlan.lock): the watermark's shared lock where the database
+    has one, then the watermark and the transaction id, read once the lock is held."""
+    share = sql.SHARE_WATERMARK[vendor]
+    return [*([(share, [])] if share else []), (sql.LOCK_WATERMARK_FOR_WRITE[vendor], [])]
+
+
 def write_plan(deltas: Iterable[UsageDelta], vendor: str = "postgresql") -> WritePlan:
     rows = list(merge_deltas(deltas).items())
-    return WritePlan((sql.LOCK_WATERMARK_FOR_WRITE[vendor], []), _add_rows(sql.LEVEL_TABLES["5min"], rows), rows)
+    return WritePlan(lock_statements(vendor), _add_rows(sql.LEVEL_TABLES["5min"], rows), rows)
 
 
 def _add_rows(table: str, rows: list) -> list[Statement]:
@@ -210,7 +218,8 @@ def write_with_cursor(deltas: list[UsageDelta], cursor, vendor: str, adapt_datet
         sql_text, params = statement
         cursor.execute(sql_text, [adapt_datetime(p) if isinstance(p, datetime) else p for p in params])
 
-    execute(plan.lock)
+    for statement in plan.lock:
+        execute(statement)
     locked = cursor.fetchall()
     for statement in plan.upserts:
         execute(statement)
@@ -402,7 +411,7 @@ def _locked(results: list) -> list[tuple[int, datetime | None]]:
 @dataclass(eq=False)
 class _Armed:
     """A connection left inside the next write's transaction: its txid and watermark already read
-    (the watermark share-locked), so that write is one round trip."""
+    (the watermark's lock held shared), so that write is one round trip."""
 
     conn: psycopg.AsyncConnection
     locked: list
@@ -419,18 +428,21 @@ class PostgresWriter:
 
     One round trip per batch while batches keep coming: a write's text ends by opening the next
     write's transaction on the same connection ("<UPSERTs>; COMMIT; BEGIN; <the lock>"), which
-    comes back *armed* with its txid and the watermark, share-locked. The next batch on it sends
-    only "<UPSERTs>; COMMIT; BEGIN; <the lock>" again. An armed connection left unused for
-    ARMED_SECONDS is rolled back into the pool: until then it holds the watermark's share lock,
-    which a rollup waits for (so a rollup waits at most that long for an idle gateway).
+    comes back *armed* with its txid and the watermark, its lock held shared (an advisory lock:
+    usage.sql.WATERMARK_LOCK_KEY). The next batch on it sends only "<UPSERTs>; COMMIT; BEGIN; <the
+    lock>" again. An armed connection left unused for ARMED_SECONDS is rolled back into the pool:
+    until then it holds the watermark's lock, which a rollup waits for (so a rollup waits at most
+    that long for an idle gateway).
 
     The connections need a session of their own on the server (a direct connection or session
     pooling): the UPSERTs are prepared statements and the armed transaction spans round trips."""
 
     resolves_unknown_outcomes = True  # txid_status(): a write abandoned mid-way can be resolved
     ARMED_SECONDS = 0.2
-    # The watermark lock, prepared too: as plain text PostgreSQL parsed and planned it for every
-    # batch (~0.15 ms of its CPU here, more than the prepared UPSERT's whole execution).
+    # The lock's statements, prepared too: as plain text PostgreSQL parsed and planned the
+    # watermark's read for every batch (~0.15 ms of its CPU here, more than the prepared UPSERT's
+    # whole execution).
+    SHARE_NAME = "codevector_share_watermark"
     LOCK_NAME = "codevector_lock_watermark"
 
     def __init__(self, conninfo: str, max_size: int = 4, timeout: float = 2.0, synchronous_commit: bool = True):
@@ -446,6 +458,7 @@ class PostgresWriter:
         table = sql.LEVEL_TABLES["5min"]
         self.prepared = {sql.add_counters(table, rows): f"codevector_add_5min_{rows}"
                          for rows in range(1, PREPARED_ROWS + 1)}
+        self.prepared[sql.SHARE_WATERMARK["postgresql"]] = self.SHARE_NAME
         self.prepared[sql.LOCK_WATERMARK_FOR_WRITE["postgresql"]] = self.LOCK_NAME
         self._armed: list[_Armed] = []
         self._disarming: set[asyncio.Task] = set()
@@ -476,7 +489,7 @@ class PostgresWriter:
         attempt = attempt or WriteAttempt()
         armed = self._take_armed()
         conn = armed.conn if armed is not None else await self.pool.getconn()
-        lock = sql.render([(sql.LOCK_WATERMARK_FOR_WRITE["postgresql"], [])], self.prepared)
+        lock = sql.render(lock_statements("postgresql"), self.prepared)
         try:
             if any(delta.key_id is None for delta in deltas):  # never on the gateway's path
                 deltas = await with_reserved_keys_async(deltas, psycopg.AsyncClientCursor(conn))
@@ -497,15 +510,15 @@ class PostgresWriter:
         except psycopg.errors.InvalidSqlStatementName as exc:
             # A prepared statement is missing (a pooler between us and PostgreSQL that does not keep
             # the session). Write as plain text from now on. An UPSERT's EXECUTE failed before COMMIT:
-            # nothing was committed, this batch is written again. The lock's EXECUTE after COMMIT
-            # (the UPSERTs sent as text): the batch may have landed, txid_status() says.
+            # nothing was committed, this batch is written again. One of the lock's EXECUTEs after
+            # COMMIT (the UPSERTs sent as text): the batch may have landed, txid_status() says.
             await self._end(conn)
             if not self.prepared:
                 raise
             logger.warning("the ledger's prepared statements are missing on the server (transaction pooling?); "
                            "writing without them")
             self.prepared = {}
-            if attempt.committing and self.LOCK_NAME in str(exc):
+            if attempt.committing and any(f'"{name}"' in str(exc) for name in (self.SHARE_NAME, self.LOCK_NAME)):
                 raise CommitOutcomeUnknown(attempt.txid) from exc
             attempt.committing = False
             await self.write(deltas, attempt)

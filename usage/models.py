@@ -177,8 +177,9 @@ class Budget(models.Model):
 
 class RollupState(models.Model):
     """The rollups' watermark (one row): every local hour that ends at or before it is rolled into
-    the hour table, every day and month that ends at or before it into theirs. Writers lock this
-    row (FOR SHARE) so a late delta and a rollup are ordered one after the other."""
+    the hour table, every day and month that ends at or before it into theirs. Writers read it under
+    a shared lock, rollups change it under an exclusive one (usage.sql.WATERMARK_LOCK_KEY), so a
+    late delta and a rollup are ordered one after the other."""
 
     watermark = models.DateTimeField(null=True, blank=True)
     time_zone = models.CharField(max_length=64, blank=True, help_text="TIME_ZONE the rolled levels follow.")

@@ -2,8 +2,9 @@
 
 Each step rolls one local hour [W, next hour) from the 5-minute table into the hour table, the
 day that hour completes (if any) from the hour table into the day table, and likewise the month,
-then advances the watermark, all in one transaction under the watermark row's lock (FOR UPDATE,
-which waits for every ledger write holding it FOR SHARE). Each recomputation is idempotent
+then advances the watermark, all in one transaction under the watermark's lock (on PostgreSQL an
+advisory lock held exclusively, which waits for every ledger write holding it shared:
+usage.sql.WATERMARK_LOCK_KEY). Each recomputation is idempotent
 (`SET x = EXCLUDED.x`), so a rerun or a crash mid-run is harmless; late data that arrives after a
 period was rolled is added to it by the ledger itself (usage.ledger.WritePlan.late).
 
@@ -52,6 +53,9 @@ def _execute(cursor, statement: str, params: list) -> int:
 
 
 def _lock_state(cursor) -> tuple[datetime | None, str]:
+    exclude_writers = sql.EXCLUDE_WATERMARK_WRITERS[connection.vendor]
+    if exclude_writers:
+        cursor.execute(exclude_writers)
     cursor.execute(sql.LOCK_WATERMARK_FOR_ROLLUP[connection.vendor])
     row = cursor.fetchone()
     return as_utc(row[0]), row[1]

@@ -189,14 +189,28 @@ PRUNE_APPLIED_DELTA_IDS = f"DELETE FROM {APPLIED_DELTA_TABLE} WHERE applied_at <
 
 STATE_TABLE = "usage_rollup_state"
 
-# Every ledger write begins here. On PostgreSQL the share lock orders the write against a rollup
-# (which takes FOR UPDATE before it aggregates), and the transaction id read in the same round
-# trip lets a cut COMMIT be resolved with txid_status(). SQLite's write lock serialises anyway.
+# On PostgreSQL, ledger writes and rollups are ordered by a transaction-level advisory lock on this
+# key ("cv:wmark" as a bigint), not by a lock on the watermark's row: every write holds it shared
+# (SHARE_WATERMARK), a rollup exclusively (EXCLUDE_WATERMARK_WRITERS), each until its transaction
+# ends. A row lock did the same, but rows share-locked by several transactions at once (each
+# gateway worker's armed transaction, usage.ledger.PostgresWriter) are locked through a new
+# MultiXact per lock, with every holder as a member: 844 a second with two workers here, so the
+# database's MultiXact space (and its member space, which grows with the number of holders) ran
+# towards forced anti-wraparound vacuums of every table, or at worst refused writes. An advisory
+# lock lives in the lock table only: nothing is written for it.
+WATERMARK_LOCK_KEY = 7166980141617345131
+SHARE_WATERMARK = {"postgresql": f"SELECT pg_advisory_xact_lock_shared({WATERMARK_LOCK_KEY})", "sqlite": None}
+EXCLUDE_WATERMARK_WRITERS = {"postgresql": f"SELECT pg_advisory_xact_lock({WATERMARK_LOCK_KEY})", "sqlite": None}
+# Every ledger write begins here, after SHARE_WATERMARK, in a statement of its own: under READ
+# COMMITTED each statement reads from a snapshot taken as it starts, so the watermark is read once
+# the lock is held (a rollup that held it has committed its watermark). The transaction id read
+# here lets a cut COMMIT be resolved with txid_status(). SQLite's write lock serialises anyway.
 LOCK_WATERMARK_FOR_WRITE = {
-    "postgresql": f"SELECT txid_current(), (SELECT watermark FROM {STATE_TABLE} WHERE id = 1 FOR SHARE)",
+    "postgresql": f"SELECT txid_current(), (SELECT watermark FROM {STATE_TABLE} WHERE id = 1)",
     "sqlite": f"SELECT NULL, (SELECT watermark FROM {STATE_TABLE} WHERE id = 1)",
 }
 READ_WATERMARK = f"SELECT watermark FROM {STATE_TABLE} WHERE id = 1"
+# After EXCLUDE_WATERMARK_WRITERS (PostgreSQL): the row lock keeps the watermark's own updates in order.
 LOCK_WATERMARK_FOR_ROLLUP = {
     "postgresql": f"SELECT watermark, time_zone FROM {STATE_TABLE} WHERE id = 1 FOR UPDATE",
     "sqlite": f"SELECT watermark, time_zone FROM {STATE_TABLE} WHERE id = 1",
