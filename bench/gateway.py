@@ -8,7 +8,8 @@ recorded in the ledger against the requests the gateway answered, and how this d
 behaved meanwhile (a probe beside the bench: 8 KiB written and fdatasync'ed every 20 ms; with
 synchronous commit each batch waits for one such flush of PostgreSQL's WAL, so a flush stalled
 by the disk stalls every request in flight), and the share of the CPU this VM's hypervisor took
-for other guests during each forwarder and gateway run (steal). With --budget, a second gateway
+for other guests during each forwarder and gateway run (steal), and the CPU each serving process
+(forwarder, gateway worker, reference) spent per request. With --budget, a second gateway
 (database codevector_bench_gateway_budget, a daily budget on the bench user) takes its turn beside
 the first in every round, and budgets on are printed against budgets off, round by round.
 
@@ -46,16 +47,19 @@ REFERENCE_URL = f"{SERVER}/{DB}_reference"  # --reference: bench/forwarder_ledge
 BODY = json.dumps({"model": "MODEL", "messages": [{"role": "user", "content": "Say hello to the benchmark."}]})
 
 
-def wrk(url: str, connections: int, seconds: int, model: str, key: str | None, workdir: Path) -> dict:
+def wrk(url: str, connections: int, seconds: int, model: str, key: str | None, workdir: Path,
+        pid: int | None = None) -> dict:
+    """One wrk run; with `pid`, also the CPU that process spent per request (µs), from /proc."""
     script = workdir / f"wrk-{model}.lua"
     headers = 'wrk.headers["content-type"] = "application/json"\n'
     if key:
         headers += f'wrk.headers["authorization"] = "Bearer {key}"\n'
     script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY.replace("MODEL", model))}\n{headers}')
-    start, stolen = time.monotonic(), cpu_stolen()
+    start, stolen, cpu = time.monotonic(), cpu_stolen(), process_cpu(pid)
     out = subprocess.run(["wrk", "-t", "1" if connections == 1 else "2", "-c", str(connections), "-d", f"{seconds}s",
                           "--latency", "-s", str(script), url + "/v1/chat/completions"],
                          capture_output=True, text=True, check=True).stdout
+    cpu = process_cpu(pid) - cpu
 
     def ms(label):
         match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -67,7 +71,27 @@ def wrk(url: str, connections: int, seconds: int, model: str, key: str | None, w
     return {"p50": ms("50%"), "p99": ms("99%"), "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "requests": int(re.search(r"(\d+) requests in", out).group(1)),
             "errors": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else "",
-            "start": start, "end": time.monotonic(), "steal": cpu_stolen(stolen)}
+            "start": start, "end": time.monotonic(), "steal": cpu_stolen(stolen),
+            "cpu_us": cpu / max(1, int(re.search(r"(\d+) requests in", out).group(1))) * 1e6 if pid else None}
+
+
+def process_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (/proc), 0 without one. The steadiest figure of
+    a run: a spell in which this VM is slow stretches time, not the CPU a request needs."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def serving_pid(process: Process) -> int:
+    """The process that serves: gunicorn's one worker, else the process itself (uvicorn)."""
+    children = subprocess.run(["pgrep", "-P", str(process.proc.pid)], capture_output=True, text=True).stdout.split()
+    return int(children[0]) if children else process.proc.pid
 
 
 def cpu_stolen(since: tuple[int, int] | None = None):
@@ -188,7 +212,7 @@ def profiled(path: str | None, gunicorn: Process, seconds: int, run):
     """`run()`, sampled by py-spy (the gunicorn worker, not its master) when a path is given."""
     if not path:
         return run()
-    worker = subprocess.run(["pgrep", "-P", str(gunicorn.proc.pid)], capture_output=True, text=True).stdout.split()[0]
+    worker = str(serving_pid(gunicorn))
     spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "-r", "200",
                             "-d", str(seconds), "-o", path, "-p", worker], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
@@ -303,6 +327,13 @@ def main():
             who.append("forwarder + ledger (reference)")
         for url, (gateway_key, _) in gateways.items():
             asyncio.run(counted_run(url, gateway_key, 200))  # warm up
+        # The processes whose CPU per request each run reports (not the mocks': direct has none).
+        serving = {forwarder: processes[4], slow_forwarder: processes[5], gateway: processes[3]}
+        if args.budget:
+            serving[f"http://127.0.0.1:{budget_port}"] = processes[6]
+        for url, process in zip(references, processes[-2:] if args.reference else []):
+            serving[url] = process
+        pids = {url: serving_pid(process) for url, process in serving.items()}
         probe = DiskProbe(workdir)
         probe.start()
         s = args.seconds
@@ -322,7 +353,8 @@ def main():
                     gateway_key = gateways[url][0] if url in gateways else None
 
                     def run(url=url, gateway_key=gateway_key, connections=connections, model=model):
-                        return wrk(url, connections, s, model if gateway_key else "gpt-bench", gateway_key, workdir)
+                        return wrk(url, connections, s, model if gateway_key else "gpt-bench", gateway_key, workdir,
+                                   pids.get(url))
 
                     profile = args.profile if (number, label, index) == (0, "16 in flight, 0 ms", 2) else None
                     results.append(profiled(profile, processes[3], s, run))
@@ -375,6 +407,12 @@ def main():
             added_on = [r[3]["p50"] - r[1]["p50"] for r in one]
             print(f"added p50 at 1 in flight, budgets on: {statistics.median(added_on):.2f} ms against "
                   f"{statistics.median(added):.2f} ms off (rounds: {', '.join(f'{a:.2f}' for a in added_on)})")
+        for label, results in rounds.items():
+            # CPU per request of each serving process, median of the rounds: what a request costs
+            # the worker, whatever the VM's speed in that spell (the ratios above move with it).
+            cells = [f"{name} {statistics.median(r[i]['cpu_us'] for r in results):.0f}"
+                     for i, name in enumerate(who) if results[0][i]["cpu_us"] is not None]
+            print(f"CPU per request (µs, one process each) at {label}: {', '.join(cells)}")
         probe.stopped.set()
         probe.join()
         print(f"disk flushes during the runs (8 KiB + fdatasync every 20 ms beside the bench): {probe.summary()}")
