@@ -66,13 +66,14 @@ def wrk(url: str, connections: int, seconds: int, model: str, key: str | None, w
         value, unit = float(match.group(1)), match.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {"p50": ms("50%"), "p99": ms("99%"), "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+            "requests": requests,
             "errors": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else "",
             "start": start, "end": time.monotonic(), "steal": cpu_stolen(stolen),
-            "cpu_us": cpu / max(1, int(re.search(r"(\d+) requests in", out).group(1))) * 1e6 if pid else None}
+            "cpu_us": cpu / max(1, requests) * 1e6 if pid else None}
 
 
 def process_cpu(pid: int | None) -> float:
@@ -279,38 +280,42 @@ def main():
     budget_key = prepare(BUDGET_URL, facades, budget=True) if args.budget else None
     env = {**os.environ, "DATABASE_URL": URL, "USAGE_BUFFER_DIR": str(workdir / "buffer"), "LOG_LEVEL": "WARNING",
            "USAGE_SYNCHRONOUS_COMMIT": "false" if args.async_commit else "true"}
+    def forwarder_at(port: int, upstream_port: int, app: str = "bench.forwarder:app", extra: dict | None = None,
+                     log: str = "forwarder") -> Process:
+        return Process([sys.executable, "-m", "uvicorn", app, "--port", str(port), "--loop", "uvloop", "--http",
+                        "httptools", "--log-level", "warning", "--backlog", "4096"],
+                       {**env, "UPSTREAM": f"http://127.0.0.1:{upstream_port}", **(extra or {})}, workdir / f"{log}.log")
+
+    gateway_process = gunicorn(URL, gw_port, env, workdir / "gateway.log")
+    forwarder_process = forwarder_at(fw_port, mock_port)
+    slow_forwarder_process = forwarder_at(slow_fw_port, slow_port, log="forwarder-slow")
     processes = [
         Process([sys.executable, "manage.py", "mock_upstream", "--port", str(mock_port)], env, workdir / "mock.log"),
         Process([sys.executable, "manage.py", "mock_upstream", "--port", str(slow_port), "--delay-ms", "50"], env,
                 workdir / "mock-slow.log"),
         Process([sys.executable, "manage.py", "mock_upstream", "--port", str(stream_port), "--stream-chunk-delay-ms",
                  "250"], env, workdir / "mock-streams.log"),
-        gunicorn(URL, gw_port, env, workdir / "gateway.log"),
-        Process([sys.executable, "-m", "uvicorn", "bench.forwarder:app", "--port", str(fw_port), "--loop", "uvloop",
-                 "--http", "httptools", "--log-level", "warning", "--backlog", "4096"],
-                {**env, "UPSTREAM": f"http://127.0.0.1:{mock_port}"}, workdir / "forwarder.log"),
-        Process([sys.executable, "-m", "uvicorn", "bench.forwarder:app", "--port", str(slow_fw_port), "--loop",
-                 "uvloop", "--http", "httptools", "--log-level", "warning", "--backlog", "4096"],
-                {**env, "UPSTREAM": f"http://127.0.0.1:{slow_port}"}, workdir / "forwarder-slow.log"),
+        gateway_process, forwarder_process, slow_forwarder_process,
     ]
     ports = [mock_port, slow_port, stream_port, gw_port, fw_port, slow_fw_port]
     if args.budget:
         # Its own buffer directory: two gateways never share one.
-        processes.append(gunicorn(BUDGET_URL, budget_port, {**env, "USAGE_BUFFER_DIR": str(workdir / "buffer-budget")},
-                                  workdir / "gateway-budget.log"))
+        budget_process = gunicorn(BUDGET_URL, budget_port, {**env, "USAGE_BUFFER_DIR": str(workdir / "buffer-budget")},
+                                  workdir / "gateway-budget.log")
+        processes.append(budget_process)
         ports.append(budget_port)
+    reference_processes = []
     if args.reference:
         import psycopg
 
         with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {DB}_reference WITH (FORCE)")
             conn.execute(f"CREATE DATABASE {DB}_reference")
-        for port, upstream in ((ref_port, mock_port), (slow_ref_port, slow_port)):
-            processes.append(Process([sys.executable, "-m", "uvicorn", "bench.forwarder_ledger:app", "--port", str(port),
-                                      "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--backlog",
-                                      "4096"], {**env, "UPSTREAM": f"http://127.0.0.1:{upstream}",
-                                                "REFERENCE_DSN": REFERENCE_URL}, workdir / f"reference-{port}.log"))
-            ports.append(port)
+        reference_processes = [forwarder_at(port, upstream_port, "bench.forwarder_ledger:app",
+                                            {"REFERENCE_DSN": REFERENCE_URL}, f"reference-{port}")
+                               for port, upstream_port in ((ref_port, mock_port), (slow_ref_port, slow_port))]
+        processes += reference_processes
+        ports += [ref_port, slow_ref_port]
     try:
         for port in ports:
             wait_for_port(port)
@@ -328,11 +333,10 @@ def main():
         for url, (gateway_key, _) in gateways.items():
             asyncio.run(counted_run(url, gateway_key, 200))  # warm up
         # The processes whose CPU per request each run reports (not the mocks': direct has none).
-        serving = {forwarder: processes[4], slow_forwarder: processes[5], gateway: processes[3]}
+        serving = {forwarder: forwarder_process, slow_forwarder: slow_forwarder_process, gateway: gateway_process,
+                   **dict(zip(references, reference_processes))}
         if args.budget:
-            serving[f"http://127.0.0.1:{budget_port}"] = processes[6]
-        for url, process in zip(references, processes[-2:] if args.reference else []):
-            serving[url] = process
+            serving[f"http://127.0.0.1:{budget_port}"] = budget_process
         pids = {url: serving_pid(process) for url, process in serving.items()}
         probe = DiskProbe(workdir)
         probe.start()
@@ -357,7 +361,7 @@ def main():
                                    pids.get(url))
 
                     profile = args.profile if (number, label, index) == (0, "16 in flight, 0 ms", 2) else None
-                    results.append(profiled(profile, processes[3], s, run))
+                    results.append(profiled(profile, gateway_process, s, run))
                 rounds[label].append(results)
         print(f"\nbench/gateway.py — {args.rounds} interleaved rounds of {s} s per run (medians), synchronous commit "
               f"{'off' if args.async_commit else 'on'}; cores: {os.cpu_count()}")
