@@ -4,7 +4,7 @@ and the health probes. Each request goes through `gateway.pipeline`.
 No Django request, middleware or ORM query runs per request: keys, facades and budgets come from
 in-process snapshots refreshed in the background, usage goes through the usage store (group
 commit to the database, the disk buffer when it is down), upstream traffic through one shared
-aiohttp session.
+upstream client (gateway.http_client).
 """
 
 import asyncio
@@ -13,12 +13,12 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-import aiohttp
 from django.conf import settings
 from django.db import connections
 
 from gateway import upstream
 from gateway.catalog import FacadeInfo, load_facades
+from gateway.http_client import HttpClient
 from gateway.keys import KeyCache, load_usable_keys, touch_keys
 from gateway.call import Call, Refusal, request_ids
 from gateway.pipeline import Pipeline, Route
@@ -44,7 +44,7 @@ STORED_RESPONSES = ("Stored responses cannot be retrieved, cancelled or deleted 
                     "chain turns with previous_response_id in POST /v1/responses instead.")
 TOUCH_KEYS_SECONDS = 60
 # The garbage collector's thresholds once a worker has started (Python's default: 700, 10, 10).
-# Each request leaves a few reference cycles behind (aiohttp's response and connection, asyncio's
+# Each request leaves a few reference cycles behind (the upstream answer and its connection, asyncio's
 # futures), so the young generation fills ~150 times a second; at the defaults a full collection
 # followed every second or so and walked every object of Django and the gateway (~50 ms here: the
 # p99 at 200 requests in flight). Started objects are frozen out of the collector's walks
@@ -75,7 +75,7 @@ class GatewayApp:
         self.facades: dict[str, FacadeInfo] = {}
         self.budgets = BudgetBook()
         self.store: UsageStore | None = None
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream: HttpClient | None = None
         # One thread for the background refreshes and the rare key look-up: its Django connection
         # is closed on stop.
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
@@ -114,7 +114,7 @@ class GatewayApp:
             request_ids.reset()  # this process's own prefix (gunicorn may have imported us before forking)
             self.store = UsageStore(in_progress=lambda: self.requests_in_progress)
             await self.store.open()
-            self.session = upstream.open_session()
+            self.upstream = upstream.open_client()
             await self.refresh()
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._refresh_forever(), name="gateway-cache-refresh"),
@@ -132,7 +132,7 @@ class GatewayApp:
         await self._touch_keys()
         await self.in_db_thread(connections.close_all)
         await self.store.close()
-        await self.session.close()
+        await self.upstream.close()
         self._started = False
 
     # --- background refresh -----------------------------------------------------------------

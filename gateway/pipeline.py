@@ -12,13 +12,13 @@ import os
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-import aiohttp
 import orjson
 from django.conf import settings
 
 from gateway import upstream
 from gateway.call import Call, Refusal
 from gateway.catalog import FacadeInfo
+from gateway.http_client import Response, UpstreamError, UpstreamUnreachable
 from gateway.keys import load_key, presented_key
 from gateway.providers import SSEReader, Unsupported, Usage, anthropic, strict_json
 from usage.budgets import NO_BUDGET
@@ -178,19 +178,23 @@ class Pipeline:
             headers.setdefault("anthropic-version", anthropic.VERSION)
         payload = orjson.dumps(outgoing)
         try:
-            response = await self.gateway.session.post(facade.base_url + route.upstream_path, data=payload,
-                                                       headers=headers, timeout=upstream.timeout())
-        except aiohttp.ConnectionTimeoutError as exc:
-            # A TimeoutError too, but no connection was made: the upstream is unreachable (502), not slow.
+            response = await self.gateway.upstream.post(facade.base_url + route.upstream_path, payload, headers,
+                                                        connect_timeout=settings.GATEWAY_CONNECT_TIMEOUT,
+                                                        read_timeout=settings.GATEWAY_READ_TIMEOUT)
+        except ValueError as exc:  # nothing was sent: a header that would break the request (a credential?)
+            raise Refusal(502, f"The request to the upstream for '{facade.name}' could not be built: {exc}.",
+                          code="upstream_request_invalid") from None
+        except UpstreamUnreachable as exc:
+            # No connection was made (a connect timeout too): the upstream is unreachable (502), not slow.
             if route.billed:
                 await self.record(call, Usage(), error=True)
             raise Refusal(502, f"The upstream for '{facade.name}' could not be reached ({type(exc).__name__}).",
                           code="upstream_unreachable")
-        except asyncio.TimeoutError:  # connected, but no answer within the read timeout (SocketTimeoutError)
+        except TimeoutError:  # connected, but no answer within the read timeout
             if route.billed:
                 await self.record(call, Usage(), error=True)
             raise Refusal(504, f"The upstream for '{facade.name}' did not answer in time.", code="upstream_timeout")
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             if route.billed:
                 await self.record(call, Usage(), error=True)
             raise Refusal(502, f"The upstream for '{facade.name}' could not be reached ({type(exc).__name__}).",
@@ -206,28 +210,28 @@ class Pipeline:
             response.release()
 
     @staticmethod
-    async def unbilled_response(call: Call, response: aiohttp.ClientResponse) -> None:
+    async def unbilled_response(call: Call, response: Response) -> None:
         """A free call's answer (a token count), passed on as the upstream gave it."""
         try:
             data = await response.read()
-        except (asyncio.TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, UpstreamError):
             raise Refusal(502, f"The upstream for '{call.facade.name}' dropped the connection.",
                           code="upstream_unreachable") from None
-        content_type = response.headers.get("content-type", "application/json").encode("latin-1")
+        content_type = response.header("content-type", "application/json").encode("latin-1")
         await call.respond(response.status, data, upstream.response_headers(response.raw_headers), content_type)
 
-    async def whole_response(self, call: Call, response: aiohttp.ClientResponse, body: dict) -> None:
+    async def whole_response(self, call: Call, response: Response, body: dict) -> None:
         try:
             data = await response.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.record(call, Usage(), error=True)
             raise Refusal(504, f"The upstream for '{call.facade.name}' did not answer in time.",
                           code="upstream_timeout")
-        except aiohttp.ClientError:
+        except UpstreamError:
             await self.record(call, Usage(), error=True)
             raise Refusal(502, f"The upstream for '{call.facade.name}' dropped the connection.",
                           code="upstream_unreachable")
-        content_type = response.headers.get("content-type", "application/json").encode("latin-1")
+        content_type = response.header("content-type", "application/json").encode("latin-1")
         if response.status >= 400:
             await self.record(call, Usage(), error=True)
             await call.respond(response.status, data, upstream.response_headers(response.raw_headers), content_type)
@@ -241,7 +245,7 @@ class Pipeline:
         await self.record(call, usage)
         await call.respond(response.status, data, upstream.response_headers(response.raw_headers), content_type)
 
-    async def streamed_response(self, call: Call, response: aiohttp.ClientResponse, body: dict,
+    async def streamed_response(self, call: Call, response: Response, body: dict,
                                 caller_wants_usage: bool) -> None:
         state = call.protocol.StreamState(call.facade.name, caller_wants_usage, body)
         reader = SSEReader()
@@ -254,7 +258,7 @@ class Pipeline:
         recorded = False
         error = False
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in response.iter_chunks():
                 for raw, name, data in reader.feed(chunk):
                     out = state.process(raw, name, data)
                     if (state.done or state.error) and not recorded:
@@ -263,7 +267,7 @@ class Pipeline:
                         recorded = True
                     if out and not disconnected.is_set():
                         await call.send({"type": "http.response.body", "body": out, "more_body": True})
-        except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
+        except (TimeoutError, UpstreamError, OSError):
             error = not disconnected.is_set()
         finally:
             watcher.cancel()

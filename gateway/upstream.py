@@ -1,13 +1,13 @@
-"""The one aiohttp ClientSession each gateway process shares for upstream traffic.
+"""The one upstream client each gateway process shares (gateway.http_client), and which headers
+cross the gateway in each direction.
 
-aiohttp, not httpx: httpx's pool collapses with hundreds of requests in flight (measured here;
-see the gateway issue). The connection limit is raised well past aiohttp's default of 100.
+Neither httpx (its pool collapsed with hundreds of requests in flight) nor aiohttp's ClientSession
+(its per-request machinery cost as much CPU as the gateway's own steps): gateway.http_client says why.
 """
 
-import functools
-
-import aiohttp
 from django.conf import settings
+
+from gateway.http_client import HttpClient
 
 # Headers a caller may pass upstream; everything else (cookies, the caller's credentials,
 # x-forwarded-*, hop-by-hop headers) stays behind.
@@ -21,21 +21,11 @@ FORWARDED_REQUEST_HEADERS = frozenset({
 FORWARDED_RESPONSE_PREFIXES = ("x-request-id", "request-id", "openai-", "anthropic-", "x-ratelimit-", "retry-after")
 
 
-def timeout() -> aiohttp.ClientTimeout:
-    """No total limit (a stream may last minutes); connect and between-reads limits from settings."""
-    return _timeout(settings.GATEWAY_CONNECT_TIMEOUT, settings.GATEWAY_READ_TIMEOUT)
-
-
-@functools.lru_cache(maxsize=8)
-def _timeout(connect: float, read: float) -> aiohttp.ClientTimeout:  # one object per request path, not per request
-    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
-
-
-def open_session() -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=settings.GATEWAY_UPSTREAM_CONNECTIONS, limit_per_host=0,
-                                     ttl_dns_cache=300, enable_cleanup_closed=True)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout(), auto_decompress=True,
-                                 skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar())
+def open_client() -> HttpClient:
+    """No total limit (a stream may last minutes); connect and between-reads limits from settings
+    (the pipeline passes them with each request too, so a changed setting applies at once)."""
+    return HttpClient(connect_timeout=settings.GATEWAY_CONNECT_TIMEOUT, read_timeout=settings.GATEWAY_READ_TIMEOUT,
+                      max_connections=settings.GATEWAY_UPSTREAM_CONNECTIONS)
 
 
 def request_headers(caller_headers: dict[str, str], credential_headers: dict[str, str]) -> dict[str, str]:
@@ -48,6 +38,6 @@ _FORWARDED_RESPONSE_PREFIXES = tuple(prefix.encode() for prefix in FORWARDED_RES
 
 
 def response_headers(raw_headers) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers a caller may see, from aiohttp's `raw_headers`: names in lower case,
+    """The upstream's headers a caller may see, from the answer's `raw_headers`: names in lower case,
     values as the upstream sent them (bytes, never decoded and re-encoded)."""
     return [(name.lower(), value) for name, value in raw_headers if name.lower().startswith(_FORWARDED_RESPONSE_PREFIXES)]

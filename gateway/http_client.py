@@ -1,0 +1,381 @@
+"""The gateway's upstream client: HTTP/1.1 POSTs over keep-alive connections, one pool per origin.
+
+Why not aiohttp's ClientSession, which carried this traffic first: per request it builds a
+ClientRequest (a dozen `update_*` steps), merges header multidicts, parses the URL, arms several
+timers and wraps the body in a payload object. On this machine that was ~300 µs of the gateway's
+~790 µs of CPU per request at 16 in flight, about as much as the gateway's own steps and the
+ledger together (bench/gateway.py; README, Performance). A gateway sends one kind of request — a
+POST of a body already in memory, to a few origins — so this client does only that: the request
+head is one f-string, the answer is parsed by httptools (llhttp, the parser uvicorn already uses
+for the gateway's own requests), and a connection goes back to its pool once its answer has been
+read to the end.
+
+What it does, and how it fails (the pipeline turns each error into the caller's answer):
+- http and https (the standard library's TLS, the system's trust store by default), the URL's path
+  and query as given, Host and Content-Length set here, no Accept-Encoding asked (an answer that
+  is gzip- or deflate-encoded anyway is decoded);
+- answers with Content-Length, chunked, or delimited by the connection's end; `Connection: close`
+  and answers read only in part are never reused; an idle connection is dropped when the upstream
+  closes it or once it has been idle `keepalive_seconds`;
+- `UpstreamUnreachable` when no connection could be made (refused, DNS, TLS), its subclass
+  `UpstreamConnectTimeout` past `connect_timeout` (TCP and TLS handshake together);
+  `UpstreamDropped` when the connection ends, or the answer stops being HTTP, before its end;
+  the builtin `TimeoutError` when no byte came for `read_timeout` seconds while the head or a
+  piece of the body was awaited (a stream may last for minutes as long as bytes keep coming);
+- a request is never sent twice: a connection that fails is the caller's error, whatever happened.
+"""
+
+import asyncio
+import ssl
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+import httptools
+
+# A streamed answer's bytes held before reading from the upstream pauses (a slow caller).
+PAUSE_BYTES = 256 * 1024
+RESUME_BYTES = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """Any failure talking to the upstream."""
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No connection could be made: refused, DNS, TLS handshake."""
+
+
+class UpstreamConnectTimeout(UpstreamUnreachable, TimeoutError):
+    """Connecting (TCP and TLS) took longer than the client's connect timeout."""
+
+
+class UpstreamDropped(UpstreamError):
+    """The connection ended, or the answer stopped being HTTP, before the answer's end."""
+
+
+@lru_cache(maxsize=512)
+def _target(url: str) -> tuple[tuple[bool, str, int], str, str]:
+    """(origin: (https, host, port), Host header, request target) of a URL, worked out once per URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    https = parts.scheme == "https"
+    default = 443 if https else 80
+    port = parts.port or default
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (https, parts.hostname, port), host if port == default else f"{host}:{port}", target
+
+
+def _head(target: str, host: str, length: int, headers: dict[str, str]) -> bytes:
+    lines = [f"POST {target} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {length}\r\n"]
+    for name, value in headers.items():
+        lines.append(f"{name}: {value}\r\n")
+    lines.append("\r\n")
+    head = "".join(lines)
+    # Every line break is one this function wrote: a name or value bringing its own would split the head.
+    breaks = len(headers) + 4  # the request line, host, content-length, each header, the blank line
+    if head.count("\n") != breaks or head.count("\r") != breaks:
+        raise ValueError("a header name or value of the upstream request contains a line break")
+    return head.encode("latin-1")
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to an origin, and the answer being read on it (httptools' callbacks)."""
+
+    def __init__(self, origin, open_connections: set):
+        self.origin = origin
+        self.open_connections = open_connections  # the client's: it closes them all when it closes
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.in_use = True
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self.begin()
+
+    def begin(self) -> None:
+        self.status = 0
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = False
+        self.head_done = self.done = False
+        self.error: BaseException | None = None
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.paused = False
+        self.waiter: asyncio.Future | None = None
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.open_connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_use:  # bytes nobody asked for, on an idle connection: never reuse it
+            self.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.fail(UpstreamDropped(f"the upstream's answer is not valid HTTP ({exc})"))
+            self.abort()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.open_connections.discard(self)
+        if self.head_done and not self.done and self._ends_with_connection():
+            self.done = True  # an answer delimited by the connection's end: this was its end
+            self._wake()
+        elif not self.done:
+            self.fail(UpstreamDropped("the upstream closed the connection before the end of its answer"))
+
+    # --- httptools callbacks ----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        self.head_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > PAUSE_BYTES and not self.paused and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        self._wake()
+
+    # --- the client's side ------------------------------------------------------------------
+
+    def _ends_with_connection(self) -> bool:
+        names = {name.lower() for name, _ in self.raw_headers}
+        chunked = any(name.lower() == b"transfer-encoding" and b"chunked" in value.lower()
+                      for name, value in self.raw_headers)
+        return b"content-length" not in names and not chunked
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next callback (a head, a piece of the body, the end, an error), at most
+        `timeout` seconds (TimeoutError)."""
+        loop = self.loop
+        self.waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+
+    def take(self) -> bytes | None:
+        """The next piece of the body held, if any (and reading resumes once little is held)."""
+        if not self.chunks:
+            return None
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        if self.paused and self.buffered < RESUME_BYTES and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("the upstream sent nothing within the read timeout"))
+
+
+class Response:
+    """An upstream's answer: its status and headers are in; the body is read with `read` or
+    `iter_chunks`, then `release` (back to the pool when read to its end) or `close`."""
+
+    __slots__ = ("status", "raw_headers", "_conn", "_client", "_read_timeout", "_headers", "_decoder", "_finished")
+
+    def __init__(self, conn: _Connection, client: "HttpClient", read_timeout: float):
+        self.status = conn.status
+        self._read_timeout = read_timeout
+        self.raw_headers = conn.raw_headers
+        self._conn = conn
+        self._client = client
+        self._headers: dict[str, str] | None = None
+        self._decoder = None
+        self._finished = False
+        encoding = self.header("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib header, told apart by zlib
+        elif encoding not in ("identity", ""):
+            conn.fail(UpstreamDropped(f"the upstream's answer is encoded with {encoding}, which the gateway "
+                                      "does not decode"))
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        if self._headers is None:
+            self._headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.raw_headers}
+        return self._headers.get(name.lower(), default)
+
+    async def read(self) -> bytes:
+        conn = self._conn
+        if conn.done and conn.error is None and self._decoder is None:  # the usual case: all of it is in
+            body = b"".join(conn.chunks)
+            conn.chunks.clear()
+            conn.buffered = 0
+            if conn.paused:  # the whole answer came in the read that crossed PAUSE_BYTES
+                conn.paused = False
+                conn.transport.resume_reading()
+            return body
+        return b"".join([chunk async for chunk in self.iter_chunks()])
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        conn, decoder, timeout = self._conn, self._decoder, self._read_timeout
+        while True:
+            chunk = conn.take()
+            if chunk is not None:
+                if decoder is not None:
+                    chunk = self._decode(chunk)
+                if chunk:
+                    yield chunk
+                continue
+            if conn.error is not None:
+                raise conn.error
+            if conn.done:
+                if decoder is not None and (rest := decoder.flush()):
+                    yield rest
+                return
+            await conn.wait(timeout)
+
+    def _decode(self, chunk: bytes) -> bytes:
+        try:
+            return self._decoder.decompress(chunk)
+        except zlib.error as exc:
+            raise UpstreamDropped(f"the upstream's encoded answer could not be decoded ({exc})") from None
+
+    def release(self) -> None:
+        """Back to the pool if the answer was read to its end and the connection may be kept."""
+        if self._finished:
+            return
+        self._finished = True
+        conn = self._conn
+        if conn.done and conn.keep_alive and not conn.closed and conn.error is None and not conn.chunks:
+            self._client._keep(conn)
+        else:
+            conn.abort()
+        self._client._slots.release()
+
+    def close(self) -> None:
+        """Close the connection now (a caller gone: stop reading); a read under way ends with
+        UpstreamDropped."""
+        self._conn.abort()
+        self._conn.fail(UpstreamDropped("the connection to the upstream was closed by the gateway"))
+        self.release()
+
+
+class HttpClient:
+    def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int = 1000,
+                 keepalive_seconds: float = 15.0, ssl_context: ssl.SSLContext | None = None):
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive_seconds = keepalive_seconds
+        self.ssl_context = ssl_context
+        self._idle: dict[tuple, list[_Connection]] = {}
+        self._open: set[_Connection] = set()  # every connection not yet lost, idle or in use
+        self._slots = asyncio.Semaphore(max_connections)  # connections in use at once
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], *, connect_timeout: float | None = None,
+                   read_timeout: float | None = None) -> Response:
+        """Send a POST and return once the answer's status and headers are in. The timeouts, when
+        given, replace the client's for this request (the gateway reads them from its settings)."""
+        read_timeout = self.read_timeout if read_timeout is None else read_timeout
+        origin, host, target = _target(url)
+        head = _head(target, host, len(body), headers)
+        await self._slots.acquire()
+        conn = None
+        try:
+            conn = self._idle_connection(origin) or await self._connect(origin, connect_timeout or self.connect_timeout)
+            conn.in_use = True
+            conn.begin()
+            conn.transport.write(head + body if len(body) < 65536 else head)
+            if len(body) >= 65536:
+                conn.transport.write(body)
+            while not conn.head_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(read_timeout)
+            return Response(conn, self, read_timeout)
+        except BaseException:
+            if conn is not None:
+                conn.abort()
+            self._slots.release()
+            raise
+
+    def _idle_connection(self, origin) -> _Connection | None:
+        pool = self._idle.get(origin)
+        if not pool:
+            return None
+        now = self._loop.time()
+        while pool:
+            conn = pool.pop()
+            if not conn.closed and now - conn.idle_since <= self.keepalive_seconds:
+                return conn
+            conn.abort()
+        return None
+
+    async def _connect(self, origin, timeout: float) -> _Connection:
+        https, host, port = origin
+        loop = self._loop = asyncio.get_running_loop()
+        context = None
+        if https:
+            context = self.ssl_context or _default_context()
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(lambda: _Connection(origin, self._open), host, port, ssl=context,
+                                                       server_hostname=host if https else None)
+        except TimeoutError:
+            raise UpstreamConnectTimeout(f"no connection to {host}:{port} within {timeout:g} s") from None
+        except OSError as exc:  # refused, unreachable, DNS (socket.gaierror), TLS (ssl.SSLError)
+            raise UpstreamUnreachable(f"no connection to {host}:{port} ({exc})") from exc
+        return conn
+
+    def _keep(self, conn: _Connection) -> None:
+        conn.in_use = False
+        conn.idle_since = self._loop.time()
+        self._idle.setdefault(conn.origin, []).append(conn)
+
+    def idle_connections(self) -> int:
+        return sum(1 for pool in self._idle.values() for conn in pool if not conn.closed)
+
+    async def close(self) -> None:
+        """Close every connection, idle or in use (a read under way ends with UpstreamDropped)."""
+        for conn in list(self._open):
+            conn.abort()
+            conn.fail(UpstreamDropped("the gateway's upstream client was closed"))
+        self._idle.clear()
+
+
+@lru_cache(maxsize=1)
+def _default_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
