@@ -101,7 +101,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = False
-        self.head_done = self.done = False
+        self.head_done = self.done = self.interim = False
         self.error: BaseException | None = None
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
@@ -139,6 +139,10 @@ class _Connection(asyncio.Protocol):
         self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if 100 <= self.parser.get_status_code() < 200:  # an interim answer (103 Early Hints): the answer follows
+            self.raw_headers = []
+            self.interim = True
+            return
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
         self.head_done = True
@@ -153,6 +157,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.done = True
         self._wake()
 

@@ -231,6 +231,27 @@ def test_an_empty_body_is_sent_with_content_length_zero():
     run(scenario())
 
 
+def test_an_interim_answer_is_skipped_for_the_answer_after_it():
+    async def scenario():
+        interim = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+        async with Upstream(answering(interim + answer(b"final", "X-Kind: final"), answer(b"again"))) as upstream:
+            http = client()
+            try:
+                response = await within(http.post(upstream.url(), b"{}", {}))
+                assert response.status == 200
+                assert response.raw_headers == [(b"X-Kind", b"final"), (b"Content-Length", b"5")]
+                assert await within(response.read()) == b"final"
+                response.release()
+                second = await within(http.post(upstream.url(), b"{}", {}))  # the connection is still in step
+                assert (second.status, await within(second.read())) == (200, b"again")
+                second.release()
+                assert upstream.connections == 1
+            finally:
+                await http.close()
+
+    run(scenario())
+
+
 # --- 2. keep-alive ---
 
 
