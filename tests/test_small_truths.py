@@ -63,7 +63,7 @@ def test_a_connect_timeout_is_a_502_unreachable_and_an_error(gw, settings, black
     elapsed = time.monotonic() - started
     assert info.value.status_code == 502
     assert error_of(info.value)["code"] == "upstream_unreachable"
-    assert "ConnectionTimeoutError" in error_of(info.value)["message"]
+    assert "UpstreamConnectTimeout" in error_of(info.value)["message"]
     assert 0.5 <= elapsed < 5  # it waited for the connect timeout, not for a refusal
     assert ledger() == expected(errors=1)
 
