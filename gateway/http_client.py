@@ -373,6 +373,12 @@ class HttpClient:
     def idle_connections(self) -> int:
         return sum(1 for pool in self._idle.values() for conn in pool if not conn.closed)
 
+    async def __aenter__(self) -> "HttpClient":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
     async def close(self) -> None:
         """Close every connection, idle or in use (a read under way ends with UpstreamDropped)."""
         for conn in list(self._open):

@@ -170,7 +170,7 @@ async def within(awaitable, seconds: float = 2.0):
     return await asyncio.wait_for(awaitable, seconds)
 
 
-# --- 1. a Content-Length answer, and the request as the server received it ---
+# --- a Content-Length answer, and the request as the server received it ---
 
 
 def test_content_length_answer_and_the_request_sent():
@@ -178,8 +178,7 @@ def test_content_length_answer_and_the_request_sent():
         reply = (b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nX-Request-Id: abc-123\r\n"
                  b"x-lower: \xe9t\xe9\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
         async with Upstream(answering(reply)) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 body = b'{"model":"gpt","input":"\xc3\xa9"}'
                 response = await within(http.post(upstream.url(), body, {
                     "Authorization": "Bearer sk-test", "content-type": "application/json",
@@ -206,8 +205,6 @@ def test_content_length_answer_and_the_request_sent():
                     assert [(n, v) for n, v in request.headers if n.lower() == name.lower()] == [(name, value)]
                 assert request.values(b"accept-encoding") == []
                 assert request.body == body
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -215,8 +212,7 @@ def test_content_length_answer_and_the_request_sent():
 def test_an_empty_body_is_sent_with_content_length_zero():
     async def scenario():
         async with Upstream(answering(answer(b"", status="204 No Content"))) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url("/v1/empty"), b"", {}))
                 assert response.status == 204
                 assert await within(response.read()) == b""
@@ -225,8 +221,6 @@ def test_an_empty_body_is_sent_with_content_length_zero():
                 assert request.line == b"POST /v1/empty HTTP/1.1"
                 assert request.values(b"content-length") == [b"0"]
                 assert request.body == b""
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -235,8 +229,7 @@ def test_an_interim_answer_is_skipped_for_the_answer_after_it():
     async def scenario():
         interim = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
         async with Upstream(answering(interim + answer(b"final", "X-Kind: final"), answer(b"again"))) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), b"{}", {}))
                 assert response.status == 200
                 assert response.raw_headers == [(b"X-Kind", b"final"), (b"Content-Length", b"5")]
@@ -246,20 +239,17 @@ def test_an_interim_answer_is_skipped_for_the_answer_after_it():
                 assert (second.status, await within(second.read())) == (200, b"again")
                 second.release()
                 assert upstream.connections == 1
-            finally:
-                await http.close()
 
     run(scenario())
 
 
-# --- 2. keep-alive ---
+# --- keep-alive ---
 
 
 def test_keep_alive_reuses_one_connection():
     async def scenario():
         async with Upstream(answering(answer(b"first"), answer(b"second"))) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 assert http.idle_connections() == 0
                 response = await within(http.post(upstream.url(), b"1", {}))
                 assert await within(response.read()) == b"first"
@@ -273,8 +263,6 @@ def test_keep_alive_reuses_one_connection():
                 assert http.idle_connections() == 1
                 assert upstream.connections == 1
                 assert [request.body for request in upstream.requests] == [b"1", b"2"]
-            finally:
-                await http.close()
             assert http.idle_connections() == 0
             await within(upstream.conns[0].eof.wait())  # close() closed the pooled connection
 
@@ -284,8 +272,7 @@ def test_keep_alive_reuses_one_connection():
 def test_release_before_the_body_is_read_closes_the_connection():
     async def scenario():
         async with Upstream(answering(answer(b"x" * 1000))) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 assert response.status == 200
                 response.release()  # body not read: the connection cannot be reused
@@ -297,8 +284,6 @@ def test_release_before_the_body_is_read_closes_the_connection():
                 response.release()
                 assert upstream.connections == 2
                 assert http.idle_connections() == 1
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -306,20 +291,17 @@ def test_release_before_the_body_is_read_closes_the_connection():
 def test_response_close_closes_the_connection():
     async def scenario():
         async with Upstream(answering(answer(b"body"))) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 assert await within(response.read()) == b"body"
                 response.close()
                 assert http.idle_connections() == 0
                 await within(upstream.conns[0].eof.wait())
-            finally:
-                await http.close()
 
     run(scenario())
 
 
-# --- beyond the brief: close() with a connection in use, max_connections, large bodies, Host ---
+# --- close() with a connection in use, max_connections, large bodies, Host ---
 
 
 def test_client_close_closes_connections_in_use_too():
@@ -344,8 +326,7 @@ def test_client_close_closes_connections_in_use_too():
 def test_max_connections_bounds_connections_in_use():
     async def scenario():
         async with Upstream(answering(answer(b"ok"))) as upstream:
-            http = client(max_connections=1)
-            try:
+            async with client(max_connections=1) as http:
                 first = await within(http.post(upstream.url(), b"1", {}))
                 second = asyncio.create_task(http.post(upstream.url(), b"2", {}))
                 await asyncio.sleep(0.1)
@@ -358,8 +339,6 @@ def test_max_connections_bounds_connections_in_use():
                 response.release()
                 assert upstream.connections == 1
                 assert [request.body for request in upstream.requests] == [b"1", b"2"]
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -374,8 +353,7 @@ def test_large_request_and_answer_bodies_arrive_whole():
                 await conn.send(answer(big) if request.body == sent else answer(b"wrong body", status="400 Bad"))
 
         async with Upstream(handler) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), sent, {}))
                 assert response.status == 200
                 assert await within(response.read()) == big
@@ -389,8 +367,6 @@ def test_large_request_and_answer_bodies_arrive_whole():
                 assert bytes(received) == big
                 response.release()
                 assert upstream.connections == 1
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -399,8 +375,7 @@ def test_an_answer_larger_than_the_pause_threshold_read_after_it_arrived_leaves_
     async def scenario():
         big = b"y" * (256 * 1024 + 5000)
         async with Upstream(answering(answer(big), answer(b"small"))) as upstream:
-            http = client(read_timeout=1.0)
-            try:
+            async with client(read_timeout=1.0) as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 await asyncio.sleep(0.2)  # all of the answer is in before the body is read
                 assert await within(response.read()) == big
@@ -412,8 +387,6 @@ def test_an_answer_larger_than_the_pause_threshold_read_after_it_arrived_leaves_
                 assert await within(response.read()) == b"small"
                 response.release()
                 assert upstream.connections == 1
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -434,15 +407,12 @@ def test_host_header_leaves_out_the_scheme_default_port():
         if upstream is None:
             return "skip"
         try:
-            http = client()
-            try:
+            async with client() as http:
                 for url in ("http://127.0.0.1/v1/x", "http://127.0.0.1:80/v1/x"):
                     response = await within(http.post(url, b"", {}))
                     assert await within(response.read()) == b"ok"
                     response.release()
                 assert [request.values(b"host") for request in upstream.requests] == [[b"127.0.0.1"], [b"127.0.0.1"]]
-            finally:
-                await http.close()
         finally:
             await upstream.__aexit__(None, None, None)
 
@@ -450,7 +420,7 @@ def test_host_header_leaves_out_the_scheme_default_port():
         pytest.skip("port 80 cannot be bound here")
 
 
-# --- 3. chunked answers stream ---
+# --- chunked answers stream ---
 
 
 def test_chunked_answer_streams_chunks_as_they_arrive_then_reuses_the_connection():
@@ -467,8 +437,7 @@ def test_chunked_answer_streams_chunks_as_they_arrive_then_reuses_the_connection
             await answering(answer(b"again"))(conn)
 
         async with Upstream(handler) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), b"{}", {}))
                 assert response.status == 200
                 assert response.header("transfer-encoding") == "chunked"
@@ -485,8 +454,6 @@ def test_chunked_answer_streams_chunks_as_they_arrive_then_reuses_the_connection
                 assert await within(response.read()) == b"again"
                 response.release()
                 assert upstream.connections == 1
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -498,8 +465,7 @@ def test_chunked_answer_read_whole_with_extensions_and_trailers():
                  b"A\r\n0123456789\r\n"
                  b"0\r\nX-Trailer: t\r\n\r\n")
         async with Upstream(answering(reply, answer(b"next"))) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 assert await within(response.read()) == b"abc0123456789"
                 response.release()
@@ -508,13 +474,11 @@ def test_chunked_answer_read_whole_with_extensions_and_trailers():
                 assert await within(response.read()) == b"next"
                 response.release()
                 assert upstream.connections == 1
-            finally:
-                await http.close()
 
     run(scenario())
 
 
-# --- 4. close-delimited answers ---
+# --- close-delimited answers ---
 
 
 def test_close_delimited_answer_reads_to_eof_and_is_not_reused():
@@ -530,8 +494,7 @@ def test_close_delimited_answer_reads_to_eof_and_is_not_reused():
             conn.close()
 
         async with Upstream(handler) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 assert response.status == 200
                 assert await within(response.read()) == body
@@ -542,21 +505,18 @@ def test_close_delimited_answer_reads_to_eof_and_is_not_reused():
                 assert await within(response.read()) == body
                 response.release()
                 assert upstream.connections == 2
-            finally:
-                await http.close()
 
     run(scenario())
 
 
-# --- 5. Connection: close from the server ---
+# --- Connection: close from the server ---
 
 
 def test_connection_close_answer_is_not_reused():
     async def scenario():
         # The server keeps its side open: only the header tells the client not to reuse.
         async with Upstream(answering(answer(b"bye", "Connection: close"))) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), b"1", {}))
                 assert await within(response.read()) == b"bye"
                 response.release()
@@ -568,13 +528,11 @@ def test_connection_close_answer_is_not_reused():
                 response.release()
                 assert upstream.connections == 2
                 assert [conn.requests[0].body for conn in upstream.conns] == [b"1", b"2"]
-            finally:
-                await http.close()
 
     run(scenario())
 
 
-# --- 6. Content-Encoding ---
+# --- Content-Encoding ---
 
 
 @pytest.mark.parametrize("encoding, compress", [
@@ -585,14 +543,11 @@ def test_content_encoding_is_decoded_by_read(encoding, compress):
     async def scenario():
         plain = b'{"choices":[{"text":"' + b"compressible " * 200 + b'"}]}'
         async with Upstream(answering(answer(compress(plain), f"Content-Encoding: {encoding}"))) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 assert await within(response.read()) == plain
                 response.release()
                 assert http.idle_connections() == 1
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -606,18 +561,15 @@ def test_gzip_chunked_answer_is_decoded_by_iter_chunks():
         reply = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
         reply += b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
         async with Upstream(answering(reply)) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 assert b"".join([chunk async for chunk in response.iter_chunks()]) == plain
                 response.release()
-            finally:
-                await http.close()
 
     run(scenario())
 
 
-# --- 7, 8. answers that end early or are not HTTP ---
+# --- answers that end early or are not HTTP ---
 
 
 def test_server_closing_mid_body_raises_upstream_dropped():
@@ -628,16 +580,13 @@ def test_server_closing_mid_body_raises_upstream_dropped():
             conn.close()
 
         async with Upstream(handler) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 assert response.status == 200
                 with pytest.raises(UpstreamDropped):
                     await within(response.read())
                 response.release()
                 assert http.idle_connections() == 0
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -650,8 +599,7 @@ def test_server_closing_mid_chunked_stream_raises_upstream_dropped_from_iter_chu
             conn.close()
 
         async with Upstream(handler) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 received = []
                 with pytest.raises(UpstreamDropped):
@@ -660,8 +608,6 @@ def test_server_closing_mid_chunked_stream_raises_upstream_dropped_from_iter_chu
                 assert b"".join(received) == b"hello"
                 response.release()
                 assert http.idle_connections() == 0
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -681,19 +627,16 @@ def test_an_answer_that_is_not_http_raises_upstream_dropped(reply):
             conn.close()
 
         async with Upstream(handler) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 with pytest.raises(UpstreamDropped) as caught:
                     await within(http.post(upstream.url(), b"", {}))
                 assert not isinstance(caught.value, TimeoutError)
                 assert http.idle_connections() == 0
-            finally:
-                await http.close()
 
     run(scenario())
 
 
-# --- 9, 10. connecting ---
+# --- connecting ---
 
 
 def test_connection_refused_is_unreachable_not_a_timeout():
@@ -702,28 +645,22 @@ def test_connection_refused_is_unreachable_not_a_timeout():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         sock.close()  # nothing listens there now
-        http = client()
-        try:
+        async with client() as http:
             with pytest.raises(UpstreamUnreachable) as caught:
                 await within(http.post(f"http://127.0.0.1:{port}/v1/x", b"", {}))
             assert not isinstance(caught.value, TimeoutError)
             assert not isinstance(caught.value, UpstreamConnectTimeout)
             assert isinstance(caught.value, UpstreamError)
             assert http.idle_connections() == 0
-        finally:
-            await http.close()
 
     run(scenario())
 
 
 def test_unknown_host_is_unreachable():
     async def scenario():
-        http = client()
-        try:
+        async with client() as http:
             with pytest.raises(UpstreamUnreachable):
                 await within(http.post("http://no-such-host.invalid/v1/x", b"", {}))
-        finally:
-            await http.close()
 
     run(scenario())
 
@@ -732,8 +669,7 @@ def test_a_tls_handshake_that_never_completes_is_a_connect_timeout():
     async def scenario():
         # A plain TCP server that accepts and never answers: the TLS handshake counts as connecting.
         async with Upstream(silent) as upstream:
-            http = client(connect_timeout=0.2, read_timeout=2.0)
-            try:
+            async with client(connect_timeout=0.2, read_timeout=2.0) as http:
                 started = time.monotonic()
                 with pytest.raises(UpstreamConnectTimeout) as caught:
                     await within(http.post(upstream.url(scheme="https"), b"", {}))
@@ -744,20 +680,17 @@ def test_a_tls_handshake_that_never_completes_is_a_connect_timeout():
                 assert upstream.requests == []
                 await within(upstream.conns[0].eof.wait())  # the half-open connection was closed
                 assert http.idle_connections() == 0
-            finally:
-                await http.close()
 
     run(scenario())
 
 
-# --- 11. read timeouts ---
+# --- read timeouts ---
 
 
 def test_no_answer_within_read_timeout_raises_timeout_error():
     async def scenario():
         async with Upstream(silent) as upstream:
-            http = client(connect_timeout=2.0, read_timeout=0.2)
-            try:
+            async with client(connect_timeout=2.0, read_timeout=0.2) as http:
                 started = time.monotonic()
                 with pytest.raises(TimeoutError) as caught:
                     await within(http.post(upstream.url(), b"{}", {}))
@@ -767,8 +700,6 @@ def test_no_answer_within_read_timeout_raises_timeout_error():
                 assert 0.15 <= elapsed < 1.5
                 assert upstream.conns[0].received.startswith(b"POST /v1/x?api-version=1 HTTP/1.1\r\n")
                 assert http.idle_connections() == 0
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -781,8 +712,7 @@ def test_a_body_that_stalls_raises_timeout_error_from_read():
             await conn.until_eof()
 
         async with Upstream(handler) as upstream:
-            http = client(connect_timeout=2.0, read_timeout=0.2)
-            try:
+            async with client(connect_timeout=2.0, read_timeout=0.2) as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 assert response.status == 200
                 with pytest.raises(TimeoutError) as caught:
@@ -791,8 +721,6 @@ def test_a_body_that_stalls_raises_timeout_error_from_read():
                 response.close()
                 assert http.idle_connections() == 0
                 await within(upstream.conns[0].eof.wait())
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -805,8 +733,7 @@ def test_a_stream_that_stalls_raises_timeout_error_from_iter_chunks():
             await conn.until_eof()
 
         async with Upstream(handler) as upstream:
-            http = client(connect_timeout=2.0, read_timeout=0.2)
-            try:
+            async with client(connect_timeout=2.0, read_timeout=0.2) as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 chunks = response.iter_chunks().__aiter__()
                 assert await within(chunks.__anext__()) == b"hello"
@@ -814,8 +741,6 @@ def test_a_stream_that_stalls_raises_timeout_error_from_iter_chunks():
                     await within(chunks.__anext__())
                 assert not isinstance(caught.value, UpstreamError)
                 response.close()
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -831,19 +756,16 @@ def test_read_timeout_is_between_bytes_not_for_the_whole_body():
             await conn.until_eof()
 
         async with Upstream(handler) as upstream:
-            http = client(connect_timeout=2.0, read_timeout=0.3)
-            try:
+            async with client(connect_timeout=2.0, read_timeout=0.3) as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 assert await within(response.read()) == b"abcdef"
                 response.release()
                 assert http.idle_connections() == 1
-            finally:
-                await http.close()
 
     run(scenario())
 
 
-# --- 12, 13. the pool drops connections it cannot reuse ---
+# --- the pool drops connections it cannot reuse ---
 
 
 def test_a_connection_the_server_closed_while_idle_is_not_used_again():
@@ -860,8 +782,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_used_again():
             await answering(answer(b"second"))(conn)
 
         async with Upstream(handler) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 assert await within(response.read()) == b"first"
                 response.release()
@@ -877,8 +798,6 @@ def test_a_connection_the_server_closed_while_idle_is_not_used_again():
                 assert [len(conn.requests) for conn in upstream.conns] == [1, 1]
                 assert upstream.conns[1].requests[0].body == b"again"
                 assert http.idle_connections() == 1
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -886,8 +805,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_used_again():
 def test_a_connection_idle_longer_than_keepalive_seconds_is_not_reused():
     async def scenario():
         async with Upstream(answering(answer(b"ok"))) as upstream:
-            http = client(keepalive_seconds=0.1)
-            try:
+            async with client(keepalive_seconds=0.1) as http:
                 response = await within(http.post(upstream.url(), b"", {}))
                 assert await within(response.read()) == b"ok"
                 response.release()
@@ -898,8 +816,6 @@ def test_a_connection_idle_longer_than_keepalive_seconds_is_not_reused():
                 response.release()
                 assert upstream.connections == 2
                 await within(upstream.conns[0].eof.wait())  # the expired connection was closed, not leaked
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -907,16 +823,13 @@ def test_a_connection_idle_longer_than_keepalive_seconds_is_not_reused():
 def test_a_connection_idle_shorter_than_keepalive_seconds_is_reused():
     async def scenario():
         async with Upstream(answering(answer(b"ok"))) as upstream:
-            http = client(keepalive_seconds=2.0)
-            try:
+            async with client(keepalive_seconds=2.0) as http:
                 for _ in range(2):
                     response = await within(http.post(upstream.url(), b"", {}))
                     assert await within(response.read()) == b"ok"
                     response.release()
                     await asyncio.sleep(0.2)
                 assert upstream.connections == 1
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -934,8 +847,7 @@ def test_concurrent_posts_use_separate_connections():
             await answering(answer(b"later"))(conn)
 
         async with Upstream(handler) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 responses = await within(asyncio.gather(
                     http.post(upstream.url(), b"a", {}), http.post(upstream.url(), b"b", {})))
                 bodies = sorted([await within(response.read()) for response in responses])
@@ -944,15 +856,13 @@ def test_concurrent_posts_use_separate_connections():
                     response.release()
                 assert upstream.connections == 2
                 assert http.idle_connections() == 2
-            finally:
-                await http.close()
             assert http.idle_connections() == 0
             await within(asyncio.gather(*(conn.eof.wait() for conn in upstream.conns)))
 
     run(scenario())
 
 
-# --- 14. header injection ---
+# --- header injection ---
 
 
 @pytest.mark.parametrize("headers", [
@@ -964,20 +874,17 @@ def test_concurrent_posts_use_separate_connections():
 def test_cr_or_lf_in_a_header_raises_value_error_before_anything_is_sent(headers):
     async def scenario():
         async with Upstream(silent) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 with pytest.raises(ValueError):
                     await within(http.post(upstream.url(), b"body", headers))
                 await asyncio.sleep(0.1)  # anything sent would have arrived by now
                 assert all(conn.received == b"" for conn in upstream.conns)
                 assert upstream.requests == []
-            finally:
-                await http.close()
 
     run(scenario())
 
 
-# --- 15. https ---
+# --- https ---
 
 
 @pytest.fixture(scope="module")
@@ -1023,8 +930,7 @@ def test_https_with_a_trusted_self_signed_certificate(self_signed):
     async def scenario():
         reply = answer(b'{"tls":true}', "Content-Type: application/json")
         async with Upstream(answering(reply), ssl_context=server_context(self_signed)) as upstream:
-            http = client(ssl_context=ssl.create_default_context(cafile=str(self_signed[0])))
-            try:
+            async with client(ssl_context=ssl.create_default_context(cafile=str(self_signed[0]))) as http:
                 for body in (b"one", b"two"):
                     response = await within(http.post(upstream.url(scheme="https"), body,
                                                       {"Authorization": "Bearer k"}))
@@ -1039,8 +945,6 @@ def test_https_with_a_trusted_self_signed_certificate(self_signed):
                 assert first.values(b"host") == [f"127.0.0.1:{upstream.port}".encode()]
                 assert first.values(b"authorization") == [b"Bearer k"]
                 assert (first.body, second.body) == (b"one", b"two")
-            finally:
-                await http.close()
 
     run(scenario())
 
@@ -1048,20 +952,17 @@ def test_https_with_a_trusted_self_signed_certificate(self_signed):
 def test_https_with_an_untrusted_certificate_is_unreachable(self_signed):
     async def scenario():
         async with Upstream(answering(answer()), ssl_context=server_context(self_signed)) as upstream:
-            http = client()  # the default context: the self-signed certificate is not trusted
-            try:
+            async with client() as http:  # the default context: the self-signed certificate is not trusted
                 with pytest.raises(UpstreamUnreachable) as caught:
                     await within(http.post(upstream.url(scheme="https"), b"", {}))
                 assert not isinstance(caught.value, TimeoutError)
                 assert upstream.requests == []
                 assert http.idle_connections() == 0
-            finally:
-                await http.close()
 
     run(scenario())
 
 
-# --- 16. cancellation ---
+# --- cancellation ---
 
 
 def test_cancelling_a_post_closes_its_connection():
@@ -1071,8 +972,7 @@ def test_cancelling_a_post_closes_its_connection():
             await conn.until_eof()  # never answers
 
         async with Upstream(handler) as upstream:
-            http = client()
-            try:
+            async with client() as http:
                 task = asyncio.create_task(http.post(upstream.url(), b"{}", {}))
                 await within(upstream.accepted.wait())
                 await within(upstream.conns[0].got_request.wait())
@@ -1088,7 +988,5 @@ def test_cancelling_a_post_closes_its_connection():
                 assert await within(response.read()) == b"after"
                 response.release()
                 assert upstream.connections == 2
-            finally:
-                await http.close()
 
     run(scenario())
