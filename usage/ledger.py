@@ -10,6 +10,7 @@ UPSERT and the late-data path); the sync and async drivers run the very same sta
 """
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
@@ -405,7 +406,13 @@ def _locked(results: list) -> list[tuple[int, datetime | None]]:
     """The lock statement's row (the last result): (txid, watermark), as write_plan().late reads it."""
     row = results[-1]
     watermark = pgwire.text(row, 0, 1)
-    return [(int(pgwire.text(row, 0, 0)), datetime.fromisoformat(watermark) if watermark else None)]
+    return [(int(pgwire.text(row, 0, 0)), _watermark(watermark) if watermark else None)]
+
+
+@functools.lru_cache(maxsize=8)
+def _watermark(text: str) -> datetime:
+    """The watermark read back as text (the same one for a rollup's interval: parsed once)."""
+    return datetime.fromisoformat(text)
 
 
 @dataclass(eq=False)
@@ -462,6 +469,7 @@ class PostgresWriter:
         self.prepared[sql.LOCK_WATERMARK_FOR_WRITE["postgresql"]] = self.LOCK_NAME
         self._armed: list[_Armed] = []
         self._disarming: set[asyncio.Task] = set()
+        self._lock_rendered: tuple[dict | None, str] = (None, "")
 
     async def open(self) -> None:
         await self.pool.open(wait=False)
@@ -489,7 +497,7 @@ class PostgresWriter:
         attempt = attempt or WriteAttempt()
         armed = self._take_armed()
         conn = armed.conn if armed is not None else await self.pool.getconn()
-        lock = sql.render(lock_statements("postgresql"), self.prepared)
+        lock = self._lock_text()
         try:
             if any(delta.key_id is None for delta in deltas):  # never on the gateway's path
                 deltas = await with_reserved_keys_async(deltas, psycopg.AsyncClientCursor(conn))
@@ -527,6 +535,12 @@ class PostgresWriter:
             # transaction before the connection is reused.
             await self._end(conn)
             raise
+
+    def _lock_text(self) -> str:
+        """The lock's statements as text, rendered once for each set of prepared statements."""
+        if self._lock_rendered[0] is not self.prepared:
+            self._lock_rendered = (self.prepared, sql.render(lock_statements("postgresql"), self.prepared))
+        return self._lock_rendered[1]
 
     async def _end(self, conn: psycopg.AsyncConnection) -> None:
         """Roll back what a failed statement left open, and return the connection to the pool

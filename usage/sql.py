@@ -33,11 +33,19 @@ def literal(value) -> str:
     """A ledger statement's parameter as SQL text, for the gateway's batches, which go as one text
     of several statements (usage.ledger.PostgresWriter). Only what those statements bind: integers
     and aware datetimes (a TypeError for anything else, so no string ever reaches SQL text)."""
+    if type(value) is int:  # most of them (a batch's counters and ids)
+        return str(value)
     if isinstance(value, int):
         return str(int(value))  # bool too: 1 or 0
     if isinstance(value, datetime) and value.utcoffset() is not None:
-        return f"'{value.isoformat()}'::timestamptz"
+        return _timestamp(value)
     raise TypeError(f"a ledger statement binds integers and aware datetimes only, not {type(value).__name__}")
+
+
+@functools.lru_cache(maxsize=64)
+def _timestamp(value: datetime) -> str:
+    """A bucket start as SQL (the same few for minutes on end: written once each)."""
+    return f"'{value.isoformat()}'::timestamptz"
 
 
 def render(statements: list[tuple[str, list]], prepared: dict[str, str] | None = None) -> str:
