@@ -292,7 +292,9 @@ class Response:
 
     def close(self) -> None:
         """Close the connection now (a caller gone: stop reading); a read under way ends with
-        UpstreamDropped."""
+        UpstreamDropped. Once released, the connection is no longer this answer's: nothing to do."""
+        if self._finished:
+            return
         self._conn.abort()
         self._conn.fail(UpstreamDropped("the connection to the upstream was closed by the gateway"))
         self.release()

@@ -304,6 +304,22 @@ def test_response_close_closes_the_connection():
 # --- close() with a connection in use, max_connections, large bodies, Host ---
 
 
+def test_close_after_release_leaves_the_pooled_connection_to_its_next_request():
+    async def scenario():
+        async with Upstream(answering(answer(b"first"), answer(b"second"))) as upstream:
+            async with client() as http:
+                first = await within(http.post(upstream.url(), b"", {}))
+                assert await within(first.read()) == b"first"
+                first.release()
+                second = await within(http.post(upstream.url(), b"", {}))  # the same connection
+                first.close()  # late (a watcher of the first caller): not the first answer's connection any more
+                assert await within(second.read()) == b"second"
+                second.release()
+                assert (upstream.connections, http.idle_connections()) == (1, 1)
+
+    run(scenario())
+
+
 def test_client_close_closes_connections_in_use_too():
     async def scenario():
         async with Upstream(answering(answer(b"x" * 10))) as upstream:
