@@ -316,18 +316,17 @@ class HttpClient:
                    read_timeout: float | None = None) -> Response:
         """Send a POST and return once the answer's status and headers are in. The timeouts, when
         given, replace the client's for this request (the gateway reads them from its settings)."""
+        connect_timeout = self.connect_timeout if connect_timeout is None else connect_timeout
         read_timeout = self.read_timeout if read_timeout is None else read_timeout
         origin, host, target = _target(url)
         head = _head(target, host, len(body), headers)
         await self._slots.acquire()
         conn = None
         try:
-            conn = self._idle_connection(origin) or await self._connect(origin, connect_timeout or self.connect_timeout)
+            conn = self._idle_connection(origin) or await self._connect(origin, connect_timeout)
             conn.in_use = True
             conn.begin()
-            conn.transport.write(head + body if len(body) < 65536 else head)
-            if len(body) >= 65536:
-                conn.transport.write(body)
+            conn.transport.writelines((head, body))
             while not conn.head_done:
                 if conn.error is not None:
                     raise conn.error
