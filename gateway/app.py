@@ -23,7 +23,7 @@ from gateway.keys import KeyCache, load_usable_keys, touch_keys
 from gateway.call import Call, Refusal, request_ids
 from gateway.pipeline import Pipeline, Route
 from gateway.providers import anthropic, openai, responses
-from usage.budgets import BudgetBook
+from usage.budgets import BudgetBook, BudgetSnapshot
 from usage.store import UsageStore
 
 logger = logging.getLogger("codevector.gateway")
@@ -150,9 +150,11 @@ class GatewayApp:
         self.keys.replace(keys)
         self.facades = facades
         try:
-            await self.in_db_thread(self.budgets.refresh)
+            snapshot = await self.in_db_thread(BudgetSnapshot.read)
         except Exception as exc:
             logger.warning("budget refresh failed, keeping the last snapshot: %s", exc)
+            return
+        self.budgets.install(snapshot)  # here, on the loop: the thread that checks and adds spend
 
     async def _refresh_forever(self) -> None:
         while True:

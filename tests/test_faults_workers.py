@@ -485,7 +485,11 @@ def test_a_budget_holds_across_workers_within_the_cache_bound_and_refuses_from_t
         bound = max(own + others for own, others in terms.values()) * largest
         assert spend - cap <= bound, (spend - cap, terms, largest)
 
-        # The database goes away: budgets keep refusing from each process's last snapshot.
+        # The database goes away: budgets keep refusing from each process's last snapshot. A process
+        # that took none of the last round may not have refreshed since the other's last commits: let
+        # every process finish a refresh that began after them (each begins within a period plus a
+        # read of the last), so each one's last snapshot holds the whole spend.
+        time.sleep(2 * (cache_seconds + refresh_slack))
         cluster.stop("fast")
         time.sleep(cache_seconds + 0.5)  # a refresh failed meanwhile, and kept the snapshot
 

@@ -202,53 +202,77 @@ class LocalSpend:
         return self.total - earlier
 
 
-class BudgetBook:
-    """The gateway's snapshot of budgets and spend: checked per request without a database read.
+@dataclass(frozen=True)
+class BudgetSnapshot:
+    """One read of the active budgets and each period's spend, indexed for the per-request check;
+    built whole off the event loop, then put in place in one assignment (`BudgetBook.install`)."""
 
-    `refresh()` (in a background thread) reads the active budgets and, per period, every user's
-    exact spend since the period began. Between refreshes, `add_spend()` counts what this process
-    records; entries committed before a refresh's read began are in the snapshot and dropped.
-    If the database is down, the last snapshot plus the local spend since carry on.
-    """
+    rules: tuple[BudgetRule, ...]
+    spend: dict[str, tuple[datetime | None, dict[int, int]]]  # period -> (start, user -> nanos)
+    defaults: dict[str, BudgetRule]  # period -> the default budget
+    own: dict[int, dict[str, BudgetRule]]  # user -> period -> their own budget
+    read_started: float  # monotonic: what this process recorded before it is in `spend`
 
-    def __init__(self):
-        self.rules: list[BudgetRule] = []
-        self._spend: dict[str, tuple[datetime | None, dict[int, int]]] = {}  # period -> (start, user -> nanos)
-        self._local: dict[int, LocalSpend] = {}
-        self._windows: dict[str, tuple[datetime | None, datetime | None]] = {}
-        self._defaults: dict[str, BudgetRule] = {}
-        self._own: dict[int, dict[str, BudgetRule]] = {}
-        self.loaded = False
-
-    def refresh(self, now: datetime | None = None) -> None:
+    @classmethod
+    def read(cls, now: datetime | None = None) -> "BudgetSnapshot":
         now = now or timezone.now()
         read_started = monotonic()
-        rules = [BudgetRule.of(b) for b in Budget.objects.filter(is_active=True)]
+        rules = tuple(BudgetRule.of(b) for b in Budget.objects.filter(is_active=True))
         spend = {}
         for period in {r.period for r in rules}:
             start, _ = budget_period_bounds(period, now)
             users = None if any(r.user_id is None and r.period == period for r in rules) else \
                 {r.user_id for r in rules if r.period == period}
             spend[period] = (start, spend_by_user(start, now, users))
-        self.rules, self._spend, self.loaded = rules, spend, True
-        self._defaults = {r.period: r for r in rules if r.user_id is None}
-        self._own: dict[int, dict[str, BudgetRule]] = {}
+        own: dict[int, dict[str, BudgetRule]] = {}
         for rule in rules:
             if rule.user_id is not None:
-                self._own.setdefault(rule.user_id, {})[rule.period] = rule
-        self._windows = {}
+                own.setdefault(rule.user_id, {})[rule.period] = rule
+        return cls(rules, spend, {r.period: r for r in rules if r.user_id is None}, own, read_started)
+
+
+EMPTY_SNAPSHOT = BudgetSnapshot((), {}, {}, {}, float("-inf"))
+
+
+class BudgetBook:
+    """The gateway's snapshot of budgets and spend: checked per request without a database read.
+
+    `BudgetSnapshot.read()` (in a background thread) reads the active budgets and, per period,
+    every user's exact spend since the period began; `install()` (on the event loop, the thread
+    that checks and adds spend) puts it in place. Between refreshes, `add_spend()` counts what this
+    process records (after the ledger committed it); entries committed before a read began are in
+    the snapshot and dropped at install. If the database is down, the last snapshot plus the local
+    spend since carry on.
+    """
+
+    def __init__(self):
+        self._snapshot = EMPTY_SNAPSHOT
+        self._local: dict[int, LocalSpend] = {}
+        self._windows: dict[str, tuple[datetime | None, datetime | None]] = {}
+        self.loaded = False
+
+    def install(self, snapshot: BudgetSnapshot) -> None:
+        """Put a snapshot in place. Call it from the thread that calls check() and add_spend():
+        the local spend's running totals are not shared across threads."""
+        self._snapshot, self._windows, self.loaded = snapshot, {}, True
         for local in self._local.values():
-            local.drop_before(read_started)
+            local.drop_before(snapshot.read_started)
+
+    def refresh(self, now: datetime | None = None) -> None:
+        """read() and install() in the caller's thread (tests and single-threaded callers)."""
+        self.install(BudgetSnapshot.read(now))
 
     def applies_to(self, user_id: int) -> bool:
         """Whether any budget applies to the user: a dictionary look-up, asked before the clock is read."""
-        return bool(self._defaults) or user_id in self._own
+        snapshot = self._snapshot
+        return bool(snapshot.defaults) or user_id in snapshot.own
 
     def _applicable(self, user_id: int) -> list[BudgetRule]:
         """`applicable()` from the indexes built at refresh: O(periods), not O(budgets)."""
-        own = self._own.get(user_id, {})
-        return [own.get(period) or self._defaults[period] for period in BUDGET_PERIODS
-                if period in own or period in self._defaults]
+        snapshot = self._snapshot
+        own, defaults = snapshot.own.get(user_id, {}), snapshot.defaults
+        return [own.get(period) or defaults[period] for period in BUDGET_PERIODS
+                if period in own or period in defaults]
 
     def add_spend(self, user_id: int, at: datetime, nanos: int) -> None:
         if nanos and self.applies_to(user_id):
@@ -265,10 +289,11 @@ class BudgetBook:
         if not self.applies_to(user_id):
             return []
         local = self._local.get(user_id)
+        spend = self._snapshot.spend
         states = []
         for rule in self._applicable(user_id):
             start, resets_at = self._window(rule.period, now)
-            snapshot_start, by_user = self._spend.get(rule.period, (None, {}))
+            snapshot_start, by_user = spend.get(rule.period, (None, {}))
             # A snapshot from an earlier period (the day rolled over since) counts nothing now.
             spent = by_user.get(user_id, 0) if snapshot_start == start else 0
             if local is not None:
