@@ -15,7 +15,7 @@ from django.db.models import Sum
 from django.test import override_settings
 
 from gateway.models import ApiKey, ModelFacade
-from usage.budgets import BudgetBook, set_budget
+from usage.budgets import BudgetBook, BudgetSnapshot, set_budget
 from usage.ledger import UsageDelta, record_many
 from usage.models import FiveMinuteUsage
 
@@ -141,6 +141,31 @@ def test_each_period_resets_at_its_local_boundary(transactional_db, zone, gpt):
         book.add_spend(ursula.pk, last_second, 100_000_000)
         assert {s.rule.period: s.spend_nanos for s in book.states(ursula.pk, last_second)}["daily"] == 500_000_000
         assert {s.rule.period: s.spend_nanos for s in book.states(ursula.pk, monday)}["daily"] == 0
+
+
+def test_a_snapshot_read_elsewhere_keeps_the_spend_recorded_since_its_read_began(transactional_db, gpt):
+    """The gateway reads a snapshot in its database thread and installs it later on its event loop:
+    what the process recorded after the read began stays counted at install (the read may have
+    missed it); what it recorded before the read began is in the snapshot and dropped."""
+    vera = User.objects.create_user("vera")
+    set_budget(username="vera", period="total", amount_usd=Decimal("1"), warn_percent=None, active=True)
+    now = datetime.now(UTC)
+    record_many([UsageDelta(id=uuid.uuid4().hex, user_id=vera.pk, facade_id=gpt.pk, at=now, cost_nanos=300_000_000)])
+    book = BudgetBook()
+    assert not book.loaded and book.states(vera.pk, now) == []  # nothing installed: no budget known yet
+    book.install(BudgetSnapshot.read(now))  # as the gateway does before it serves
+    assert book.loaded and [s.spend_nanos for s in book.states(vera.pk, now)] == [300_000_000]
+    snapshot = BudgetSnapshot.read(now)
+    book.add_spend(vera.pk, now, 50_000_000)  # recorded (committed) after the read began
+    book.install(snapshot)
+    assert [s.spend_nanos for s in book.states(vera.pk, now)] == [350_000_000]
+    record_many([UsageDelta(id=uuid.uuid4().hex, user_id=vera.pk, facade_id=gpt.pk, at=now, cost_nanos=50_000_000)])
+    book.install(BudgetSnapshot.read(now))  # the next read holds it: the local entry goes
+    assert [s.spend_nanos for s in book.states(vera.pk, now)] == [350_000_000]
+    assert book.check(vera.pk, now).refusal is None
+    book.add_spend(vera.pk, now, 700_000_000)
+    assert [s.spend_nanos for s in book.states(vera.pk, now)] == [1_050_000_000]
+    assert book.check(vera.pk, now).refusal is not None
 
 
 def test_concurrent_clients_overshoot_the_cap_by_at_most_the_requests_in_flight(gw):
