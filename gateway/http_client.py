@@ -56,6 +56,11 @@ class UpstreamDropped(UpstreamError):
     """The connection ended, or the answer stopped being HTTP, before the answer's end."""
 
 
+class UpstreamTooLarge(UpstreamError):
+    """A whole answer read with `read`, or what an encoded answer decodes to, is larger than the
+    client's `max_response_bytes`."""
+
+
 @lru_cache(maxsize=512)
 def _target(url: str) -> tuple[tuple[bool, str, int], str, str]:
     """(origin: (https, host, port), Host header, request target) of a URL, worked out once per URL."""
@@ -118,9 +123,17 @@ class _Connection(asyncio.Protocol):
         if not self.in_use:  # bytes nobody asked for, on an idle connection: never reuse it
             self.abort()
             return
+        if self.done:
+            # Bytes after the end of the answer asked for: whatever they are (a second answer, garbage),
+            # the next request's answer could not be told apart from them, so the connection goes.
+            self.keep_alive = False
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if self.done:  # on_message_begin refused a second answer in the same read: as above
+                self.keep_alive = False
+                return
             self.fail(UpstreamDropped(f"the upstream's answer is not valid HTTP ({exc})"))
             self.abort()
 
@@ -134,6 +147,10 @@ class _Connection(asyncio.Protocol):
             self.fail(UpstreamDropped("the upstream closed the connection before the end of its answer"))
 
     # --- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.done:  # stops the parser: a second answer must not overwrite the first one's state
+            raise _Surplus
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.raw_headers.append((name, value))
@@ -210,6 +227,10 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+class _Surplus(Exception):
+    """Raised inside the parser to stop it at bytes that follow a complete answer."""
+
+
 def _expire(waiter: asyncio.Future) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError("the upstream sent nothing within the read timeout"))
@@ -219,7 +240,8 @@ class Response:
     """An upstream's answer: its status and headers are in; the body is read with `read` or
     `iter_chunks`, then `release` (back to the pool when read to its end) or `close`."""
 
-    __slots__ = ("status", "raw_headers", "_conn", "_client", "_read_timeout", "_headers", "_decoder", "_finished")
+    __slots__ = ("status", "raw_headers", "_conn", "_client", "_read_timeout", "_headers", "_decoder", "_room",
+                 "_finished")
 
     def __init__(self, conn: _Connection, client: "HttpClient", read_timeout: float):
         self.status = conn.status
@@ -229,6 +251,7 @@ class Response:
         self._client = client
         self._headers: dict[str, str] | None = None
         self._decoder = None
+        self._room = client.max_response_bytes  # decoded bytes this answer may still yield
         self._finished = False
         encoding = self.header("content-encoding", "identity").strip().lower()
         if encoding in ("gzip", "x-gzip", "deflate"):
@@ -243,8 +266,11 @@ class Response:
         return self._headers.get(name.lower(), default)
 
     async def read(self) -> bytes:
-        conn = self._conn
+        """The whole body (decoded), at most the client's `max_response_bytes` (UpstreamTooLarge)."""
+        conn, limit = self._conn, self._client.max_response_bytes
         if conn.done and conn.error is None and self._decoder is None:  # the usual case: all of it is in
+            if conn.buffered > limit:
+                raise self._too_large()
             body = b"".join(conn.chunks)
             conn.chunks.clear()
             conn.buffered = 0
@@ -252,9 +278,25 @@ class Response:
                 conn.paused = False
                 conn.transport.resume_reading()
             return body
-        return b"".join([chunk async for chunk in self.iter_chunks()])
+        length = self.header("content-length")
+        if length is not None and int(length) > limit:  # refused before a byte of it is held
+            raise self._too_large()
+        body, total = [], 0
+        async for chunk in self.iter_chunks():
+            total += len(chunk)
+            if total > limit:
+                raise self._too_large()
+            body.append(chunk)
+        return b"".join(body)
+
+    def _too_large(self) -> UpstreamTooLarge:
+        self._conn.abort()  # the rest of the answer is unread: the connection cannot be reused
+        return UpstreamTooLarge(f"the upstream's answer is larger than the gateway's limit of "
+                                f"{self._client.max_response_bytes} bytes")
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body's pieces as they arrive (decoded), with no limit on the total but what an encoded
+        answer decodes to (UpstreamTooLarge past `max_response_bytes`)."""
         conn, decoder, timeout = self._conn, self._decoder, self._read_timeout
         while True:
             chunk = conn.take()
@@ -267,16 +309,24 @@ class Response:
             if conn.error is not None:
                 raise conn.error
             if conn.done:
-                if decoder is not None and (rest := decoder.flush()):
+                if decoder is not None and (rest := self._bounded(decoder.flush())):
                     yield rest
                 return
             await conn.wait(timeout)
 
     def _decode(self, chunk: bytes) -> bytes:
+        # max_length: a small compressed answer that inflates without end (a zip bomb) stops one byte
+        # past the limit instead of being inflated whole into memory first.
         try:
-            return self._decoder.decompress(chunk)
+            return self._bounded(self._decoder.decompress(chunk, self._room + 1))
         except zlib.error as exc:
             raise UpstreamDropped(f"the upstream's encoded answer could not be decoded ({exc})") from None
+
+    def _bounded(self, decoded: bytes) -> bytes:
+        if len(decoded) > self._room:
+            raise self._too_large()
+        self._room -= len(decoded)
+        return decoded
 
     def release(self) -> None:
         """Back to the pool if the answer was read to its end and the connection may be kept."""
@@ -302,10 +352,12 @@ class Response:
 
 class HttpClient:
     def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int = 1000,
-                 keepalive_seconds: float = 15.0, ssl_context: ssl.SSLContext | None = None):
+                 keepalive_seconds: float = 15.0, max_response_bytes: int = 64 * 1024 * 1024,
+                 ssl_context: ssl.SSLContext | None = None):
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.keepalive_seconds = keepalive_seconds
+        self.max_response_bytes = max_response_bytes
         self.ssl_context = ssl_context
         self._idle: dict[tuple, list[_Connection]] = {}
         self._open: set[_Connection] = set()  # every connection not yet lost, idle or in use

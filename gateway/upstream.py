@@ -25,7 +25,8 @@ def open_client() -> HttpClient:
     """No total limit (a stream may last minutes); connect and between-reads limits from settings
     (the pipeline passes them with each request too, so a changed setting applies at once)."""
     return HttpClient(connect_timeout=settings.GATEWAY_CONNECT_TIMEOUT, read_timeout=settings.GATEWAY_READ_TIMEOUT,
-                      max_connections=settings.GATEWAY_UPSTREAM_CONNECTIONS)
+                      max_connections=settings.GATEWAY_UPSTREAM_CONNECTIONS,
+                      max_response_bytes=settings.GATEWAY_MAX_RESPONSE_BYTES)
 
 
 def request_headers(caller_headers: dict[str, str], credential_headers: dict[str, str]) -> dict[str, str]:
