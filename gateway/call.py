@@ -95,9 +95,11 @@ class Call:
         if not logger.isEnabledFor(logging.INFO):
             return
         usage = self.usage or Usage()
+        # The caller's address: behind a trusted proxy, the one it forwarded (uvicorn's proxy headers).
+        client = self.scope.get("client")
         logger.info(orjson.dumps({
             "event": "request", "request_id": self.request_id, "method": self.scope.get("method"),
-            "path": self.scope.get("path"), "status": self.status,
+            "path": self.scope.get("path"), "client": client[0] if client else None, "status": self.status,
             "user": self.key.username if self.key else None, "key_prefix": self.key.prefix if self.key else None,
             "facade": self.facade.name if self.facade else None, "input_tokens": usage.input_tokens,
             "cached_input_tokens": usage.cached_input_tokens, "cache_write_tokens": usage.cache_write_tokens,
