@@ -234,8 +234,17 @@ GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 10 * 1024 * 1024, min
 GATEWAY_CONNECT_TIMEOUT = env_float("GATEWAY_CONNECT_TIMEOUT", 5.0, minimum=0.01)
 GATEWAY_READ_TIMEOUT = env_float("GATEWAY_READ_TIMEOUT", 600.0, minimum=0.01)
 GATEWAY_UPSTREAM_CONNECTIONS = env_int("GATEWAY_UPSTREAM_CONNECTIONS", 1000, minimum=1)
-# The upstream client (gateway.http_client): a whole answer larger than this, or an encoded one that
-# decodes to more, is refused (502) instead of held in memory.
+# The upstream client (gateway.http_client). Per origin beside the total, so that requests piling up
+# behind one stuck upstream cannot take every slot; a wait for a slot counts against
+# GATEWAY_CONNECT_TIMEOUT (then 502, UpstreamPoolFull).
+GATEWAY_UPSTREAM_CONNECTIONS_PER_ORIGIN = env_int("GATEWAY_UPSTREAM_CONNECTIONS_PER_ORIGIN", 256, minimum=1)
+# Idle connections are closed by the gateway after this: below the 5 s after which uvicorn (and many
+# servers like it) close theirs, so the gateway closes first instead of sending a request into a close.
+GATEWAY_UPSTREAM_KEEPALIVE_SECONDS = env_float("GATEWAY_UPSTREAM_KEEPALIVE_SECONDS", 4.0)
+# How long a resolved upstream name is kept (getaddrinfo has no TTL to tell); 0 resolves every connection.
+GATEWAY_UPSTREAM_DNS_TTL_SECONDS = env_float("GATEWAY_UPSTREAM_DNS_TTL_SECONDS", 30.0)
+# A whole answer larger than this, or an encoded one that decodes to more, is refused (502) instead
+# of held in memory; streams have no total limit.
 GATEWAY_MAX_RESPONSE_BYTES = env_int("GATEWAY_MAX_RESPONSE_BYTES", 64 * 1024 * 1024, minimum=1024)
 GATEWAY_DB_POOL_SIZE = env_int("GATEWAY_DB_POOL_SIZE", 4, minimum=1)
 

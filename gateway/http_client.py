@@ -14,18 +14,31 @@ What it does, and how it fails (the pipeline turns each error into the caller's 
 - http and https (the standard library's TLS, the system's trust store by default), the URL's path
   and query as given, Host and Content-Length set here, no Accept-Encoding asked (an answer that
   is gzip- or deflate-encoded anyway is decoded);
-- answers with Content-Length, chunked, or delimited by the connection's end; `Connection: close`
-  and answers read only in part are never reused; an idle connection is dropped when the upstream
-  closes it or once it has been idle `keepalive_seconds`;
+- answers with Content-Length, chunked, or delimited by the connection's end; `Connection: close`,
+  answers read only in part, and connections that received anything after their answer's end are
+  never reused; a pooled connection is reused only if it is still live (its socket has nothing to
+  read: no EOF, no stray bytes), and closed once idle `keepalive_seconds` by a timer;
+- at most `max_connections` in use, and `max_connections_per_origin` to one origin (so one stuck
+  upstream cannot take every slot); waiting for a slot counts against the connect timeout;
+- names resolved by the loop's getaddrinfo and kept `dns_ttl_seconds`; several addresses are tried
+  as RFC 8305 says (families interleaved, the next attempt started every 250 ms or when one fails);
 - `UpstreamUnreachable` when no connection could be made (refused, DNS, TLS), its subclass
-  `UpstreamConnectTimeout` past `connect_timeout` (TCP and TLS handshake together);
-  `UpstreamDropped` when the connection ends, or the answer stops being HTTP, before its end;
+  `UpstreamConnectTimeout` past `connect_timeout` (slot wait, DNS, TCP and TLS together), and its
+  subclass `UpstreamPoolFull` when the time went waiting for a slot;
+  `UpstreamDropped` when the connection ends (or is reset), or the answer stops being HTTP, before
+  its end; `UpstreamBadEncoding` for a Content-Encoding other than gzip or deflate (raised by
+  `post`, before any byte of the body) or an encoded body that does not decode; `UpstreamTooLarge`
+  for a whole answer above `max_response_bytes`, or an encoded one that decodes to more;
   the builtin `TimeoutError` when no byte came for `read_timeout` seconds while the head or a
   piece of the body was awaited (a stream may last for minutes as long as bytes keep coming);
-- a request is never sent twice: a connection that fails is the caller's error, whatever happened.
+- a request is never sent twice: once a byte of it may have reached the kernel, a connection that
+  fails is the caller's error. Only a write refused at its first byte (the pooled connection was
+  reset while idle) is sent again, once, on a fresh connection.
 """
 
 import asyncio
+import select
+import socket
 import ssl
 import zlib
 from collections import deque
@@ -38,6 +51,8 @@ import httptools
 # A streamed answer's bytes held before reading from the upstream pauses (a slow caller).
 PAUSE_BYTES = 256 * 1024
 RESUME_BYTES = 64 * 1024
+# RFC 8305's "Connection Attempt Delay": the next address is tried if the last gave no answer by then.
+HAPPY_EYEBALLS_DELAY = 0.25
 
 
 class UpstreamError(Exception):
@@ -49,7 +64,11 @@ class UpstreamUnreachable(UpstreamError):
 
 
 class UpstreamConnectTimeout(UpstreamUnreachable, TimeoutError):
-    """Connecting (TCP and TLS) took longer than the client's connect timeout."""
+    """Connecting (slot wait, DNS, TCP and TLS) took longer than the client's connect timeout."""
+
+
+class UpstreamPoolFull(UpstreamConnectTimeout):
+    """The connect timeout passed while every connection slot (the client's, or the origin's) was in use."""
 
 
 class UpstreamDropped(UpstreamError):
@@ -59,6 +78,10 @@ class UpstreamDropped(UpstreamError):
 class UpstreamTooLarge(UpstreamError):
     """A whole answer read with `read`, or what an encoded answer decodes to, is larger than the
     client's `max_response_bytes`."""
+
+
+class UpstreamBadEncoding(UpstreamError):
+    """The answer's Content-Encoding is not one the client decodes, or its body does not decode."""
 
 
 @lru_cache(maxsize=512)
@@ -100,6 +123,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
+        self.poller: select.poll | None = None
         self.begin()
 
     def begin(self) -> None:
@@ -118,6 +142,12 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.open_connections.add(self)
+        # Polled on the descriptor: uvloop's socket object refuses recv, and a poll object made once
+        # here keeps the check before each reuse to one syscall.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.poller = select.poll()
+            self.poller.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         if not self.in_use:  # bytes nobody asked for, on an idle connection: never reuse it
@@ -138,12 +168,17 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     def connection_lost(self, exc) -> None:
+        aborted = self.closed  # by the client itself: whatever was read is not a whole answer
         self.closed = True
         self.open_connections.discard(self)
-        if self.head_done and not self.done and self._ends_with_connection():
-            self.done = True  # an answer delimited by the connection's end: this was its end
+        if self.done:
+            return
+        if exc is None and not aborted and self.head_done and self._ends_with_connection():
+            self.done = True  # an answer delimited by the connection's end, ended cleanly: this was its end
             self._wake()
-        elif not self.done:
+        elif exc is not None:  # a reset, even of an answer delimited by the connection's end, cuts it
+            self.fail(UpstreamDropped(f"the upstream's connection failed before the end of its answer ({exc})"))
+        else:
             self.fail(UpstreamDropped("the upstream closed the connection before the end of its answer"))
 
     # --- httptools callbacks ----------------------------------------------------------------
@@ -221,6 +256,14 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return chunk
 
+    def alive(self) -> bool:
+        """Whether an idle connection may carry a request: not closing, and nothing to read on its
+        socket. The loop may not have run since the upstream closed it or wrote to it; the kernel
+        knows already (EOF, a reset or stray bytes all make the socket readable)."""
+        if self.closed or self.transport.is_closing():
+            return False
+        return self.poller is None or not self.poller.poll(0)
+
     def abort(self) -> None:
         self.closed = True
         if self.transport is not None:
@@ -257,8 +300,9 @@ class Response:
         if encoding in ("gzip", "x-gzip", "deflate"):
             self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib header, told apart by zlib
         elif encoding not in ("identity", ""):
-            conn.fail(UpstreamDropped(f"the upstream's answer is encoded with {encoding}, which the gateway "
-                                      "does not decode"))
+            # Raised from post(), before any byte of the body: passing on bytes nobody can read is no answer.
+            raise UpstreamBadEncoding(f"the upstream's answer is encoded with {encoding}, which the gateway "
+                                      "does not decode")
 
     def header(self, name: str, default: str | None = None) -> str | None:
         if self._headers is None:
@@ -298,10 +342,12 @@ class Response:
         """The body's pieces as they arrive (decoded), with no limit on the total but what an encoded
         answer decodes to (UpstreamTooLarge past `max_response_bytes`)."""
         conn, decoder, timeout = self._conn, self._decoder, self._read_timeout
+        encoded = False
         while True:
             chunk = conn.take()
             if chunk is not None:
                 if decoder is not None:
+                    encoded = True
                     chunk = self._decode(chunk)
                 if chunk:
                     yield chunk
@@ -309,8 +355,11 @@ class Response:
             if conn.error is not None:
                 raise conn.error
             if conn.done:
-                if decoder is not None and (rest := self._bounded(decoder.flush())):
-                    yield rest
+                if decoder is not None:
+                    if rest := self._bounded(decoder.flush()):
+                        yield rest
+                    if encoded and not decoder.eof:  # the HTTP framing ended, the compressed stream did not
+                        raise UpstreamBadEncoding("the upstream's encoded answer ends before its compressed stream does")
                 return
             await conn.wait(timeout)
 
@@ -320,7 +369,7 @@ class Response:
         try:
             return self._bounded(self._decoder.decompress(chunk, self._room + 1))
         except zlib.error as exc:
-            raise UpstreamDropped(f"the upstream's encoded answer could not be decoded ({exc})") from None
+            raise UpstreamBadEncoding(f"the upstream's encoded answer could not be decoded ({exc})") from None
 
     def _bounded(self, decoded: bytes) -> bytes:
         if len(decoded) > self._room:
@@ -338,7 +387,7 @@ class Response:
             self._client._keep(conn)
         else:
             conn.abort()
-        self._client._slots.release()
+        self._client._free_slots(conn.origin)
 
     def close(self) -> None:
         """Close the connection now (a caller gone: stop reading); a read under way ends with
@@ -350,18 +399,63 @@ class Response:
         self.release()
 
 
+class _Slots:
+    """A counting semaphore for connections in use. asyncio.Semaphore would do, but its locked()
+    scans its waiters with a generator on every acquire; here the free path reads two attributes."""
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, size: int):
+        self.free = size
+        self.waiters: deque[asyncio.Future] = deque()
+
+    def take(self) -> bool:
+        if self.free and not self.waiters:  # never ahead of a request already waiting
+            self.free -= 1
+            return True
+        return False
+
+    async def wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until a slot is handed over by give()."""
+        waiter = loop.create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot, then cancelled before taking it: the next one gets it
+            else:
+                self.waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes to it directly: `free` never counts it
+                return
+        self.free += 1
+
+
 class HttpClient:
     def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int = 1000,
-                 keepalive_seconds: float = 15.0, max_response_bytes: int = 64 * 1024 * 1024,
+                 max_connections_per_origin: int = 256, keepalive_seconds: float = 4.0,
+                 max_response_bytes: int = 64 * 1024 * 1024, dns_ttl_seconds: float = 30.0,
                  ssl_context: ssl.SSLContext | None = None):
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self.max_connections_per_origin = max_connections_per_origin
         self.keepalive_seconds = keepalive_seconds
         self.max_response_bytes = max_response_bytes
+        self.dns_ttl_seconds = dns_ttl_seconds
         self.ssl_context = ssl_context
-        self._idle: dict[tuple, list[_Connection]] = {}
+        self._idle: dict[tuple, list[_Connection]] = {}  # oldest first: reuse takes the newest
         self._open: set[_Connection] = set()  # every connection not yet lost, idle or in use
-        self._slots = asyncio.Semaphore(max_connections)  # connections in use at once
+        self._slots = _Slots(max_connections)  # connections in use at once
+        self._origin_slots: dict[tuple, _Slots] = {}  # the same, per origin
+        self._dns: dict[tuple[str, int], tuple[float, list]] = {}  # (host, port): (expiry, addresses)
+        self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def post(self, url: str, body: bytes, headers: dict[str, str], *, connect_timeout: float | None = None,
@@ -372,13 +466,31 @@ class HttpClient:
         read_timeout = self.read_timeout if read_timeout is None else read_timeout
         origin, host, target = _target(url)
         head = _head(target, host, len(body), headers)
-        await self._slots.acquire()
+        loop = self._loop or self._bind()
+        origin_slots = self._origin_slots.get(origin) or self._add_origin(origin)
+        total = self._slots
+        if origin_slots.free and total.free and not origin_slots.waiters and not total.waiters:
+            origin_slots.free -= 1
+            total.free -= 1
+        else:
+            started = loop.time()
+            await self._wait_for_slots(origin, origin_slots, connect_timeout)
+            connect_timeout -= loop.time() - started
         conn = None
         try:
             conn = self._idle_connection(origin) or await self._connect(origin, connect_timeout)
             conn.in_use = True
             conn.begin()
-            conn.transport.writelines((head, body))
+            transport = conn.transport
+            transport.writelines((head, body))
+            if transport.is_closing():
+                # Both loops' transports send at once when nothing is queued, and close at once when
+                # that send fails: a failed first send wrote nothing, so the request may go again.
+                conn.abort()
+                conn = await self._connect(origin, connect_timeout)
+                conn.transport.writelines((head, body))
+                if conn.transport.is_closing():
+                    raise UpstreamDropped("the connection to the upstream failed before the request could be sent")
             while not conn.head_done:
                 if conn.error is not None:
                     raise conn.error
@@ -387,8 +499,39 @@ class HttpClient:
         except BaseException:
             if conn is not None:
                 conn.abort()
-            self._slots.release()
+            self._free_slots(origin)
             raise
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _add_origin(self, origin) -> _Slots:
+        slots = self._origin_slots[origin] = _Slots(self.max_connections_per_origin)
+        return slots
+
+    async def _wait_for_slots(self, origin, origin_slots: _Slots, timeout: float) -> None:
+        # The origin's slot first: requests queued behind a stuck origin hold none of the client's.
+        which = f"all {self.max_connections_per_origin} connections to this origin"
+        try:
+            async with asyncio.timeout(timeout):
+                if not origin_slots.take():
+                    await origin_slots.wait(self._loop)
+                which = f"all {self.max_connections} connections of the client"
+                try:
+                    if not self._slots.take():
+                        await self._slots.wait(self._loop)
+                except BaseException:
+                    origin_slots.give()
+                    raise
+        except TimeoutError:
+            _, host, port = origin
+            raise UpstreamPoolFull(f"no connection to {host}:{port} within {timeout:g} s: {which} were in use, "
+                                   "the pool was full") from None
+
+    def _free_slots(self, origin) -> None:
+        self._origin_slots[origin].give()
+        self._slots.give()
 
     def _idle_connection(self, origin) -> _Connection | None:
         pool = self._idle.get(origin)
@@ -397,31 +540,78 @@ class HttpClient:
         now = self._loop.time()
         while pool:
             conn = pool.pop()
-            if not conn.closed and now - conn.idle_since <= self.keepalive_seconds:
+            if now - conn.idle_since <= self.keepalive_seconds and conn.alive():
                 return conn
             conn.abort()
         return None
 
     async def _connect(self, origin, timeout: float) -> _Connection:
         https, host, port = origin
-        loop = self._loop = asyncio.get_running_loop()
+        loop = self._loop
         context = None
         if https:
             context = self.ssl_context or _default_context()
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(lambda: _Connection(origin, self._open), host, port, ssl=context,
-                                                       server_hostname=host if https else None)
+                addresses = await self._resolve(host, port)
+                sock = await _happy_eyeballs(loop, addresses)
+                # create_connection(sock=...): uvloop's has no happy_eyeballs_delay, so the race is run above.
+                _, conn = await loop.create_connection(lambda: _Connection(origin, self._open), sock=sock,
+                                                       ssl=context, server_hostname=host if https else None)
         except TimeoutError:
             raise UpstreamConnectTimeout(f"no connection to {host}:{port} within {timeout:g} s") from None
         except OSError as exc:  # refused, unreachable, DNS (socket.gaierror), TLS (ssl.SSLError)
             raise UpstreamUnreachable(f"no connection to {host}:{port} ({exc})") from exc
         return conn
 
+    async def _resolve(self, host: str, port: int) -> list[tuple[int, tuple]]:
+        """(family, socket address) for each address of `host`, in the order to try them."""
+        key = (host, port)
+        now = self._loop.time()
+        cached = self._dns.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        addresses = _literal(host, port) or _interleave(await self._lookup(host, port))
+        if not addresses:
+            raise socket.gaierror(f"{host} has no address")
+        if len(self._dns) >= 1024:  # names come from facades, a short list; this only bounds a mistake
+            self._dns.clear()
+        self._dns[key] = (now + self.dns_ttl_seconds, addresses)
+        return addresses
+
+    async def _lookup(self, host: str, port: int) -> list[tuple[int, tuple]]:
+        infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return [(family, address) for family, _, _, _, address in infos]
+
     def _keep(self, conn: _Connection) -> None:
         conn.in_use = False
         conn.idle_since = self._loop.time()
-        self._idle.setdefault(conn.origin, []).append(conn)
+        pool = self._idle.get(conn.origin)
+        if pool is None:
+            pool = self._idle[conn.origin] = []
+        pool.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_at(conn.idle_since + self.keepalive_seconds, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle `keepalive_seconds`, so that none is left for the upstream to
+        close (uvicorn, for one, closes idle connections after 5 s) while the gateway is quiet."""
+        self._sweeper = None
+        # The timer may fire a hair early: what would expire within a millisecond goes now.
+        horizon = self._loop.time() + 0.001 - self.keepalive_seconds
+        oldest = None
+        for pool in self._idle.values():
+            kept = []
+            for conn in pool:
+                if conn.closed or conn.idle_since <= horizon:
+                    conn.abort()
+                else:
+                    kept.append(conn)
+            pool[:] = kept
+            if kept and (oldest is None or kept[0].idle_since < oldest):
+                oldest = kept[0].idle_since
+        if oldest is not None:
+            self._sweeper = self._loop.call_at(oldest + self.keepalive_seconds, self._sweep)
 
     def idle_connections(self) -> int:
         return sum(1 for pool in self._idle.values() for conn in pool if not conn.closed)
@@ -434,10 +624,88 @@ class HttpClient:
 
     async def close(self) -> None:
         """Close every connection, idle or in use (a read under way ends with UpstreamDropped)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self._open):
             conn.abort()
             conn.fail(UpstreamDropped("the gateway's upstream client was closed"))
         self._idle.clear()
+
+
+def _literal(host: str, port: int) -> list[tuple[int, tuple]] | None:
+    """An IP address needs no lookup (and no trip to the resolver's thread)."""
+    for family, address in ((socket.AF_INET, (host, port)), (socket.AF_INET6, (host, port, 0, 0))):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return [(family, address)]
+    return None
+
+
+def _interleave(addresses: list[tuple[int, tuple]]) -> list[tuple[int, tuple]]:
+    """RFC 8305, section 4: the resolver's order kept within each family, the families taken in
+    turn, starting with the resolver's first (so one family that does not route costs one delay)."""
+    families: dict[int, list] = {}
+    for family, address in addresses:
+        if (family, address) not in families.setdefault(family, []):
+            families[family].append((family, address))
+    queues = list(families.values())
+    return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
+
+
+async def _happy_eyeballs(loop, addresses: list[tuple[int, tuple]]) -> socket.socket:
+    """A connected socket to the first address that answers: an attempt is started every
+    HAPPY_EYEBALLS_DELAY, or as soon as the last one failed; the losers are closed."""
+    if len(addresses) == 1:
+        return await _attempt(loop, *addresses[0])
+    pending: set[asyncio.Task] = set()
+    errors: list[OSError] = []
+    queue = iter(addresses)
+    try:
+        while True:
+            address = next(queue, None)
+            if address is not None:
+                pending.add(loop.create_task(_attempt(loop, *address)))
+            elif not pending:
+                raise errors[0] if len(errors) == 1 else OSError(
+                    f"every address failed ({'; '.join(str(error) for error in errors)})")
+            done, pending = await asyncio.wait(pending, timeout=HAPPY_EYEBALLS_DELAY if address else None,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            winner = None
+            for task in done:
+                if task.exception() is None:
+                    if winner is None:
+                        winner = task.result()
+                    else:
+                        task.result().close()
+                else:
+                    errors.append(task.exception())
+            if winner is not None:
+                return winner
+    finally:
+        for task in pending:
+            task.cancel()
+            task.add_done_callback(_close_connected)
+
+
+def _close_connected(task: asyncio.Task) -> None:
+    """A losing attempt that connected anyway, after the race was decided."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
+
+
+async def _attempt(loop, family: int, address: tuple) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @lru_cache(maxsize=1)

@@ -26,6 +26,9 @@ def open_client() -> HttpClient:
     (the pipeline passes them with each request too, so a changed setting applies at once)."""
     return HttpClient(connect_timeout=settings.GATEWAY_CONNECT_TIMEOUT, read_timeout=settings.GATEWAY_READ_TIMEOUT,
                       max_connections=settings.GATEWAY_UPSTREAM_CONNECTIONS,
+                      max_connections_per_origin=settings.GATEWAY_UPSTREAM_CONNECTIONS_PER_ORIGIN,
+                      keepalive_seconds=settings.GATEWAY_UPSTREAM_KEEPALIVE_SECONDS,
+                      dns_ttl_seconds=settings.GATEWAY_UPSTREAM_DNS_TTL_SECONDS,
                       max_response_bytes=settings.GATEWAY_MAX_RESPONSE_BYTES)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import functools
 import gzip
+import inspect
 import ipaddress
 import socket
 import ssl
@@ -13,6 +14,7 @@ import time
 import zlib
 
 import pytest
+import uvloop
 
 from gateway.http_client import (
     HttpClient,
@@ -162,12 +164,23 @@ def client(**options) -> HttpClient:
     return HttpClient(**{"connect_timeout": 2.0, "read_timeout": 2.0, **options})
 
 
+# The gateway runs on uvloop under uvicorn, and on asyncio's own loop wherever uvloop is absent: the
+# client talks to both loops' transports, which differ (uvloop's socket objects refuse recv, its
+# writes and closes are its own), so every scenario runs on each.
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
 def scenario(test):
-    """An async test run in a fresh loop, bounded so that a hung client fails the test instead."""
+    """An async test run in a fresh loop of each kind, bounded so that a hung client fails the test instead."""
     @functools.wraps(test)
-    def run(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(test(*args, **kwargs), 8))
-    return run
+    def run(*args, event_loop_kind, **kwargs):
+        with asyncio.Runner(loop_factory=LOOPS[event_loop_kind]) as runner:
+            return runner.run(asyncio.wait_for(test(*args, **kwargs), 8))
+
+    signature = inspect.signature(test)
+    run.__signature__ = signature.replace(parameters=[
+        *signature.parameters.values(), inspect.Parameter("event_loop_kind", inspect.Parameter.KEYWORD_ONLY)])
+    return pytest.mark.parametrize("event_loop_kind", list(LOOPS))(run)
 
 
 async def within(awaitable, seconds: float = 2.0):
