@@ -246,6 +246,18 @@ GATEWAY_UPSTREAM_DNS_TTL_SECONDS = env_float("GATEWAY_UPSTREAM_DNS_TTL_SECONDS",
 # A whole answer larger than this, or an encoded one that decodes to more, is refused (502) instead
 # of held in memory; streams have no total limit.
 GATEWAY_MAX_RESPONSE_BYTES = env_int("GATEWAY_MAX_RESPONSE_BYTES", 64 * 1024 * 1024, minimum=1024)
+# An egress proxy for upstream traffic (http://[user:password@]host:port): GATEWAY_UPSTREAM_PROXY, when
+# set, replaces https_proxy/HTTPS_PROXY and http_proxy/HTTP_PROXY for both schemes; no_proxy/NO_PROXY
+# applies either way, as curl reads it (loopback goes through the proxy unless named there).
+GATEWAY_UPSTREAM_PROXY = env_str("GATEWAY_UPSTREAM_PROXY", "")
+GATEWAY_UPSTREAM_HTTPS_PROXY = GATEWAY_UPSTREAM_PROXY or env_str("https_proxy", "") or env_str("HTTPS_PROXY", "")
+GATEWAY_UPSTREAM_HTTP_PROXY = GATEWAY_UPSTREAM_PROXY or env_str("http_proxy", "") or env_str("HTTP_PROXY", "")
+GATEWAY_UPSTREAM_NO_PROXY = env_str("no_proxy", "") or env_str("NO_PROXY", "")
+# PEM files: a private CA bundle ADDED to the system's trust store (never replacing it), and a client
+# certificate and key for upstreams that ask for one (mTLS).
+GATEWAY_UPSTREAM_CA_BUNDLE = env_str("GATEWAY_UPSTREAM_CA_BUNDLE", "")
+GATEWAY_UPSTREAM_CLIENT_CERT = env_str("GATEWAY_UPSTREAM_CLIENT_CERT", "")
+GATEWAY_UPSTREAM_CLIENT_KEY = env_str("GATEWAY_UPSTREAM_CLIENT_KEY", "")
 GATEWAY_DB_POOL_SIZE = env_int("GATEWAY_DB_POOL_SIZE", 4, minimum=1)
 
 # --- django-q2 --------------------------------------------------------------------------

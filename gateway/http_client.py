@@ -33,10 +33,17 @@ What it does, and how it fails (the pipeline turns each error into the caller's 
   piece of the body was awaited (a stream may last for minutes as long as bytes keep coming);
 - a request is never sent twice: once a byte of it may have reached the kernel, a connection that
   fails is the caller's error. Only a write refused at its first byte (the pooled connection was
-  reset while idle) is sent again, once, on a fresh connection.
+  reset while idle) is sent again, once, on a fresh connection;
+- an egress proxy (`https_proxy` for https origins, tunnelled with CONNECT; `http_proxy` for http
+  origins, sent the request in absolute form), with Basic credentials from the proxy URL that appear
+  in no message; `no_proxy` as curl reads it (loopback goes through the proxy unless named there);
+  `UpstreamProxyRefused` when the proxy answers CONNECT with anything but 200;
+- `tls_context()`: the system's trust store plus a private CA bundle, and a client certificate.
 """
 
 import asyncio
+import base64
+import ipaddress
 import select
 import socket
 import ssl
@@ -44,7 +51,7 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator
 from functools import lru_cache
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -65,6 +72,10 @@ class UpstreamUnreachable(UpstreamError):
 
 class UpstreamConnectTimeout(UpstreamUnreachable, TimeoutError):
     """Connecting (slot wait, DNS, TCP and TLS) took longer than the client's connect timeout."""
+
+
+class UpstreamProxyRefused(UpstreamUnreachable):
+    """The egress proxy answered CONNECT with something other than 200 (its status is in the message)."""
 
 
 class UpstreamPoolFull(UpstreamConnectTimeout):
@@ -441,7 +452,8 @@ class HttpClient:
     def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int = 1000,
                  max_connections_per_origin: int = 256, keepalive_seconds: float = 4.0,
                  max_response_bytes: int = 64 * 1024 * 1024, dns_ttl_seconds: float = 30.0,
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None, https_proxy: str = "", http_proxy: str = "",
+                 no_proxy: str = ""):
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_connections = max_connections
@@ -450,6 +462,9 @@ class HttpClient:
         self.max_response_bytes = max_response_bytes
         self.dns_ttl_seconds = dns_ttl_seconds
         self.ssl_context = ssl_context
+        self._proxies = {True: _Proxy.parse(https_proxy), False: _Proxy.parse(http_proxy)}  # by https
+        self._no_proxy = _NoProxy(no_proxy)
+        self._routes: dict[tuple, _Proxy | None] = {}  # origin: its proxy (None: direct), decided once
         self._idle: dict[tuple, list[_Connection]] = {}  # oldest first: reuse takes the newest
         self._open: set[_Connection] = set()  # every connection not yet lost, idle or in use
         self._slots = _Slots(max_connections)  # connections in use at once
@@ -465,6 +480,11 @@ class HttpClient:
         connect_timeout = self.connect_timeout if connect_timeout is None else connect_timeout
         read_timeout = self.read_timeout if read_timeout is None else read_timeout
         origin, host, target = _target(url)
+        proxy = self._routes[origin] if origin in self._routes else self._route(origin)
+        if proxy is not None and not origin[0]:  # plain http through a proxy: the absolute form, and its credentials
+            target = f"http://{host}{target}"
+            if proxy.authorization:
+                headers = {**headers, "proxy-authorization": proxy.authorization}
         head = _head(target, host, len(body), headers)
         loop = self._loop or self._bind()
         origin_slots = self._origin_slots.get(origin) or self._add_origin(origin)
@@ -501,6 +521,14 @@ class HttpClient:
                 conn.abort()
             self._free_slots(origin)
             raise
+
+    def _route(self, origin) -> "_Proxy | None":
+        https, host, _ = origin
+        proxy = self._proxies[https]
+        if proxy is not None and self._no_proxy.matches(host):
+            proxy = None
+        self._routes[origin] = proxy
+        return proxy
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         self._loop = asyncio.get_running_loop()
@@ -551,17 +579,22 @@ class HttpClient:
         context = None
         if https:
             context = self.ssl_context or _default_context()
+        proxy = self._routes[origin]
         try:
             async with asyncio.timeout(timeout):
-                addresses = await self._resolve(host, port)
-                sock = await _happy_eyeballs(loop, addresses)
+                if proxy is None:
+                    sock = await _happy_eyeballs(loop, await self._resolve(host, port))
+                else:
+                    sock = await _happy_eyeballs(loop, await self._resolve(proxy.host, proxy.port))
+                    if https:
+                        await _tunnel(loop, sock, host, port, proxy)
                 # create_connection(sock=...): uvloop's has no happy_eyeballs_delay, so the race is run above.
                 _, conn = await loop.create_connection(lambda: _Connection(origin, self._open), sock=sock,
                                                        ssl=context, server_hostname=host if https else None)
         except TimeoutError:
-            raise UpstreamConnectTimeout(f"no connection to {host}:{port} within {timeout:g} s") from None
+            raise UpstreamConnectTimeout(f"no connection to {host}:{port}{_via(proxy)} within {timeout:g} s") from None
         except OSError as exc:  # refused, unreachable, DNS (socket.gaierror), TLS (ssl.SSLError)
-            raise UpstreamUnreachable(f"no connection to {host}:{port} ({exc})") from exc
+            raise UpstreamUnreachable(f"no connection to {host}:{port}{_via(proxy)} ({exc})") from exc
         return conn
 
     async def _resolve(self, host: str, port: int) -> list[tuple[int, tuple]]:
@@ -631,6 +664,102 @@ class HttpClient:
             conn.abort()
             conn.fail(UpstreamDropped("the gateway's upstream client was closed"))
         self._idle.clear()
+
+
+class _Proxy:
+    """An egress proxy: where it listens, and the Proxy-Authorization its URL's credentials make.
+    Its repr and `name` leave the credentials out: they are in no message and no log."""
+
+    __slots__ = ("host", "port", "authorization", "name")
+
+    def __init__(self, host: str, port: int, authorization: str | None):
+        self.host, self.port, self.authorization = host, port, authorization
+        self.name = f"http://{host}:{port}"
+
+    def __repr__(self) -> str:
+        return f"_Proxy({self.name})"
+
+    @classmethod
+    def parse(cls, url: str) -> "_Proxy | None":
+        if not url:
+            return None
+        parts = urlsplit(url if "://" in url else f"http://{url}")  # no scheme: http, as curl takes it
+        if parts.scheme != "http" or not parts.hostname:
+            # Named without the URL: it may carry credentials.
+            raise ValueError(f"the upstream proxy must be an http:// URL with a host, not a {parts.scheme}:// one")
+        authorization = None
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            authorization = "Basic " + base64.b64encode(pair).decode("ascii")
+        return cls(parts.hostname, parts.port or 80, authorization)
+
+
+def _via(proxy: _Proxy | None) -> str:
+    return "" if proxy is None else f" through the proxy {proxy.name}"
+
+
+class _NoProxy:
+    """NO_PROXY as curl reads it: `*` for every host; otherwise names, each matching itself and its
+    sub-domains (a leading dot changes nothing), and IP addresses or CIDR ranges matching the
+    addresses in them. Nothing is exempt by default, not even localhost: a proxy that must not see
+    loopback traffic is told so here."""
+
+    def __init__(self, value: str):
+        entries = [entry.strip().lower() for entry in value.split(",") if entry.strip()]
+        self.everything = "*" in entries
+        self.names: list[str] = []
+        self.networks: list = []
+        for entry in entries:
+            try:
+                self.networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+            except ValueError:
+                self.names.append(entry.lstrip("."))
+
+    def matches(self, host: str) -> bool:
+        if self.everything:
+            return True
+        host = host.lower().rstrip(".")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return any(host == name or host.endswith("." + name) for name in self.names)
+        return any(address in network for network in self.networks) or host in self.names
+
+
+async def _tunnel(loop, sock: socket.socket, host: str, port: int, proxy: _Proxy) -> None:
+    """CONNECT through `proxy` on the connected socket `sock`; TLS to the origin starts once it returns."""
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = f"CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n"
+    if proxy.authorization:
+        request += f"proxy-authorization: {proxy.authorization}\r\n"
+    await loop.sock_sendall(sock, (request + "\r\n").encode("latin-1"))
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        more = await loop.sock_recv(sock, 4096)
+        if not more or len(answer) > 65536:
+            raise UpstreamProxyRefused(f"the proxy {proxy.name} did not answer CONNECT {authority}")
+        answer += more
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")[:200]
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or parts[1] != "200":
+        raise UpstreamProxyRefused(f"the proxy {proxy.name} refused CONNECT {authority}: {status_line}")
+    if rest:  # the origin's TLS has not started: nothing may follow the proxy's answer yet
+        raise UpstreamProxyRefused(f"the proxy {proxy.name} sent bytes after its answer to CONNECT {authority}")
+
+
+def tls_context(ca_bundle: str = "", client_cert: str = "", client_key: str = "") -> ssl.SSLContext:
+    """The client's TLS settings: the system's trust store, with the certificates of `ca_bundle` (a PEM
+    file) ADDED to it, never replacing it (an upstream with a public certificate stays reachable
+    when a private CA is configured for another); and `client_cert` (with `client_key`, or a PEM
+    holding both) presented to upstreams that ask for one (mTLS)."""
+    context = ssl.create_default_context()
+    if ca_bundle:
+        context.load_verify_locations(cafile=ca_bundle)
+    if client_cert:
+        context.load_cert_chain(client_cert, client_key or None)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def _literal(host: str, port: int) -> list[tuple[int, tuple]] | None:
