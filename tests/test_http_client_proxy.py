@@ -104,29 +104,41 @@ def tinyproxy(tmp_path):
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+    log = tmp_path / "tinyproxy.log"
+    for _ in range(3):  # the free port found here may be taken by another process before tinyproxy binds it
+        port, process = start_tinyproxy(binary, tmp_path, log)
+        if process is not None:
+            break
+    else:
+        pytest.fail(f"tinyproxy did not start (see {log})")
+    try:
+        yield Tinyproxy(port, str(log), process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def start_tinyproxy(binary: str, folder, log) -> tuple[int, subprocess.Popen | None]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    log = tmp_path / "tinyproxy.log"
-    config = tmp_path / "tinyproxy.conf"
+    config = folder / "tinyproxy.conf"
     config.write_text(f'Port {port}\nListen 127.0.0.1\nTimeout 30\nLogFile "{log}"\nLogLevel Info\n'
                       f"MaxClients 50\nAllow 127.0.0.1\nBasicAuth {USER} {PASSWORD}\n")
     process = subprocess.Popen([binary, "-d", "-c", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail(f"tinyproxy did not start (see {log})")
-                time.sleep(0.05)
-        yield Tinyproxy(port, str(log), process)
-    finally:
-        process.terminate()
-        process.wait(5)
+    deadline = time.monotonic() + 10
+    while process.poll() is None and time.monotonic() < deadline:
+        if "Accepting connections" in (log.read_text(errors="replace") if log.exists() else ""):
+            return port, process
+        time.sleep(0.05)
+    process.kill()
+    process.wait(5)
+    return port, None
 
 
 def assert_no_credentials(text: str) -> None:
