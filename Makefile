@@ -9,6 +9,10 @@ MOCK_PORT ?= 8001
 WORKERS ?= 1
 
 export USAGE_BUFFER_DIR ?= $(CURDIR)/var/usage-buffer
+# A local SECRET_KEY, made once and kept in var/ (git-ignored) like the admin password; an
+# environment's own SECRET_KEY wins. Without one the web server refuses to start.
+SECRET_KEY_FILE := var/secret-key.txt
+WITH_KEY = SECRET_KEY="$${SECRET_KEY:-$$(cat $(SECRET_KEY_FILE))}"
 
 .PHONY: install browser test-tools run test bench bench-tools bench-gateway bench-dashboard migrate clean
 
@@ -24,15 +28,19 @@ node_modules/.installed: package.json package-lock.json
 
 install: $(VENV)/.installed node_modules/.installed
 
-migrate: install
-	@mkdir -p var $(USAGE_BUFFER_DIR)
-	$(PY) manage.py migrate --no-input -v0
+$(SECRET_KEY_FILE):
+	@mkdir -p -m 700 var
+	@(umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))' > $@)
+
+migrate: install $(SECRET_KEY_FILE)
+	@mkdir -p -m 700 var $(USAGE_BUFFER_DIR)
+	$(WITH_KEY) $(PY) manage.py migrate --no-input -v0
 
 # Web (gunicorn + uvicorn worker), the django-q2 worker and the mock upstream; Ctrl-C stops all.
 run: migrate
-	$(PY) manage.py collectstatic --no-input -v0
-	$(PY) manage.py setup_local --mock-url http://127.0.0.1:$(MOCK_PORT) --url http://127.0.0.1:$(PORT)
-	@trap 'kill 0' INT TERM EXIT; \
+	$(WITH_KEY) $(PY) manage.py collectstatic --no-input -v0
+	$(WITH_KEY) $(PY) manage.py setup_local --mock-url http://127.0.0.1:$(MOCK_PORT) --url http://127.0.0.1:$(PORT)
+	@export $(WITH_KEY); trap 'kill 0' INT TERM EXIT; \
 	$(PY) manage.py mock_upstream --port $(MOCK_PORT) & \
 	$(PY) manage.py qcluster & \
 	$(BIN)/gunicorn codevector.asgi:application -k uvicorn_worker.UvicornWorker \
@@ -85,11 +93,11 @@ bench-tools: install
 bench: install
 	$(PY) bench/ledger.py
 
-bench-gateway: bench-tools
-	$(PY) bench/gateway.py
+bench-gateway: bench-tools $(SECRET_KEY_FILE)
+	$(WITH_KEY) $(PY) bench/gateway.py
 
-bench-dashboard: install
-	$(PY) bench/dashboard.py
+bench-dashboard: install $(SECRET_KEY_FILE)
+	$(WITH_KEY) $(PY) bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) node_modules var staticfiles

@@ -9,7 +9,12 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "codevector.settings")
 
+from django.conf import settings  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+
+if not settings.DEBUG and not os.environ.get("SECRET_KEY"):  # a lone uvicorn process (gunicorn checks first)
+    raise ImproperlyConfigured(settings.SECRET_KEY_MISSING)
 
 django_application = get_asgi_application()
 

@@ -34,7 +34,7 @@ def _read(path: Path) -> str | None:
 
 
 def _write_private(path: Path, value: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_text(value + "\n")
 

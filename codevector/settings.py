@@ -102,10 +102,13 @@ def env_timezone(name: str, default: str) -> str:
 
 
 DEBUG = env_bool("DEBUG", False)
-# Local runs and tests get a fixed development key; the system check codevector.W001 asks
-# for a real one whenever DEBUG is off.
+# Only DEBUG runs fall back to a development key (it is published in the repository, so sessions
+# signed with it could be forged). Otherwise SECRET_KEY stays empty and every way of serving
+# refuses to start (gunicorn.conf.py, codevector.asgi); `make run` and tests/run.sh set one.
 DEV_SECRET_KEY = "codevector-development-key-not-for-production"
-SECRET_KEY = os.environ.get("SECRET_KEY") or DEV_SECRET_KEY
+SECRET_KEY = os.environ.get("SECRET_KEY", "") or (DEV_SECRET_KEY if DEBUG else "")
+SECRET_KEY_MISSING = ("SECRET_KEY is not set: set it to a long random value, e.g. "
+                      "SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(50))')")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -191,9 +194,16 @@ if env_bool("TRUST_X_FORWARDED_PROTO", False):
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG and env_bool("HTTPS", False))
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", env_bool("HTTPS", False))
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", env_bool("HTTPS", False))
-SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+# Served over HTTPS, browsers are told to keep to it for a year; whether every sub-domain is
+# HTTPS-only (and preloading) is the operator's to decide, so those two warnings are not raised
+# until one of the settings is given.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if env_bool("HTTPS", False) else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [
+    *([] if "SECURE_HSTS_INCLUDE_SUBDOMAINS" in os.environ else ["security.W005"]),
+    *([] if "SECURE_HSTS_PRELOAD" in os.environ else ["security.W021"]),
+]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
@@ -259,6 +269,15 @@ GATEWAY_UPSTREAM_CA_BUNDLE = env_str("GATEWAY_UPSTREAM_CA_BUNDLE", "")
 GATEWAY_UPSTREAM_CLIENT_CERT = env_str("GATEWAY_UPSTREAM_CLIENT_CERT", "")
 GATEWAY_UPSTREAM_CLIENT_KEY = env_str("GATEWAY_UPSTREAM_CLIENT_KEY", "")
 GATEWAY_DB_POOL_SIZE = env_int("GATEWAY_DB_POOL_SIZE", 4, minimum=1)
+# The environment variables a facade may name as its upstream credential, beside every name that
+# starts with CODEVECTOR_UPSTREAM_ (gateway.models.credential_variable_allowed).
+GATEWAY_UPSTREAM_KEY_VARIABLES = env_list("GATEWAY_UPSTREAM_KEY_VARIABLES", ["OPENAI_API_KEY", "ANTHROPIC_API_KEY"])
+# The largest token count an upstream may report for one request and be believed: at 2**32 tokens
+# even a $600-per-million price stays below 2**53 nanodollars. Above it (or negative, fractional,
+# not a number) the request is counted as estimated from its text and flagged.
+GATEWAY_MAX_REPORTED_TOKENS = env_int("GATEWAY_MAX_REPORTED_TOKENS", 2**32, minimum=1)
+GATEWAY_METRICS_TOKEN = env_str("GATEWAY_METRICS_TOKEN", "")  # set: /metrics needs "Authorization: Bearer <it>"
+GATEWAY_METRICS_ENABLED = env_bool("GATEWAY_METRICS_ENABLED", True)  # false: nothing counted, /metrics is a 404
 
 # --- django-q2 --------------------------------------------------------------------------
 Q_CLUSTER = {

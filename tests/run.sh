@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 export USAGE_BUFFER_DIR="${USAGE_BUFFER_DIR:-$PWD/var/test/usage-buffer}"
 mkdir -p var/test "$USAGE_BUFFER_DIR"
+# The tests' own key (the servers they start refuse to run without one); a caller's wins.
+export SECRET_KEY="${SECRET_KEY:-codevector-tests-$(date +%s)-$$-not-a-production-key}"
 
 # A name of this run's own, so test databases (test_<name>_gwN) never collide with another run
 # on the same server (a developer's and CI's, or two checkouts).

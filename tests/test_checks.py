@@ -1,6 +1,8 @@
 """Settings read from the environment, and the configuration system checks."""
 
 import os
+import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from codevector import checks, settings as project_settings
+from gateway.models import ModelFacade
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,9 +76,75 @@ def test_check_deploy_passes_with_debug_off_and_real_settings(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_check_deploy_warns_about_the_development_secret_key(tmp_path):
-    env = {**os.environ, "DEBUG": "false", "USAGE_BUFFER_DIR": str(tmp_path)}
-    env.pop("SECRET_KEY", None)
+def test_check_deploy_with_the_readmes_production_settings_prints_no_warning(tmp_path):
+    """The README's Deploying steps: SECRET_KEY, HTTPS=true and TRUST_X_FORWARDED_PROTO=true, nothing
+    about HSTS (a year by default over HTTPS; sub-domains and preload are the operator's call)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SECURE_", "DEBUG"))}
+    env.update({"SECRET_KEY": "k" * 20 + "ZQx7-u1WmP0aLr9sVbN3cT5yE8gH2jK4fD6", "HTTPS": "true",
+                "TRUST_X_FORWARDED_PROTO": "true", "USAGE_BUFFER_DIR": str(tmp_path),
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"})
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy"], cwd=ROOT, env=env,
                             capture_output=True, text=True)
-    assert "codevector.W001" in result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout, result.stdout + result.stderr
+
+
+def test_check_warns_about_a_missing_secret_key(tmp_path):
+    env = {**os.environ, "DEBUG": "false", "USAGE_BUFFER_DIR": str(tmp_path)}
+    env.pop("SECRET_KEY", None)
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    assert "codevector.W001" in result.stdout + result.stderr and "SECRET_KEY is not set" in result.stderr
+
+
+def test_without_a_secret_key_gunicorn_exits_before_anything_listens(tmp_path):
+    """Catches the published development key in production (it signed sessions whenever SECRET_KEY
+    was unset) and a port left open while workers fail: the README's command line exits at once."""
+    env = {**os.environ, "DEBUG": "false", "USAGE_BUFFER_DIR": str(tmp_path)}
+    env.pop("SECRET_KEY", None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "codevector.asgi:application", "-k",
+                                "uvicorn_worker.UvicornWorker", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    listened = False
+    while process.poll() is None:
+        with socket.socket() as client:
+            listened = listened or client.connect_ex(("127.0.0.1", port)) == 0
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1 and not listened
+    ours = [line for line in stderr.splitlines() if not line.startswith("[")]  # gunicorn's own log lines
+    assert ours == ["codevector: SECRET_KEY is not set: set it to a long random value, e.g. "
+                    "SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(50))')"]
+
+
+@pytest.mark.django_db
+def test_a_facade_with_a_credential_variable_outside_the_allowlist_is_a_warning_and_a_deploy_error(gpt):
+    ModelFacade.objects.filter(pk=gpt.pk).update(api_key_env="DATABASE_URL")  # past clean(): an old row
+    [warning] = checks.check_facade_credentials(None)
+    [error] = checks.check_facade_credentials_deploy(None)
+    assert (warning.id, error.id, warning.level < error.level) == ("codevector.W003", "codevector.E003", True)
+    assert "Facade 'gpt-test': DATABASE_URL is not an upstream credential variable" in warning.msg
+    assert "create_facade gpt-test --api-key-env CODEVECTOR_UPSTREAM_DATABASE_URL" in warning.hint
+    ModelFacade.objects.filter(pk=gpt.pk).update(api_key_env="CODEVECTOR_UPSTREAM_OPENAI")
+    assert checks.check_facade_credentials(None) == []
+
+
+def test_files_holding_usage_or_credentials_are_created_private(tmp_path):
+    """Catches world-readable dead letters and databases (issue #27): the buffer's files were 0600,
+    the dead-letter log and the SQLite database were not."""
+    from usage.drain import reject
+    from usage.ledger import UsageDelta
+
+    os.umask(0o022)
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.sqlite3'}", "USAGE_BUFFER_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    buffer_dir = tmp_path / "buffer"
+    reject([UsageDelta(id="d1", user_id=1, facade_id=1, at=__import__("datetime").datetime.now().astimezone())],
+           "a test", buffer_dir)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode)
+             for path in [tmp_path / "fresh.sqlite3", buffer_dir, buffer_dir / "quarantine",
+                          *(buffer_dir / "quarantine").glob("rejected-*.log")]}
+    assert modes == {"fresh.sqlite3": 0o600, "buffer": 0o700, "quarantine": 0o700,
+                     next(iter((buffer_dir / "quarantine").glob("*.log"))).name: 0o600}
