@@ -8,7 +8,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from gateway.models import ApiKey, ModelFacade, hash_key
+from gateway.models import ApiKey, ModelFacade, hash_key, may_route
 from usage import views as usage_views
 from usage.money import micros_to_usd, usd_to_micros
 from usage.permissions import sees_everyone
@@ -35,16 +35,11 @@ class ModelFacadeForm(forms.ModelForm):
 
     class Meta:
         model = ModelFacade
-        fields = ["name", "provider", "kind", "base_url", "upstream_model", "api_key_env", "is_active"]
+        fields = ["name", "provider", "kind", "base_url", "upstream_model", "api_key_env", "openai_organization",
+                  "openai_project", "is_active"]
 
     def clean_kind(self):
         return self.cleaned_data.get("kind") or ModelFacade.Kind.CHAT
-
-    def clean(self):
-        cleaned = super().clean()
-        if cleaned.get("provider") == "anthropic" and cleaned.get("kind") == ModelFacade.Kind.EMBEDDINGS:
-            self.add_error("kind", "Anthropic facades are chat models: Anthropic has no embeddings endpoint.")
-        return cleaned
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -67,9 +62,39 @@ class ModelFacadeAdmin(admin.ModelAdmin):
     search_fields = ["name", "upstream_model"]
     actions = ["deactivate"]
     fieldsets = [
-        (None, {"fields": ["name", "provider", "kind", "base_url", "upstream_model", "api_key_env", "is_active"]}),
+        (None, {"fields": ["name", "kind", "upstream_model", "is_active"]}),
+        ("Routing", {"fields": list(ModelFacade.ROUTING_FIELDS),
+                     "description": "Where the traffic goes and which credential and organization pay for it: "
+                                    "set by superusers and holders of the “change facade routing” permission only."}),
         ("Prices", {"fields": list(PRICE_FIELDS), "description": "USD per million tokens. A change applies to later requests only."}),
     ]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A field shown read-only is left out of the form, so a POST that sets it anyway changes nothing.
+        readonly = super().get_readonly_fields(request, obj)
+        return readonly if may_route(request.user) else [*readonly, *ModelFacade.ROUTING_FIELDS]
+
+    def has_add_permission(self, request):
+        # A new facade is routing from the start (a base URL and a credential).
+        return super().has_add_permission(request) and may_route(request.user)
+
+    def construct_change_message(self, request, form, formsets, add=False):
+        """The admin's history names routing changes with their old and new values (variable
+        names and URLs, never a credential), beside who made them."""
+        message = super().construct_change_message(request, form, formsets, add)
+        if add or not hasattr(form, "routing_before"):
+            return message
+        changes = [f"{name}: {before!r} → {getattr(form.instance, name)!r}"
+                   for name, before in form.routing_before.items() if getattr(form.instance, name) != before]
+        if changes:
+            message = [*message, {"changed": {"fields": ["routing (" + "; ".join(changes) + ")"]}}]
+        return message
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is not None:
+            form.routing_before = {name: getattr(obj, name) for name in ModelFacade.ROUTING_FIELDS}
+        return form
 
     @admin.display(description="Input $/1M")
     def input_usd(self, obj):
@@ -112,7 +137,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def get_urls(self):
         # `<id>/usage/`: the key's usage page (usage.views), as UsageUserAdmin adds a user's.
         return [
-            path("<id>/usage/", self.admin_site.admin_view(self.usage_view), name="gateway_apikey_usage"),
+            path("<int:id>/usage/", self.admin_site.admin_view(self.usage_view), name="gateway_apikey_usage"),
             *super().get_urls(),
         ]
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from django.db import close_old_connections
 
-from gateway.models import ModelFacade
+from gateway.models import ModelFacade, credential_variable_allowed
 from usage.pricing import Prices
 
 
@@ -19,12 +19,19 @@ class FacadeInfo:
     prices: Prices
     created: int  # unix time, for the models list
     kind: str = "chat"  # ModelFacade.Kind: which endpoints answer it
+    # Sent upstream with the credential (the facade's organization and project, if any).
+    routing_headers: tuple[tuple[str, str], ...] = ()
+
+
+def routing_headers(facade: ModelFacade) -> tuple[tuple[str, str], ...]:
+    return tuple((name, value) for name, value in (("openai-organization", facade.openai_organization),
+                                                   ("openai-project", facade.openai_project)) if value)
 
 
 def load_facades() -> dict[str, FacadeInfo]:
     close_old_connections()
     return {
         f.name: FacadeInfo(f.pk, f.name, f.provider, f.base_url.rstrip("/"), f.upstream_model, f.api_key_env,
-                           f.prices, int(f.created_at.timestamp()), f.kind)
+                           f.prices, int(f.created_at.timestamp()), f.kind, routing_headers(f))
         for f in ModelFacade.objects.filter(is_active=True)
     }

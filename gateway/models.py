@@ -3,6 +3,7 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
@@ -20,6 +21,22 @@ facade_name_validator = RegexValidator(
 env_var_validator = RegexValidator(
     r"^[A-Za-z_][A-Za-z0-9_]*$", "An environment variable name: letters, digits and underscores."
 )
+
+# A facade's credential variable must be one of these: otherwise whoever may edit a facade could
+# point it at SECRET_KEY or DATABASE_URL and have the gateway send that value to a server of theirs.
+UPSTREAM_KEY_VARIABLE_PREFIX = "CODEVECTOR_UPSTREAM_"
+ROUTING_PERMISSION = "gateway.change_facade_routing"
+
+
+def credential_variable_allowed(name: str) -> bool:
+    """The one rule for which environment variables a facade may name as its credential
+    (ModelFacade.clean, the gateway's facade snapshot and the system check all ask here)."""
+    return not name or name.startswith(UPSTREAM_KEY_VARIABLE_PREFIX) or name in settings.GATEWAY_UPSTREAM_KEY_VARIABLES
+
+
+def may_route(user) -> bool:
+    """Who may set where a facade's traffic goes and which credential and organisation pay for it."""
+    return bool(user and user.is_active and (user.is_superuser or user.has_perm(ROUTING_PERMISSION)))
 
 
 class ModelFacade(models.Model):
@@ -54,6 +71,14 @@ class ModelFacade(models.Model):
         validators=[env_var_validator],
         help_text="Name of the environment variable holding the upstream key. The key itself is never stored.",
     )
+    # Sent upstream with the credential: they decide which organisation and project of the
+    # provider account pays, so callers' own openai-organization/openai-project headers are dropped.
+    openai_organization = models.CharField(
+        "OpenAI organization", max_length=100, blank=True,
+        help_text="Optional: sent upstream as OpenAI-Organization (which organization of the account pays).")
+    openai_project = models.CharField(
+        "OpenAI project", max_length=100, blank=True,
+        help_text="Optional: sent upstream as OpenAI-Project (which project of the account pays).")
     # Prices are integer micro-USD per million tokens: exact for every published price.
     input_price_micros = models.PositiveBigIntegerField(default=0)
     cached_input_price_micros = models.PositiveBigIntegerField(default=0)
@@ -63,12 +88,30 @@ class ModelFacade(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # Where traffic goes and who pays: only superusers and holders of change_facade_routing set these.
+    ROUTING_FIELDS = ("provider", "base_url", "api_key_env", "openai_organization", "openai_project")
+
     class Meta:
         ordering = ["name"]
         verbose_name = "model facade"
+        permissions = [("change_facade_routing",
+                        "Can change a facade's routing (provider, base URL, credential variable, organization)")]
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        """The facade's own rules, for the admin's form and `create_facade` alike."""
+        super().clean()
+        errors = {}
+        if self.api_key_env and not credential_variable_allowed(self.api_key_env):
+            errors["api_key_env"] = credential_variable_error(self.api_key_env)
+        if self.provider == self.Provider.ANTHROPIC and self.kind == self.Kind.EMBEDDINGS:
+            errors["kind"] = "Anthropic facades are chat models: Anthropic has no embeddings endpoint."
+        if (self.openai_organization or self.openai_project) and self.provider != self.Provider.OPENAI:
+            errors["openai_organization"] = "An OpenAI organization or project applies to OpenAI-compatible facades only."
+        if errors:
+            raise ValidationError(errors)
 
     def save(self, *args, **kwargs):
         if not self.upstream_model:
@@ -83,6 +126,12 @@ class ModelFacade(models.Model):
             cache_write_micros=self.cache_write_price_micros,
             output_micros=self.output_price_micros,
         )
+
+
+def credential_variable_error(name: str) -> str:
+    allowed = ", ".join(settings.GATEWAY_UPSTREAM_KEY_VARIABLES) or "none"
+    return (f"{name} is not an upstream credential variable: use a name starting with "
+            f"{UPSTREAM_KEY_VARIABLE_PREFIX}, or one of GATEWAY_UPSTREAM_KEY_VARIABLES ({allowed}).")
 
 
 def hash_key(raw_key: str) -> str:

@@ -10,10 +10,10 @@ from django.conf import settings
 from gateway.http_client import HttpClient, tls_context
 
 # Headers a caller may pass upstream; everything else (cookies, the caller's credentials,
-# x-forwarded-*, hop-by-hop headers) stays behind.
+# x-forwarded-*, hop-by-hop headers) stays behind. Never openai-organization or openai-project:
+# they choose who pays, so they are the facade's (its routing fields), never the caller's.
 FORWARDED_REQUEST_HEADERS = frozenset({
-    "content-type", "accept", "anthropic-version", "anthropic-beta", "openai-beta", "openai-organization",
-    "openai-project", "user-agent", "x-stainless-lang", "x-stainless-package-version", "x-stainless-os",
+    "content-type", "accept", "anthropic-version", "anthropic-beta", "openai-beta", "user-agent", "x-stainless-lang", "x-stainless-package-version", "x-stainless-os",
     "x-stainless-arch", "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-retry-count",
     "x-stainless-timeout", "x-stainless-helper-method",
 })

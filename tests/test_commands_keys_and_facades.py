@@ -74,12 +74,25 @@ def test_create_facade_creates_then_updates_keeping_left_out_options(db):
         (["--provider", "openai", "--base-url", "https://x.test", "--output-price", "0.0000001"], "6 digits"),
         (["--provider", "openai", "--base-url", "https://x.test", "--output-price", "NaN"], "not a price"),
         (["--base-url", "https://x.test"], "--provider"),
+        (["--provider", "openai", "--base-url", "https://x.test", "--api-key-env", "SECRET_KEY"],
+         "SECRET_KEY is not an upstream credential variable"),
+        (["--provider", "anthropic", "--base-url", "https://x.test", "--kind", "embeddings"],
+         "Anthropic has no embeddings endpoint"),
+        (["--provider", "anthropic", "--base-url", "https://x.test", "--openai-organization", "org-1"],
+         "OpenAI-compatible facades only"),
     ],
 )
 def test_create_facade_refuses_bad_input_with_a_clear_error(db, args, message):
     with pytest.raises(CommandError, match=message):
         run("create_facade", "bad", *args)
     assert not ModelFacade.objects.exists()
+
+
+def test_create_facade_sets_the_organization_and_project_that_pay(db):
+    run("create_facade", "gpt-org", "--provider", "openai", "--base-url", "https://api.openai.com/v1",
+        "--api-key-env", "CODEVECTOR_UPSTREAM_OPENAI", "--openai-organization", "org-abc", "--openai-project", "proj_1")
+    facade = ModelFacade.objects.get(name="gpt-org")
+    assert (facade.openai_organization, facade.openai_project) == ("org-abc", "proj_1")
 
 
 def test_create_facade_refuses_an_unknown_provider(db):

@@ -3,7 +3,8 @@
 import re
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Permission, User
 
 from gateway.models import ApiKey, ModelFacade, hash_key
 
@@ -41,6 +42,85 @@ def test_a_facade_price_with_sub_micro_precision_is_refused(admin_client):
     })
     assert response.status_code == 200
     assert not ModelFacade.objects.exists()
+
+
+# --- routing is a privilege of its own (issue #27) ------------------------------------------------
+
+
+def staff_with(*codenames):
+    user = User.objects.create_user("pat", is_staff=True, password="pat-password")
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    return user
+
+
+def change_form(facade, **changes):
+    """Every field of the facade's change form, as the page would post it, with `changes`."""
+    data = {"name": facade.name, "provider": facade.provider, "kind": facade.kind, "base_url": facade.base_url,
+            "upstream_model": facade.upstream_model, "api_key_env": facade.api_key_env,
+            "openai_organization": facade.openai_organization, "openai_project": facade.openai_project,
+            "is_active": "on", "input_price": "0.15", "cached_input_price": "0.075", "cache_write_price": "0",
+            "output_price": "0.6"}
+    return {**data, **changes}
+
+
+def test_staff_without_the_routing_permission_changes_prices_but_never_routing(client, gpt):
+    """Catches the finding of issue #27: "change model facade" alone could point a facade at a
+    server of one's own with any of the gateway's environment variables as its credential."""
+    client.force_login(staff_with("view_modelfacade", "change_modelfacade"))
+    page = client.get(f"/admin/gateway/modelfacade/{gpt.pk}/change/").content.decode()
+    assert 'name="base_url"' not in page and 'name="api_key_env"' not in page and 'name="provider"' not in page
+    assert 'name="input_price"' in page
+    response = client.post(f"/admin/gateway/modelfacade/{gpt.pk}/change/", change_form(
+        gpt, base_url="https://attacker.example/v1", api_key_env="SECRET_KEY", provider="anthropic",
+        openai_organization="org-attacker", input_price="0.2"))
+    assert response.status_code == 302, response.content
+    gpt.refresh_from_db()
+    assert (gpt.base_url, gpt.api_key_env, gpt.provider, gpt.openai_organization) == (
+        "http://127.0.0.1:9/v1", "", "openai", "")
+    assert gpt.input_price_micros == 200_000
+    assert client.get("/admin/gateway/modelfacade/add/").status_code == 403  # a new facade is routing
+
+
+def test_the_routing_permission_changes_routing_and_the_history_says_who_and_what(client, gpt):
+    router = staff_with("view_modelfacade", "change_modelfacade", "change_facade_routing")
+    client.force_login(router)
+    response = client.post(f"/admin/gateway/modelfacade/{gpt.pk}/change/", change_form(
+        gpt, base_url="https://api.openai.com/v1", api_key_env="CODEVECTOR_UPSTREAM_OPENAI"))
+    assert response.status_code == 302, response.content
+    gpt.refresh_from_db()
+    assert (gpt.base_url, gpt.api_key_env) == ("https://api.openai.com/v1", "CODEVECTOR_UPSTREAM_OPENAI")
+    entry = LogEntry.objects.get(object_id=str(gpt.pk))
+    assert entry.user == router
+    message = entry.get_change_message()
+    assert "'http://127.0.0.1:9/v1' → 'https://api.openai.com/v1'" in message
+    assert "api_key_env: '' → 'CODEVECTOR_UPSTREAM_OPENAI'" in message
+
+
+@pytest.mark.parametrize("variable", ["SECRET_KEY", "DATABASE_URL", "USAGE_BUFFER_DIR", "CODEVECTOR_UPSTREAMX"])
+def test_a_credential_variable_outside_the_allowlist_is_a_form_error(admin_client, gpt, variable):
+    response = admin_client.post(f"/admin/gateway/modelfacade/{gpt.pk}/change/",
+                                 change_form(gpt, api_key_env=variable))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert f"{variable} is not an upstream credential variable" in errors["api_key_env"][0]
+    gpt.refresh_from_db()
+    assert gpt.api_key_env == ""
+
+
+@pytest.mark.parametrize("variable", ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "CODEVECTOR_UPSTREAM_AZURE"])
+def test_allowlisted_credential_variables_are_accepted(admin_client, gpt, variable):
+    response = admin_client.post(f"/admin/gateway/modelfacade/{gpt.pk}/change/",
+                                 change_form(gpt, api_key_env=variable))
+    assert response.status_code == 302
+    gpt.refresh_from_db()
+    assert gpt.api_key_env == variable
+
+
+def test_object_routes_take_integers(admin_client, alice):
+    assert admin_client.get("/admin/auth/user/999999/usage/").status_code == 404
+    assert admin_client.get("/admin/gateway/apikey/999999/usage/").status_code == 404
+    for path in ("/admin/auth/user/abc/usage/", "/admin/gateway/apikey/abc/usage/"):
+        assert admin_client.get(path, follow=True).status_code == 200  # the admin's "does not exist" page, never a 500
 
 
 def test_facades_cannot_be_deleted_only_deactivated(admin_client, gpt):

@@ -24,7 +24,7 @@ class UsageUserAdmin(UserAdmin):
 
     def get_urls(self):
         return [
-            path("<id>/usage/", self.admin_site.admin_view(self.usage_view), name="auth_user_usage"),
+            path("<int:id>/usage/", self.admin_site.admin_view(self.usage_view), name="auth_user_usage"),
             *super().get_urls(),
         ]
 

@@ -36,7 +36,10 @@ class Command(BaseCommand):
                             help="chat (the default for a new facade) or embeddings: which endpoints answer it.")
         parser.add_argument("--base-url", help="e.g. https://api.openai.com/v1 or https://api.anthropic.com")
         parser.add_argument("--upstream-model")
-        parser.add_argument("--api-key-env", help="Environment variable that holds the upstream key.")
+        parser.add_argument("--api-key-env", help="Environment variable that holds the upstream key: a name starting "
+                                                  "with CODEVECTOR_UPSTREAM_, or one of GATEWAY_UPSTREAM_KEY_VARIABLES.")
+        parser.add_argument("--openai-organization", help="Sent upstream as OpenAI-Organization (who pays).")
+        parser.add_argument("--openai-project", help="Sent upstream as OpenAI-Project (who pays).")
         for option in PRICE_OPTIONS:
             parser.add_argument(f"--{option.replace('_', '-')}", metavar="USD")
         parser.add_argument("--inactive", action="store_true", help="Deactivate the facade.")
@@ -49,7 +52,8 @@ class Command(BaseCommand):
             if missing:
                 raise CommandError(f"A new facade needs {' and '.join(missing)}.")
             facade = ModelFacade(name=name)
-        for option in ("provider", "kind", "base_url", "upstream_model", "api_key_env"):
+        for option in ("provider", "kind", "base_url", "upstream_model", "api_key_env", "openai_organization",
+                       "openai_project"):
             if options[option] is not None:
                 setattr(facade, option, options[option])
         for option, field in PRICE_OPTIONS.items():
@@ -59,9 +63,6 @@ class Command(BaseCommand):
             facade.is_active = False
         if not facade.upstream_model:
             facade.upstream_model = name
-        if facade.kind == ModelFacade.Kind.EMBEDDINGS and facade.provider != ModelFacade.Provider.OPENAI:
-            raise CommandError("An embeddings facade needs --provider openai (the gateway serves embeddings "
-                               "only as POST /v1/embeddings).")
         try:
             facade.full_clean()
         except ValidationError as exc:
