@@ -1,4 +1,5 @@
-"""/api/budgets/ (staff with usage.view_usage_dashboard) and /api/me/budgets/ (key holders)."""
+"""/api/budgets/ (staff with usage.view_usage_dashboard reads; writes need the budget permissions)
+and /api/me/budgets/ (key holders)."""
 
 import uuid
 from decimal import Decimal
@@ -16,9 +17,43 @@ from usage.models import Budget
 
 @pytest.fixture
 def staff(db):
+    """Sam manages budgets: the dashboard permission and the budget model's own."""
     user = User.objects.create_user("sam", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(
+        codename__in=["view_usage_dashboard", "add_budget", "change_budget", "delete_budget"]))
+    return user
+
+
+@pytest.fixture
+def viewer(db):
+    """Vic only views usage (usage.view_usage_dashboard), by an API key of his own."""
+    user = User.objects.create_user("vic", is_staff=True)
     user.user_permissions.add(Permission.objects.get(codename="view_usage_dashboard"))
     return user
+
+
+def test_a_viewer_reads_budgets_but_cannot_create_change_or_delete_one(viewer, alice):
+    """Catches budget writes guarded by the view permission alone (issue #27: a $1,000,000 budget
+    was created and the default switched off with a view-only key)."""
+    default, _ = set_budget(username=None, period="monthly", amount_usd=Decimal(10), warn_percent=None, active=True)
+    _, raw = ApiKey.objects.create_key(viewer)
+    api = client_for(key=raw)
+    before = list(Budget.objects.order_by("id").values())
+    assert api.get("/api/budgets/").status_code == 200
+    assert api.get(f"/api/budgets/{default.pk}/").status_code == 200
+    created = api.post("/api/budgets/", {"user": alice.pk, "period": "daily", "limit_usd": "1000000"}, format="json")
+    changed = api.patch(f"/api/budgets/{default.pk}/", {"is_active": False}, format="json")
+    replaced = api.put(f"/api/budgets/{default.pk}/", {"period": "monthly", "limit_usd": "1000000"}, format="json")
+    deleted = api.delete(f"/api/budgets/{default.pk}/")
+    assert [created.status_code, changed.status_code, replaced.status_code, deleted.status_code] == [403] * 4
+    assert "usage.add_budget" in created.data["detail"]
+    assert list(Budget.objects.order_by("id").values()) == before
+
+
+def test_a_budget_manager_deletes_a_budget(staff, alice):
+    budget, _ = set_budget(username="alice", period="daily", amount_usd=Decimal(2), warn_percent=None, active=True)
+    assert client_for(staff).delete(f"/api/budgets/{budget.pk}/").status_code == 204
+    assert not Budget.objects.filter(pk=budget.pk).exists()
 
 
 def client_for(user=None, key=None):

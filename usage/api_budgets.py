@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 from usage.budgets import states_for, state_of
 from usage.money import usd_exact, usd_to_nanos
 from usage.models import Budget
-from usage.permissions import SeesEveryone
+from usage.permissions import ManagesBudgets, SeesEveryone
 
 
 class BudgetSerializer(serializers.ModelSerializer):
@@ -57,13 +57,13 @@ class BudgetSerializer(serializers.ModelSerializer):
 
 
 class BudgetList(generics.ListCreateAPIView):
-    permission_classes = [SeesEveryone]
+    permission_classes = [SeesEveryone, ManagesBudgets]
     serializer_class = BudgetSerializer
     queryset = Budget.objects.select_related("user").order_by("id")
 
 
-class BudgetDetail(generics.RetrieveUpdateAPIView):
-    permission_classes = [SeesEveryone]
+class BudgetDetail(generics.RetrieveUpdateDestroyAPIView):
+    permission_classes = [SeesEveryone, ManagesBudgets]
     serializer_class = BudgetSerializer
     queryset = Budget.objects.select_related("user")
 

@@ -1,6 +1,6 @@
 """Who may see whose usage: one rule for the admin's usage pages and the API."""
 
-from rest_framework.permissions import BasePermission
+from rest_framework.permissions import BasePermission, DjangoModelPermissions
 
 DASHBOARD_PERMISSION = "usage.view_usage_dashboard"
 
@@ -16,3 +16,10 @@ class SeesEveryone(BasePermission):
 
     def has_permission(self, request, view):
         return sees_everyone(request.user)
+
+
+class ManagesBudgets(DjangoModelPermissions):
+    """Writes need the model permission the admin asks for (usage.add_budget for POST,
+    change_budget for PUT/PATCH, delete_budget for DELETE); reads need nothing more than SeesEveryone."""
+
+    message = "Changing budgets needs the usage.add_budget, usage.change_budget or usage.delete_budget permission."
