@@ -120,6 +120,98 @@ def test_through_the_gateway_the_request_gets_its_answer_and_readyz_counts_the_r
     assert caplog.text.count(REJECTED_MARKER) == 1
 
 
+# --- numbers past what a counter holds (issue #27) ----------------------------------------------------
+
+BIGINT_MAX = 2**63 - 1
+
+
+def big(user_id, facade, tokens, at=T0):
+    """A delta of many tokens and a small cost (the bound under test is the tokens')."""
+    return UsageDelta(id=uuid.uuid4().hex, user_id=user_id, facade_id=facade.pk, at=at, input_tokens=tokens,
+                      cost_nanos=1)
+
+
+def counter_types() -> set[str]:
+    """The types the database holds the 5-minute counters in ('integer' only, never 'real')."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("SELECT DISTINCT typeof(input_tokens) FROM usage_bucket_5min")
+        else:
+            cursor.execute("SELECT DISTINCT pg_typeof(input_tokens)::text FROM usage_bucket_5min")
+        return {row[0] for row in cursor.fetchall()}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delta_past_64_bits_is_dead_lettered_and_its_batch_committed(tmp_path, alice, gpt):
+    """Catches a value error that fails a whole batch (SQLite's driver raised OverflowError, which
+    was neither "unavailable" nor "rejected": every request of the batch got a 500)."""
+    async def scenario():
+        store = UsageStore(buffer_dir=tmp_path)
+        await store.open()
+        try:
+            batch = [delta(alice.pk, gpt, n) for n in range(1, 21)] + [delta(alice.pk, gpt, 2**63 + 7)]
+            await asyncio.gather(*(store.record(d) for d in batch))  # one group commit
+            return store.status()
+        finally:
+            await store.close()
+
+    status = asyncio.run(scenario())
+    assert totals() == (20, 210)  # 1 + 2 + ... + 20
+    assert (status.rejected, status.buffered) == (1, 0)
+    assert [d["input_tokens"] for d in rejected_lines(tmp_path)] == [2**63 + 7]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sums_across_2_53_stay_exact_and_a_bucket_past_2_63_is_refused_not_wrapped(tmp_path, alice, gpt):
+    """Catches counters that turn into floats: SQLite made a sum past 2**63 a float (2**62 + 2**62
+    read back as 9223372036854775808.0, inexact from then on)."""
+    async def write(*batch):
+        store = UsageStore(buffer_dir=tmp_path)
+        await store.open()
+        try:
+            await asyncio.gather(*(store.record(d) for d in batch))
+            return store.status()
+        finally:
+            await store.close()
+
+    asyncio.run(write(big(alice.pk, gpt, 2**53 - 1), big(alice.pk, gpt, 4)))
+    assert totals() == (2, 2**53 + 3)  # as a float it would read 2**53 + 4
+    asyncio.run(write(big(alice.pk, gpt, 2**62)))
+    assert totals() == (3, 2**62 + 2**53 + 3)
+    status = asyncio.run(write(big(alice.pk, gpt, 2**62)))  # the bucket would pass 2**63 - 1
+    assert status.rejected == 1
+    assert totals() == (3, 2**62 + 2**53 + 3)  # unchanged: refused whole, never wrapped or rounded
+    assert counter_types() == ({"integer"} if connection.vendor == "sqlite" else {"bigint"})
+    dead = rejected_lines(tmp_path)
+    assert [d["input_tokens"] for d in dead] == [2**62]
+    assert "integer" in dead[0]["reason"] or "out of range" in dead[0]["reason"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rollup_whose_sum_passes_2_63_dead_letters_that_group_and_moves_on(tmp_path, alice, bob, gpt, settings):
+    """Catches a rollup stalled by one sum past 2**63 (every later hour would stay unrolled)."""
+    from usage.drain import ROLLUP_REFUSED_MARKER
+    from usage.ledger import record_many
+    from usage.models import HourlyUsage
+    from usage.rollups import roll_up, watermark
+
+    settings.USAGE_BUFFER_DIR = tmp_path
+    # Two 5-minute buckets of one hour, each within 64 bits; their hour's sum is not. Bob's fits.
+    half_past = T0.replace(minute=30)
+    record_many([big(alice.pk, gpt, 2**62 + 1), big(bob.pk, gpt, 5), big(alice.pk, gpt, 2**62, at=half_past),
+                 big(bob.pk, gpt, 6, at=half_past),
+                 big(bob.pk, gpt, 7, at=T0.replace(hour=11))])  # a later hour, rolled all the same
+    summary = roll_up(until=T0.replace(hour=12), now=T0.replace(hour=13))
+    assert watermark() == T0.replace(hour=12) and summary.hours == 3
+    hours = sorted((r.bucket_start.hour, r.user_id, r.input_tokens) for r in HourlyUsage.objects.all())
+    assert hours == [(9, bob.pk, 11), (11, bob.pk, 7)]
+    refused = [json.loads(line.split(ROLLUP_REFUSED_MARKER, 1)[1])
+               for path in (tmp_path / "quarantine").glob("rejected-*.log") for line in path.read_text().splitlines()
+               if ROLLUP_REFUSED_MARKER in line]
+    assert [(r["table"], r["user_id"], r["input_tokens"]) for r in refused] == [
+        ("usage_bucket_hour", alice.pk, str(2**63 + 1))]
+
+
 # --- a full disk -----------------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from gateway.providers import SSEReader, Usage, openai
+from gateway.providers import SSEReader, UntrustedUsage, Usage, openai
 from gateway.providers import responses
 from gateway.providers.responses import StreamState, finish_response, prepare_request, prompt_text
 from tests.support.fixtures import events, raw
@@ -126,12 +126,25 @@ def test_responses_usage_reads_cache_writes_and_clamps_the_details():
                                                 output_tokens=50)
 
 
-def test_responses_usage_of_the_wrong_type_counts_zero():
-    usage = {"input_tokens": "11", "input_tokens_details": {"cached_tokens": -3, "cache_write_tokens": 2.5},
-             "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": True}}
-    assert responses.usage_from(usage) == Usage(output_tokens=7)
-    usage = {"input_tokens": 11, "input_tokens_details": None, "output_tokens": -7, "output_tokens_details": [2]}
-    assert responses.usage_from(usage) == Usage(input_tokens=11)
+@pytest.mark.parametrize(("field", "usage"), [
+    ("input_tokens", {"input_tokens": "11", "output_tokens": 7}),
+    ("input_tokens_details.cached_tokens", {"input_tokens": 11, "input_tokens_details": {"cached_tokens": -3}}),
+    ("input_tokens_details.cache_write_tokens", {"input_tokens": 11, "input_tokens_details": {"cache_write_tokens": 2.5}}),
+    ("output_tokens_details.reasoning_tokens", {"output_tokens": 7, "output_tokens_details": {"reasoning_tokens": True}}),
+    ("output_tokens", {"input_tokens": 11, "output_tokens": -7}),
+    ("input_tokens", {"input_tokens": 2**32 + 1, "output_tokens": 7}),
+])
+def test_responses_usage_that_cannot_be_a_token_count_is_not_trusted(field, usage):
+    with pytest.raises(UntrustedUsage) as raised:
+        responses.usage_from(usage)
+    assert raised.value.field == field
+
+
+def test_responses_usage_absent_or_null_counts_zero():
+    usage = {"input_tokens": 11, "input_tokens_details": None, "output_tokens": 7, "output_tokens_details": [2]}
+    assert responses.usage_from(usage) == Usage(input_tokens=11, output_tokens=7)
+    assert responses.usage_from({"input_tokens": 2**32, "output_tokens": 7.0}) == Usage(input_tokens=2**32,
+                                                                                         output_tokens=7)
     assert responses.usage_from(None) is None and responses.usage_from([]) is None
 
 
@@ -149,10 +162,16 @@ def test_chat_completions_details_are_clamped_to_their_totals():
              "completion_tokens_details": {"reasoning_tokens": 80}}
     assert openai.usage_from(usage) == Usage(input_tokens=100, cached_input_tokens=60, cache_write_tokens=40,
                                              output_tokens=50, reasoning_tokens=50)
-    usage = {"prompt_tokens": 100, "completion_tokens": 50,
-             "prompt_tokens_details": {"cached_tokens": 60, "cache_write_tokens": "30"},
-             "completion_tokens_details": {"reasoning_tokens": -1}}
-    assert openai.usage_from(usage) == Usage(input_tokens=100, cached_input_tokens=60, output_tokens=50)
+
+
+def test_chat_completions_usage_with_a_count_that_is_not_one_is_estimated_and_logged(caplog):
+    body = {"model": "m", "choices": [{"message": {"content": "x" * 40}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 50,
+                      "prompt_tokens_details": {"cached_tokens": 60, "cache_write_tokens": "30"}}}
+    _, usage = openai.finish_response(json.dumps(body).encode(), "public-model",
+                                      {"messages": [{"role": "user", "content": "y" * 80}]})
+    assert usage == Usage(input_tokens=20, output_tokens=10, estimated=True)  # 80 / 4 and 40 / 4
+    assert "facade public-model: the upstream reported prompt_tokens_details.cache_write_tokens = '30'" in caplog.text
 
 
 def test_chat_completions_fixtures_have_no_reasoning_tokens():

@@ -141,7 +141,7 @@ class BufferWriter:
             logger.error("could not cut usage buffer file %s back to %d bytes: %s", self._path, size, exc)
 
     def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._seq += 1
         path = self.directory / f"{self._stem}_{self._seq:06d}{OPEN_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
@@ -172,7 +172,7 @@ def directory_writable(directory: Path) -> bool:
     refuses requests for want of anywhere to record them.)"""
     probe = Path(directory) / f".probe-{os.getpid()}"
     try:
-        Path(directory).mkdir(parents=True, exist_ok=True)
+        Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, b"x")

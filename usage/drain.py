@@ -66,16 +66,34 @@ def reject(deltas: list[UsageDelta], reason: str, directory: Path) -> None:
     the reason, in the log and in quarantine/rejected-<host>_<pid>.log (fsynced); both are
     replayed by `drain_usage_buffer --from-log FILE` once the cause is fixed (the deltas' ids make a
     second replay count nothing)."""
-    lines = [REJECTED_MARKER + json.dumps({**d.to_dict(), "reason": reason}, separators=(",", ":")) for d in deltas]
+    _dead_letter([REJECTED_MARKER + json.dumps({**d.to_dict(), "reason": reason}, separators=(",", ":"))
+                  for d in deltas], directory)
+
+
+def _dead_letter(lines: list[str], directory: Path) -> None:
+    """Each line in the log and appended (fsynced) to quarantine/rejected-<host>_<pid>.log."""
     for line in lines:
         logger.error("%s", line)
+    Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
     quarantine = Path(directory) / QUARANTINE
-    quarantine.mkdir(parents=True, exist_ok=True)
+    quarantine.mkdir(mode=0o700, exist_ok=True)
     path = quarantine / f"rejected-{socket.gethostname()}_{os.getpid()}.log"
-    with open(path, "a", encoding="utf-8") as handle:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # deltas name users and keys
+    with open(fd, "a", encoding="utf-8") as handle:
         handle.write("".join(line + "\n" for line in lines))
         handle.flush()
         os.fsync(handle.fileno())
+
+
+ROLLUP_REFUSED_MARKER = "usage_rollup_refused "
+
+
+def refuse_rollup(records: list[dict], directory: Path) -> None:
+    """Dead-letter the groups a rollup could not write because a counter's sum passes 2**63 (what
+    a 64-bit column can hold): one `usage_rollup_refused {json}` line each, in the log and in the
+    quarantine's rejected-*.log, beside refused deltas. Their finer rows are kept, unchanged."""
+    _dead_letter([ROLLUP_REFUSED_MARKER + json.dumps(record, separators=(",", ":"), default=str)
+                  for record in records], directory)
 
 
 class OutcomeNotYetKnown(Exception):
@@ -114,7 +132,7 @@ def apply_in_chunks(deltas: list[UsageDelta], landed: frozenset[str] = frozenset
             a, s = apply_once(chunk, landed)
         except DJANGO_UNAVAILABLE:
             raise
-        except DatabaseError as exc:
+        except (DatabaseError, OverflowError) as exc:  # OverflowError: past 2**63, SQLite's driver refuses it
             if rejects is None:
                 raise
             if len(chunk) > 1:
@@ -187,7 +205,7 @@ def replay_file(fd: int, path: Path) -> DrainReport:
                        path.name, len(parsed.torn_tail))
     if parsed.corrupt:
         quarantine_dir = path.parent / QUARANTINE
-        quarantine_dir.mkdir(exist_ok=True)
+        quarantine_dir.mkdir(mode=0o700, exist_ok=True)
         target = quarantine_dir / path.name.removesuffix(DRAINING_SUFFIX)
         os.rename(path, target)
         report.quarantined.append(str(target))

@@ -5,6 +5,22 @@ from usage.counters import COUNTER_DEFINITIONS
 from usage.money import nanos_to_usd
 
 
+BIGINT_MAX = 2**63 - 1
+
+
+class CounterField(models.BigIntegerField):
+    """A ledger counter: a 64-bit integer that never turns into anything else.
+
+    PostgreSQL refuses a bigint sum past 2**63 (an error, dead-lettered by the ledger). SQLite
+    silently makes such a sum a float, inexact from then on; on SQLite this field's CHECK refuses
+    any value that is not an integer, so the write fails there too instead."""
+
+    def db_check(self, connection):
+        if connection.vendor == "sqlite":
+            return f"typeof(\"{self.column}\") = 'integer'"
+        return super().db_check(connection)
+
+
 class UsageBucket(models.Model):
     """One row of counters per (bucket start, user, facade); the four levels share this shape.
 
@@ -22,7 +38,7 @@ class UsageBucket(models.Model):
     # without a key) belongs to a reserved, never-usable key of the user (usage.sql).
     key = models.ForeignKey("gateway.ApiKey", on_delete=models.PROTECT, related_name="+", db_index=False)
     facade = models.ForeignKey("gateway.ModelFacade", on_delete=models.PROTECT, related_name="+")
-    # ...and one BigIntegerField per counter of usage.counters, added below.
+    # ...and one CounterField per counter of usage.counters, added below.
 
     class Meta:
         abstract = True
@@ -34,7 +50,7 @@ class UsageBucket(models.Model):
 for _counter in COUNTER_DEFINITIONS:  # the levels inherit them: abstract fields are copied at subclassing
     # db_default too: raw INSERTs that name fewer counters (bench/dashboard.py) get 0, as rows that
     # existed before a counter was added do.
-    UsageBucket.add_to_class(_counter.name, models.BigIntegerField(default=0, db_default=0, help_text=_counter.help))
+    UsageBucket.add_to_class(_counter.name, CounterField(default=0, db_default=0, help_text=_counter.help))
 
 
 # Each level: the unique key the ledger's ON CONFLICT names, and an index for per-user range

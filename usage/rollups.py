@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from usage import sql
+from usage.counters import COUNTERS
+from usage.drain import refuse_rollup
+from usage.models import BIGINT_MAX
 from usage.calendar import as_utc, day_bounds, hour_start, month_bounds, next_hour, zone
 
 
@@ -79,18 +82,49 @@ def target_for(now: datetime | None = None) -> datetime:
     return hour_start(now - timedelta(seconds=settings.USAGE_ROLLUP_GRACE_SECONDS), zone())
 
 
+def _roll(cursor, target: str, source: str, start: datetime, end: datetime) -> int:
+    """Recompute `target`'s period [start, end) from `source` in one statement; if a sum would pass
+    what a 64-bit counter holds (PostgreSQL refuses the value, SQLite's SUM overflows), group by
+    group instead: those that fit are written, those that do not are dead-lettered, and the rollup
+    goes on (a stalled watermark would leave every later period unrolled)."""
+    try:
+        with transaction.atomic():  # a savepoint: only this statement is undone
+            return _execute(cursor, sql.roll_from(target, source), [start, start, end])
+    except DatabaseError as exc:
+        return _roll_by_group(cursor, target, source, start, end, exc)
+
+
+def _roll_by_group(cursor, target: str, source: str, start: datetime, end: datetime, error: DatabaseError) -> int:
+    sums: dict[tuple, list[int]] = {}
+    _execute(cursor, sql.group_rows(source), [start, end])
+    for user_id, key_id, facade_id, *values in cursor.fetchall():
+        group = sums.setdefault((user_id, key_id, facade_id), [0] * len(COUNTERS))
+        for i, value in enumerate(values):
+            group[i] += int(value)
+    fits = {group: values for group, values in sums.items() if max(values) <= BIGINT_MAX}
+    if len(fits) == len(sums):
+        raise error  # not a sum past 2**63: the statement's own failure (an outage, say)
+    refuse_rollup([{"table": target, "bucket_start": start.isoformat(), "user_id": u, "key_id": k, "facade_id": f,
+                    "reason": "a counter's sum passes 2**63 - 1",
+                    **{name: str(v) for name, v in zip(COUNTERS, values, strict=True) if v > BIGINT_MAX}}
+                   for (u, k, f), values in sums.items() if (u, k, f) not in fits], settings.USAGE_BUFFER_DIR)
+    if fits:
+        rows = [v for (u, k, f), values in fits.items() for v in (start, u, k, f, *values)]
+        _execute(cursor, sql.set_counters(target, len(fits)), rows)
+    return len(fits)
+
+
 def _roll_hour(cursor, start: datetime, end: datetime, tz, summary: RollupSummary) -> None:
     tables = sql.LEVEL_TABLES
-    summary.rows += _execute(cursor, sql.roll_from(tables["hour"], tables["5min"]), [start, start, end])
+    summary.rows += _roll(cursor, tables["hour"], tables["5min"], start, end)
     summary.hours += 1
     day_start, day_end = day_bounds(start, tz)
     if day_end == end:
-        summary.rows += _execute(cursor, sql.roll_from(tables["day"], tables["hour"]), [day_start, day_start, day_end])
+        summary.rows += _roll(cursor, tables["day"], tables["hour"], day_start, day_end)
         summary.days += 1
         month_start, month_end = month_bounds(start, tz)
         if month_end == end:
-            summary.rows += _execute(cursor, sql.roll_from(tables["month"], tables["day"]),
-                                     [month_start, month_start, month_end])
+            summary.rows += _roll(cursor, tables["month"], tables["day"], month_start, month_end)
             summary.months += 1
 
 
@@ -148,12 +182,11 @@ def _skip_empty_hours(cursor, start: datetime, end: datetime, tz, summary: Rollu
     tables = sql.LEVEL_TABLES
     day_start, day_end = day_bounds(start, tz)
     if day_start < start and day_end <= end:
-        summary.rows += _execute(cursor, sql.roll_from(tables["day"], tables["hour"]), [day_start, day_start, day_end])
+        summary.rows += _roll(cursor, tables["day"], tables["hour"], day_start, day_end)
         summary.days += 1
     month_start, month_end = month_bounds(start, tz)
     if month_start < start and month_end <= end:
-        summary.rows += _execute(cursor, sql.roll_from(tables["month"], tables["day"]),
-                                 [month_start, month_start, month_end])
+        summary.rows += _roll(cursor, tables["month"], tables["day"], month_start, month_end)
         summary.months += 1
 
 
@@ -204,8 +237,7 @@ def rebuild(since: datetime, now: datetime | None = None,
                 progress(done, total)
         if since > month_start and month_bounds(since, tz)[1] <= current:
             # The month holding `since` began before it: recompute it from its (kept) day rows.
-            summary.rows += _execute(cursor, sql.roll_from(tables["month"], tables["day"]),
-                                     [month_start, month_start, month_bounds(since, tz)[1]])
+            summary.rows += _roll(cursor, tables["month"], tables["day"], month_start, month_bounds(since, tz)[1])
         _execute(cursor, sql.SET_WATERMARK, [current, settings.TIME_ZONE, timezone.now()])
     summary.watermark = current
     summary.seconds = time.monotonic() - started

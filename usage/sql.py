@@ -249,3 +249,19 @@ def delete_range(table: str) -> str:
 
 def delete_before(table: str) -> str:
     return f"DELETE FROM {_level_table(table)} WHERE bucket_start < %s"
+
+
+def group_rows(source: str) -> str:
+    """A period's rows of `source`, one by one: the rollup's way round a sum past 2**63."""
+    return (f"SELECT user_id, key_id, facade_id, {', '.join(COUNTERS)} FROM {_level_table(source)} "
+            "WHERE bucket_start >= %s AND bucket_start < %s")
+
+
+@functools.lru_cache(maxsize=64)
+def set_counters(table: str, rows: int) -> str:
+    """Multi-row UPSERT that sets the counters (`x = EXCLUDED.x`), as roll_from does, from values."""
+    table, rows = _level_table(table), _row_count(rows)
+    placeholders = ", ".join(["(" + ", ".join(["%s"] * ROW_WIDTH) + ")"] * rows)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COUNTERS)
+    return (f"INSERT INTO {table} ({', '.join(KEY_COLUMNS + COUNTERS)}) VALUES {placeholders} "
+            f"ON CONFLICT {CONFLICT_KEY} DO UPDATE SET {updates}")

@@ -49,8 +49,9 @@ IN_PROGRESS_WAIT_SECONDS = 2.0
 UNAVAILABLE = (*DJANGO_UNAVAILABLE, OSError, asyncio.TimeoutError, psycopg.OperationalError,
                psycopg.InterfaceError, PoolTimeout)
 # Errors that mean "the database refuses this data" (a constraint, say a user deleted while their
-# key was still cached): the batch is split until the refused delta stands alone, dead-lettered.
-REJECTED = (DatabaseError, psycopg.Error)
+# key was still cached; a counter that would pass 2**63): the batch is split until the refused
+# delta stands alone, dead-lettered. OverflowError: SQLite's driver refuses to bind such a value.
+REJECTED = (DatabaseError, psycopg.Error, OverflowError)
 
 
 @dataclass

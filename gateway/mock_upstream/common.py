@@ -2,7 +2,11 @@
 
 import math
 
-FAILURES = ("fail-500", "fail-429", "fail-timeout", "fail-drop", "no-usage", "stream-error", "incomplete")
+FAILURES = ("fail-500", "fail-429", "fail-timeout", "fail-drop", "no-usage", "stream-error", "incomplete",
+            "huge-usage")
+# What the `huge-usage` model reports as its prompt's tokens: past 64 bits, as a broken (or
+# hostile) upstream might; the gateway must not believe it.
+HUGE_TOKENS = 2**63 + 7
 REASONING_TOKENS = 16  # reported by the Responses API mock, part of its output tokens
 # Chat completions answers carry a cookie, as real upstreams behind a load balancer may (the
 # gateway must never pass it on to its callers), and rate-limit and processing headers spelt as

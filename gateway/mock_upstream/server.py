@@ -9,7 +9,7 @@ import time
 
 from aiohttp import web
 
-from gateway.mock_upstream.common import CHAT_HEADERS, _text, counts, words
+from gateway.mock_upstream.common import CHAT_HEADERS, HUGE_TOKENS, _text, counts, words
 from gateway.mock_upstream.responses import ResponsesMock
 
 
@@ -89,6 +89,8 @@ class MockUpstream(ResponsesMock):
             return failure
         prompt_tokens, completion_tokens, reply = counts(_text(body.get("messages", "")), model)
         usage = None if model == "no-usage" else self._openai_usage(prompt_tokens, completion_tokens)
+        if model == "huge-usage":
+            usage["prompt_tokens"] = HUGE_TOKENS
         base = {"id": f"chatcmpl-mock{int(time.time() * 1000)}", "created": int(time.time()),
                 "model": f"{model}-2024-07-18", "system_fingerprint": "fp_mock"}
         if not stream:
@@ -174,6 +176,8 @@ class MockUpstream(ResponsesMock):
         prompt = _text(body.get("system", "")) + _text(body.get("messages", ""))
         prompt_tokens, output_tokens, reply = counts(prompt, model)
         usage = self._anthropic_usage(prompt_tokens, output_tokens)
+        if model == "huge-usage":
+            usage["input_tokens"] = HUGE_TOKENS
         message_id = f"msg_mock{int(time.time() * 1000)}"
         if not stream:
             data = {"id": message_id, "type": "message", "role": "assistant", "model": model,

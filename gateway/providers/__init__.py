@@ -6,11 +6,20 @@ responses that report none, and an incremental reader of server-sent events.
 
 import functools
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
 
 import orjson
+
+logger = logging.getLogger("codevector.gateway")
+
+# The largest token count an upstream may report and be believed (GATEWAY_MAX_REPORTED_TOKENS;
+# gateway.app sets it at start). A module global: int_field reads it for every field of every answer.
+MAX_REPORTED_TOKENS = 2**32
+# The longest line a stream may send (SSEReader); longer ends the request as an upstream error.
+MAX_SSE_LINE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -56,15 +65,39 @@ class ReportedUsageStream:
         self.caller_wants_usage = caller_wants_usage
         self.request_body = request_body
         self.reported: Usage | None = None
+        self.untrusted = False  # a report not believed (UntrustedUsage): the whole stream is estimated
         self.text: list[str] = []
         self.error = False
         self.done = False
+
+    def report(self, read, usage) -> Usage | None:
+        """`read(usage)` (the protocol's usage_from), kept as the latest report; None when the
+        event reports none or reports what cannot be believed (logged once, then estimated)."""
+        try:
+            reported = read(usage)
+        except UntrustedUsage as exc:
+            if not self.untrusted:
+                exc.log(self.public_model)
+            self.untrusted, self.reported = True, None
+            return None
+        if reported is not None and not self.untrusted:
+            self.reported = reported
+        return reported
 
     def usage(self) -> Usage:
         if self.reported is not None:
             return self.reported
         return Usage(input_tokens=estimate_tokens(self.prompt_text(self.request_body)),
                      output_tokens=estimate_tokens("".join(self.text)), estimated=True)
+
+
+def trusted(read, usage, public_model: str) -> Usage | None:
+    """`read(usage)`, or None (to be estimated) when it reports what cannot be believed."""
+    try:
+        return read(usage)
+    except UntrustedUsage as exc:
+        exc.log(public_model)
+        return None
 
 
 def estimate_tokens(text: str) -> int:
@@ -101,28 +134,66 @@ def strict_json(body: bytes):
     return json.loads(body, parse_constant=refuse)
 
 
+class UntrustedUsage(ValueError):
+    """An upstream reported a count that cannot be a token count: above MAX_REPORTED_TOKENS,
+    negative, fractional or not a number. Its request is counted as estimated from its text."""
+
+    def __init__(self, field: str, value):
+        super().__init__(f"{field} = {repr(value)[:40]}")
+        self.field, self.value = field, value
+
+    def log(self, public_model: str) -> None:
+        logger.warning("facade %s: the upstream reported %s, which is not a token count (at most %d); the "
+                       "request is counted as estimated from its text", public_model, self, MAX_REPORTED_TOKENS)
+
+
 def int_field(data, *path) -> int:
-    """A non-negative integer at `path` in nested dicts, or 0 if absent or of the wrong type."""
+    """The token count at `path` in nested dicts: 0 if absent or null; UntrustedUsage if it is
+    there but not a whole number from 0 to MAX_REPORTED_TOKENS."""
     for key in path:
         if not isinstance(data, dict):
             return 0
         data = data.get(key)
-    return data if type(data) is int and data >= 0 else 0
+    if type(data) is int and 0 <= data <= MAX_REPORTED_TOKENS:
+        return data
+    if data is None:
+        return 0
+    if type(data) is float and data.is_integer() and 0 <= data <= MAX_REPORTED_TOKENS:
+        return int(data)  # 12.0: a whole number written as a float
+    raise UntrustedUsage(".".join(path), data)
+
+
+class SSETooLong(ValueError):
+    """A stream event (or line) longer than the reader's bound: the upstream is broken or hostile."""
 
 
 class SSEReader:
     """Splits a byte stream into server-sent events, whatever the chunking. Each event comes back
     as (raw bytes including the blank line that ends it, event name or None, data string)."""
 
-    def __init__(self):
+    def __init__(self, max_line_bytes: int | None = None):
         self._buffer = b""
+        self._searched = 0  # the buffer's bytes already searched for an event's end
+        self._line_start = 0  # where the buffer's last, unfinished line starts
+        self._max = max_line_bytes or MAX_SSE_LINE_BYTES
 
     def feed(self, chunk: bytes) -> list[tuple[bytes, str | None, str]]:
+        """The events `chunk` completes; SSETooLong once a line grows past the bound. Each search
+        starts where the last one stopped, so bytes without a blank line cost linear time, never
+        quadratic."""
         self._buffer += chunk.replace(b"\r\n", b"\n")
         events = []
-        while (end := self._buffer.find(b"\n\n")) >= 0:
+        start = max(self._searched - 1, 0)  # a "\n" at the old end may pair with one at the new start
+        while (end := self._buffer.find(b"\n\n", start)) >= 0:
             raw, self._buffer = self._buffer[: end + 2], self._buffer[end + 2 :]
             events.append(self._parse(raw))
+            start = self._line_start = 0
+        newline = self._buffer.rfind(b"\n", start)
+        if newline >= 0:
+            self._line_start = newline + 1
+        self._searched = len(self._buffer)
+        if self._searched - self._line_start > self._max:
+            raise SSETooLong(f"a line of the stream passed {self._max} bytes")
         return events
 
     def rest(self) -> bytes:

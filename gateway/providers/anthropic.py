@@ -9,7 +9,8 @@ the current API): the latest value of each field wins, the two are never added.
 import json
 from datetime import UTC, datetime
 
-from gateway.providers import Usage, estimate_tokens, event_of, int_field, rename_model, renamed_body, text_of
+from gateway.providers import (UntrustedUsage, Usage, estimate_tokens, event_of, int_field, rename_model, renamed_body,
+                                text_of, trusted)
 
 NAME = "anthropic"
 VERSION = "2023-06-01"
@@ -61,7 +62,7 @@ def _fields(usage) -> dict[str, int]:
 
 def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[bytes, Usage]:
     body, raw = renamed_body(raw, public_model)
-    fields = _fields(body.get("usage") if isinstance(body, dict) else None)
+    fields = trusted(_fields, body.get("usage") if isinstance(body, dict) else None, public_model)
     if fields:
         return raw, _usage(fields)
     output = text_of(body.get("content", "")) if isinstance(body, dict) else ""
@@ -74,6 +75,7 @@ class StreamState:
         self.public_model = public_model
         self.request_body = request_body
         self.fields: dict[str, int] = {}
+        self.untrusted = False  # a count not believed: the stream is estimated from its text
         self.text = []
         self.error = False
         self.done = False
@@ -85,11 +87,11 @@ class StreamState:
         kind = event.get("type") or name
         if kind == "message_start" and isinstance(event.get("message"), dict):
             message = event["message"]
-            self.fields.update(_fields(message.get("usage")))
+            self._take(message.get("usage"))
             if isinstance(message.get("model"), str):
                 raw = rename_model(raw, message["model"], self.public_model)
         elif kind == "message_delta":
-            self.fields.update(_fields(event.get("usage")))  # cumulative: the latest value wins
+            self._take(event.get("usage"))  # cumulative: the latest value wins
         elif kind == "content_block_delta":
             delta = event.get("delta") or {}
             self.text.append(delta.get("text", "") if isinstance(delta.get("text"), str) else "")
@@ -99,7 +101,20 @@ class StreamState:
             self.error = True
         return raw
 
+    def _take(self, usage) -> None:
+        try:
+            fields = _fields(usage)
+        except UntrustedUsage as exc:
+            if not self.untrusted:
+                exc.log(self.public_model)
+            self.untrusted = True
+            return
+        self.fields.update(fields)
+
     def usage(self) -> Usage:
+        if self.untrusted:  # none of the upstream's counts: the prompt and the text streamed
+            return Usage(input_tokens=estimate_tokens(prompt_text(self.request_body)),
+                         output_tokens=estimate_tokens("".join(self.text)), estimated=True)
         if "output_tokens" in self.fields and "input_tokens" in self.fields and not self.error and self.done:
             return _usage(self.fields)
         # Cut short (a disconnect, an error event): the counts known so far, estimated where missing.

@@ -3,7 +3,7 @@
 import json
 
 from gateway.providers import (ReportedUsageStream, Usage, estimate_tokens, event_of, int_field, rename_model, renamed_body,
-                                text_of)
+                                text_of, trusted)
 
 NAME = "openai"
 
@@ -68,7 +68,7 @@ def completion_text(body: dict) -> str:
 def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[bytes, Usage]:
     """Rename the model in a whole (non-streamed) response and read its usage, estimated if absent."""
     body, raw = renamed_body(raw, public_model)
-    usage = usage_from(body.get("usage") if isinstance(body, dict) else None)
+    usage = trusted(usage_from, body.get("usage") if isinstance(body, dict) else None, public_model)
     if usage is None:
         usage = Usage(input_tokens=estimate_tokens(prompt_text(request_body)),
                       output_tokens=estimate_tokens(completion_text(body) if isinstance(body, dict) else ""),
@@ -92,13 +92,13 @@ class StreamState(ReportedUsageStream):
         if "error" in event:
             self.error = True
             return raw
-        usage = usage_from(event.get("usage"))
-        if usage is not None:
-            self.reported = usage
+        reports = isinstance(event.get("usage"), dict)
+        if reports:
+            self.report(usage_from, event["usage"])
         for choice in event.get("choices") or []:
             if isinstance(choice, dict):
                 self.text.append(text_of((choice.get("delta") or {}).get("content", "")))
-        if usage is not None and not event.get("choices") and not self.caller_wants_usage:
+        if reports and not event.get("choices") and not self.caller_wants_usage:
             return None  # the usage chunk we asked for on the caller's behalf
         if isinstance(event.get("model"), str):
             raw = rename_model(raw, event["model"], self.public_model)

@@ -16,7 +16,7 @@ carry. Every other event passes through byte for byte.
 """
 
 from gateway.providers import (ReportedUsageStream, Unsupported, Usage, estimate_tokens, event_of, int_field,
-                                rename_top_model, renamed_body)
+                                rename_top_model, renamed_body, trusted)
 from gateway.providers.openai import auth_headers, error_body, models_list  # noqa: F401 (same as Chat Completions)
 
 NAME = "openai"
@@ -85,7 +85,7 @@ def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[
     body, raw = renamed_body(raw, public_model)
     if not isinstance(body, dict):
         body = {}
-    usage = usage_from(body.get("usage"))
+    usage = trusted(usage_from, body.get("usage"), public_model)
     if usage is None:
         usage = Usage(input_tokens=estimate_tokens(prompt_text(request_body)),
                       output_tokens=estimate_tokens(output_text(body)), estimated=True)
@@ -109,9 +109,7 @@ class StreamState(ReportedUsageStream):
         elif kind in RESPONSE_EVENTS:
             response = event.get("response")
             if isinstance(response, dict):
-                usage = usage_from(response.get("usage"))
-                if usage is not None:
-                    self.reported = usage
+                self.report(usage_from, response.get("usage"))
                 if isinstance(response.get("model"), str):
                     raw = rename_top_model(raw, response["model"], self.public_model, depth=2)
             if kind == "response.failed":
