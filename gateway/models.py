@@ -8,7 +8,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from usage.pricing import Prices
+from usage.pricing import PriceError, Prices
 
 KEY_PREFIX = "cvk_"
 # The part of a key kept in clear, so an admin can tell keys apart: "cvk_" + 8 characters.
@@ -79,11 +79,25 @@ class ModelFacade(models.Model):
     openai_project = models.CharField(
         "OpenAI project", max_length=100, blank=True,
         help_text="Optional: sent upstream as OpenAI-Project (which project of the account pays).")
-    # Prices are integer micro-USD per million tokens: exact for every published price.
+    # Prices are integer micro-USD per million tokens, per-call prices integer micro-USD per 1,000
+    # calls: exact for every published price (usage.pricing). Long-context tiers and service-tier
+    # or speed variants are `price_rules` (usage.pricing's JSON form), validated by clean().
     input_price_micros = models.PositiveBigIntegerField(default=0)
     cached_input_price_micros = models.PositiveBigIntegerField(default=0)
-    cache_write_price_micros = models.PositiveBigIntegerField(default=0)
+    cache_write_price_micros = models.PositiveBigIntegerField(
+        default=0, help_text="Cache writes with the default retention (Anthropic's 5 minutes).")
+    cache_write_extended_price_micros = models.PositiveBigIntegerField(
+        default=0, help_text="Cache writes with the extended retention (Anthropic's 1 hour, OpenAI's 12 hours).")
     output_price_micros = models.PositiveBigIntegerField(default=0)
+    web_search_price_micros = models.PositiveBigIntegerField(default=0, help_text="Micro-USD per 1,000 web searches.")
+    file_search_price_micros = models.PositiveBigIntegerField(default=0, help_text="Micro-USD per 1,000 file searches.")
+    price_rules = models.JSONField(default=dict, blank=True,
+                                   help_text="Long-context tiers and service-tier or speed variants (usage.pricing).")
+    # Where the prices came from (`create_facade --catalog`, the admin's catalog picker): checked
+    # against the catalog's current prices by `manage.py prices`.
+    catalog_ref = models.CharField("catalog model", max_length=200, blank=True,
+                                   help_text="The price catalog's model (provider:model) the prices came from.")
+    catalog_version = models.CharField(max_length=100, blank=True, editable=False)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -110,6 +124,10 @@ class ModelFacade(models.Model):
             errors["kind"] = "Anthropic facades are chat models: Anthropic has no embeddings endpoint."
         if (self.openai_organization or self.openai_project) and self.provider != self.Provider.OPENAI:
             errors["openai_organization"] = "An OpenAI organization or project applies to OpenAI-compatible facades only."
+        try:
+            self.prices  # noqa: B018 (validates price_rules)
+        except PriceError as exc:
+            errors["price_rules"] = str(exc)
         if errors:
             raise ValidationError(errors)
 
@@ -120,12 +138,13 @@ class ModelFacade(models.Model):
 
     @property
     def prices(self) -> Prices:
-        return Prices(
-            input_micros=self.input_price_micros,
-            cached_input_micros=self.cached_input_price_micros,
+        """The price table the gateway bills with (PriceError if `price_rules` is malformed)."""
+        return Prices.from_columns(
+            input_micros=self.input_price_micros, cached_input_micros=self.cached_input_price_micros,
             cache_write_micros=self.cache_write_price_micros,
-            output_micros=self.output_price_micros,
-        )
+            cache_write_extended_micros=self.cache_write_extended_price_micros,
+            output_micros=self.output_price_micros, web_search_micros=self.web_search_price_micros,
+            file_search_micros=self.file_search_price_micros, rules=self.price_rules or None)
 
 
 def credential_variable_error(name: str) -> str:

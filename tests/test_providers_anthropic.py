@@ -7,7 +7,8 @@ from gateway.providers import Usage
 from gateway.providers.anthropic import StreamState, error_body, finish_response, models_list
 from tests.support.fixtures import events, raw
 
-FIXTURE_USAGE = Usage(input_tokens=2021, cached_input_tokens=1800, cache_write_tokens=200, output_tokens=57)
+FIXTURE_USAGE = Usage(input_tokens=2021, cached_input_tokens=1800, cache_write_tokens=200, output_tokens=57,
+                      service_tier="standard")
 
 
 def run_stream(name):

@@ -15,7 +15,7 @@ def run_stream(name, caller_wants_usage):
 
 def test_a_whole_completion_reports_cached_prompt_tokens_and_is_renamed():
     body, usage = finish_response(raw("openai-chat.json"), "public-model", {})
-    assert usage == Usage(input_tokens=1290, cached_input_tokens=1152, output_tokens=8)
+    assert usage == Usage(input_tokens=1290, cached_input_tokens=1152, output_tokens=8, service_tier="default")
     assert json.loads(body)["model"] == "public-model"
 
 

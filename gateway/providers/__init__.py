@@ -24,8 +24,11 @@ MAX_SSE_LINE_BYTES = 1024 * 1024
 
 @dataclass
 class Usage:
-    """Tokens of one request. `input_tokens` counts every prompt token, cached reads and cache
-    writes included; `output_tokens` counts every output token, reasoning tokens included."""
+    """What one request is billed for. `input_tokens` counts every prompt token, cached reads and
+    cache writes included; `cache_write_extended_tokens` is the part of the writes kept for the
+    longer retention; `output_tokens` counts every output token, reasoning tokens included;
+    server-side tool calls are counted per call. `service_tier` and `speed` are what the answer
+    reports (they select the facade's price variant)."""
 
     input_tokens: int = 0
     cached_input_tokens: int = 0
@@ -33,6 +36,11 @@ class Usage:
     output_tokens: int = 0
     estimated: bool = False
     reasoning_tokens: int = 0
+    cache_write_extended_tokens: int = 0
+    web_search_calls: int = 0
+    file_search_calls: int = 0
+    service_tier: str | None = None
+    speed: str | None = None
 
 
 class Unsupported(ValueError):
@@ -65,6 +73,7 @@ class ReportedUsageStream:
         self.caller_wants_usage = caller_wants_usage
         self.request_body = request_body
         self.reported: Usage | None = None
+        self.service_tier: str | None = None  # the latest the stream's events report
         self.untrusted = False  # a report not believed (UntrustedUsage): the whole stream is estimated
         self.text: list[str] = []
         self.error = False
@@ -85,10 +94,12 @@ class ReportedUsageStream:
         return reported
 
     def usage(self) -> Usage:
-        if self.reported is not None:
-            return self.reported
-        return Usage(input_tokens=estimate_tokens(self.prompt_text(self.request_body)),
-                     output_tokens=estimate_tokens("".join(self.text)), estimated=True)
+        usage = self.reported if self.reported is not None else Usage(
+            input_tokens=estimate_tokens(self.prompt_text(self.request_body)),
+            output_tokens=estimate_tokens("".join(self.text)), estimated=True)
+        if usage.service_tier is None:
+            usage.service_tier = self.service_tier
+        return usage
 
 
 def trusted(read, usage, public_model: str) -> Usage | None:
@@ -145,6 +156,12 @@ class UntrustedUsage(ValueError):
     def log(self, public_model: str) -> None:
         logger.warning("facade %s: the upstream reported %s, which is not a token count (at most %d); the "
                        "request is counted as estimated from its text", public_model, self, MAX_REPORTED_TOKENS)
+
+
+def str_field(data, key: str) -> str | None:
+    """A short label (a service tier, a speed) at `key`, or None: anything else is not a label."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if type(value) is str and 0 < len(value) <= 40 else None
 
 
 def int_field(data, *path) -> int:

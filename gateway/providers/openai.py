@@ -3,7 +3,7 @@
 import json
 
 from gateway.providers import (ReportedUsageStream, Usage, estimate_tokens, event_of, int_field, rename_model, renamed_body,
-                                text_of, trusted)
+                                str_field, text_of, trusted)
 
 NAME = "openai"
 
@@ -48,7 +48,8 @@ def prompt_text(body: dict) -> str:
 
 
 def usage_from(usage) -> Usage | None:
-    """Usage from an OpenAI `usage` object; None when the upstream reported none."""
+    """Usage from an OpenAI `usage` object; None when the upstream reported none. Chat Completions
+    reports no retention split: its cache writes are the default retention's."""
     if not isinstance(usage, dict):
         return None
     prompt = int_field(usage, "prompt_tokens")
@@ -73,6 +74,7 @@ def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[
         usage = Usage(input_tokens=estimate_tokens(prompt_text(request_body)),
                       output_tokens=estimate_tokens(completion_text(body) if isinstance(body, dict) else ""),
                       estimated=True)
+    usage.service_tier = str_field(body, "service_tier")  # the tier that served it, not the one asked for
     return raw, usage
 
 
@@ -92,6 +94,7 @@ class StreamState(ReportedUsageStream):
         if "error" in event:
             self.error = True
             return raw
+        self.service_tier = str_field(event, "service_tier") or self.service_tier
         reports = isinstance(event.get("usage"), dict)
         if reports:
             self.report(usage_from, event["usage"])

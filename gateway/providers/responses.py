@@ -3,9 +3,13 @@
 The same interface as gateway.providers.openai, so the gateway can use either for an `openai` facade.
 
 Usage is the `usage` object of the final Response: `input_tokens` counts every prompt token (of
-which `input_tokens_details.cached_tokens` were cache reads and `cache_write_tokens` cache writes)
-and `output_tokens` every output token (of which `output_tokens_details.reasoning_tokens` were
-reasoning). The API always reports it, streams included (no `stream_options` to ask for it): a
+which `input_tokens_details.cached_tokens` were cache reads and `cache_write_tokens` cache writes,
+`cache_write_tokens_details.ttl_12h_tokens` of them kept 12 hours, the extended retention) and
+`output_tokens` every output token (of which `output_tokens_details.reasoning_tokens` were
+reasoning). Server-side tool calls, billed per call, are the `web_search_call` and
+`file_search_call` items of the final Response's `output`; only a stream cut before its final
+Response counts the `response.output_item.done` items it saw (never both). The Response's
+`service_tier` is the tier that served it. The API always reports it, streams included (no `stream_options` to ask for it): a
 stream carries it in the `response` object of its last event, `response.completed`,
 `response.incomplete` (a normal answer cut at a limit) or `response.failed`. There is no `[DONE]`.
 
@@ -16,7 +20,7 @@ carry. Every other event passes through byte for byte.
 """
 
 from gateway.providers import (ReportedUsageStream, Unsupported, Usage, estimate_tokens, event_of, int_field,
-                                rename_top_model, renamed_body, trusted)
+                                rename_top_model, renamed_body, str_field, trusted)
 from gateway.providers.openai import auth_headers, error_body, models_list  # noqa: F401 (same as Chat Completions)
 
 NAME = "openai"
@@ -27,6 +31,9 @@ RESPONSE_EVENTS = frozenset({"response.created", "response.in_progress", "respon
 # Events whose `delta` is output the estimate counts when no usage is reported.
 TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta",
                          "response.function_call_arguments.delta"})
+# Output items of server-side tools billed per call.
+TOOL_CALLS = ("web_search_call", "file_search_call")
+FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 def prepare_request(body: dict, upstream_model: str, stream: bool) -> tuple[dict, bool]:
@@ -73,10 +80,26 @@ def usage_from(usage) -> Usage | None:
     prompt = int_field(usage, "input_tokens")
     cached = min(int_field(usage, "input_tokens_details", "cached_tokens"), prompt)
     writes = min(int_field(usage, "input_tokens_details", "cache_write_tokens"), prompt - cached)
+    extended = min(int_field(usage, "input_tokens_details", "cache_write_tokens_details", "ttl_12h_tokens"), writes)
     output = int_field(usage, "output_tokens")
     reasoning = min(int_field(usage, "output_tokens_details", "reasoning_tokens"), output)
-    return Usage(input_tokens=prompt, cached_input_tokens=cached, cache_write_tokens=writes, output_tokens=output,
-                 reasoning_tokens=reasoning)
+    return Usage(input_tokens=prompt, cached_input_tokens=cached, cache_write_tokens=writes,
+                 cache_write_extended_tokens=extended, output_tokens=output, reasoning_tokens=reasoning)
+
+
+def tool_calls(items) -> tuple[int, int]:
+    """(web searches, file searches) among a Response's output items."""
+    if not isinstance(items, list):
+        return 0, 0
+    kinds = [item.get("type") for item in items if isinstance(item, dict)]
+    return kinds.count("web_search_call"), kinds.count("file_search_call")
+
+
+def billed(usage: Usage, response: dict, calls: tuple[int, int]) -> Usage:
+    """`usage` with what else the Response bills: its tool calls and the tier that served it."""
+    usage.web_search_calls, usage.file_search_calls = calls
+    usage.service_tier = str_field(response, "service_tier")
+    return usage
 
 
 def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[bytes, Usage]:
@@ -89,13 +112,23 @@ def finish_response(raw: bytes, public_model: str, request_body: dict) -> tuple[
     if usage is None:
         usage = Usage(input_tokens=estimate_tokens(prompt_text(request_body)),
                       output_tokens=estimate_tokens(output_text(body)), estimated=True)
-    return raw, usage
+    return raw, billed(usage, body, tool_calls(body.get("output")))
 
 
 class StreamState(ReportedUsageStream):
     """Follows a Responses stream event by event: usage, text so far, errors, the end."""
 
     prompt_text = staticmethod(prompt_text)
+
+    def __init__(self, public_model: str, caller_wants_usage: bool, request_body: dict):
+        super().__init__(public_model, caller_wants_usage, request_body)
+        self.seen_calls = [0, 0]  # web and file searches of the output_item.done events so far
+        self.final_calls: tuple[int, int] | None = None  # those of the final Response, which win
+
+    def usage(self) -> Usage:
+        usage = super().usage()
+        usage.web_search_calls, usage.file_search_calls = self.final_calls or self.seen_calls
+        return usage
 
     def process(self, raw: bytes, name: str | None, data: str) -> bytes | None:
         """The bytes to send the caller for this event (never hidden: usage is part of the API)."""
@@ -106,10 +139,18 @@ class StreamState(ReportedUsageStream):
         if kind in TEXT_DELTAS:
             if isinstance(event.get("delta"), str):
                 self.text.append(event["delta"])
+        elif kind == "response.output_item.done":
+            item = event.get("item")
+            kind_of_item = item.get("type") if isinstance(item, dict) else None
+            if kind_of_item in TOOL_CALLS:
+                self.seen_calls[TOOL_CALLS.index(kind_of_item)] += 1
         elif kind in RESPONSE_EVENTS:
             response = event.get("response")
             if isinstance(response, dict):
                 self.report(usage_from, response.get("usage"))
+                self.service_tier = str_field(response, "service_tier") or self.service_tier
+                if kind in FINAL_EVENTS:
+                    self.final_calls = tool_calls(response.get("output"))
                 if isinstance(response.get("model"), str):
                     raw = rename_top_model(raw, response["model"], self.public_model, depth=2)
             if kind == "response.failed":
