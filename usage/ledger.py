@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from operator import add
+from time import perf_counter
 
 import psycopg
 from django.db import connections, transaction
@@ -27,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from usage import pgwire, sql
 from usage.calendar import as_utc, day_bounds, hour_start, month_bounds, zone
 from usage.counters import COUNTERS, Counters, counter_values
+from usage.metrics import observe_commit
 from usage.models import FiveMinuteUsage
 
 logger = logging.getLogger(__name__)
@@ -364,6 +366,7 @@ class GroupCommitter:
             self._wakeup.set()  # a closing committer looks again once every batch is written
 
     async def _write(self, batch: list[tuple[UsageDelta, asyncio.Future]]) -> None:
+        started = perf_counter()
         try:
             await self._write_batch([delta for delta, _ in batch])
         except Exception as exc:  # each caller decides what to do with its own delta
@@ -374,6 +377,7 @@ class GroupCommitter:
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)
+        observe_commit(len(batch), perf_counter() - started)
 
     async def close(self) -> None:
         """Commit every pending delta, then stop the writer task."""
