@@ -22,13 +22,15 @@ from gateway.http_client import HttpClient
 from gateway.keys import KeyCache, load_usable_keys, touch_keys
 from gateway.call import Call, Refusal, request_ids
 from gateway.pipeline import Pipeline, Route
+from gateway import providers
+from gateway import metrics
 from gateway.providers import anthropic, openai, responses
 from usage.budgets import BudgetBook, BudgetSnapshot
 from usage.store import UsageStore
 
 logger = logging.getLogger("codevector.gateway")
 
-PROBES = ("/healthz", "/readyz")
+PROBES = ("/healthz", "/readyz", "/metrics")
 ROUTES = {
     ("POST", "/v1/responses"): Route(responses, "/responses"),
     ("POST", "/v1/responses/compact"): Route(responses, "/responses/compact"),
@@ -85,6 +87,7 @@ class GatewayApp:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pipeline = Pipeline(self)
         self.requests_in_progress = 0  # the commit's spin (usage.ledger.GroupCommitter) reads it
+        self.metrics = metrics.NO_METRICS  # gateway.metrics: chosen at start, from settings
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -111,14 +114,17 @@ class GatewayApp:
             if self._started:
                 return
             self.loop = asyncio.get_running_loop()
+            providers.MAX_REPORTED_TOKENS = settings.GATEWAY_MAX_REPORTED_TOKENS
             request_ids.reset()  # this process's own prefix (gunicorn may have imported us before forking)
             self.store = UsageStore(in_progress=lambda: self.requests_in_progress)
             await self.store.open()
             self.upstream = upstream.open_client()
+            self.metrics = metrics.for_gateway(self)
             await self.refresh()
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._refresh_forever(), name="gateway-cache-refresh"),
-                           loop.create_task(self._touch_keys_forever(), name="gateway-key-last-used")]
+                           loop.create_task(self._touch_keys_forever(), name="gateway-key-last-used"),
+                           loop.create_task(self.metrics.sync_forever(), name="gateway-metrics")]
             self._started = True
             tune_gc()
 
@@ -194,6 +200,9 @@ class GatewayApp:
         if path == "/readyz":
             await self._ready(call)
             return
+        if path == "/metrics":
+            await self.metrics.serve(call)
+            return
         route = ROUTES.get((method, path))
         if route:
             call.protocol = route.protocol
@@ -211,6 +220,7 @@ class GatewayApp:
         except Refusal as refusal:
             await call.refuse(refusal)
         finally:
+            self.metrics.answered(call)  # once per request: under its facade if recorded, else facade=""
             call.log()
 
     async def _ready(self, call: Call) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import NamedTuple
 
 import orjson
@@ -18,9 +19,10 @@ from django.conf import settings
 from gateway import upstream
 from gateway.call import Call, Refusal
 from gateway.catalog import FacadeInfo
-from gateway.http_client import Response, UpstreamError, UpstreamUnreachable
+from gateway.http_client import Response, UpstreamError, UpstreamTooLarge, UpstreamUnreachable
 from gateway.keys import load_key, presented_key
-from gateway.providers import SSEReader, Unsupported, Usage, anthropic, strict_json
+from gateway.models import credential_variable_allowed
+from gateway.providers import SSEReader, SSETooLong, Unsupported, Usage, anthropic, estimate_tokens, strict_json
 from usage.budgets import NO_BUDGET
 from usage.ledger import UsageDelta
 from usage.pricing import cost_nanos
@@ -48,6 +50,7 @@ class Pipeline:
 
     def __init__(self, gateway):
         self.gateway = gateway
+        self.unpriced: set[tuple[str, str]] = set()  # (facade, tier or speed) already logged
 
     # --- authenticate ----------------------------------------------------------------------------
 
@@ -163,6 +166,9 @@ class Pipeline:
             self.check_budgets(call)
         credential = None
         if facade.api_key_env:
+            if not credential_variable_allowed(facade.api_key_env):  # whatever the database says
+                raise Refusal(502, f"The upstream credential for '{facade.name}' names a variable the gateway "
+                                   "does not read (manage.py check names the fix).", code="upstream_credential_refused")
             credential = os.environ.get(facade.api_key_env)
             if not credential:
                 raise Refusal(502, f"The upstream credential for '{facade.name}' is not configured on the gateway.",
@@ -173,10 +179,12 @@ class Pipeline:
         except Unsupported as exc:
             raise Refusal(400, str(exc), code="unsupported_parameter", param=exc.param) from None
         headers = upstream.request_headers(call.headers, call.protocol.auth_headers(credential))
+        headers.update(facade.routing_headers)
         headers["content-type"] = "application/json"
         if call.protocol is anthropic:
             headers.setdefault("anthropic-version", anthropic.VERSION)
         payload = orjson.dumps(outgoing)
+        sent = perf_counter()
         try:
             response = await self.gateway.upstream.post(facade.base_url + route.upstream_path, payload, headers,
                                                         connect_timeout=settings.GATEWAY_CONNECT_TIMEOUT,
@@ -199,6 +207,7 @@ class Pipeline:
                 await self.record(call, Usage(), error=True)
             raise Refusal(502, f"The upstream for '{facade.name}' could not be reached ({type(exc).__name__}).",
                           code="upstream_unreachable")
+        head = perf_counter()  # the upstream's response head: its time to first byte
         try:
             if not route.billed:
                 await self.unbilled_response(call, response)
@@ -208,6 +217,7 @@ class Pipeline:
                 await self.streamed_response(call, response, body, caller_wants_usage)
         finally:
             response.release()
+            self.gateway.metrics.upstream(facade.name, head - sent, perf_counter() - sent)
 
     @staticmethod
     async def unbilled_response(call: Call, response: Response) -> None:
@@ -227,6 +237,12 @@ class Pipeline:
             await self.record(call, Usage(), error=True)
             raise Refusal(504, f"The upstream for '{call.facade.name}' did not answer in time.",
                           code="upstream_timeout")
+        except UpstreamTooLarge:
+            # The upstream did the work: its prompt is counted, estimated (the answer was not kept).
+            await self.record(call, Usage(input_tokens=estimate_tokens(call.protocol.prompt_text(body)),
+                                          estimated=True), error=True)
+            raise Refusal(502, f"The upstream for '{call.facade.name}' answered with more than the gateway's limit "
+                               f"of {settings.GATEWAY_MAX_RESPONSE_BYTES} bytes.", code="upstream_response_too_large")
         except UpstreamError:
             await self.record(call, Usage(), error=True)
             raise Refusal(502, f"The upstream for '{call.facade.name}' dropped the connection.",
@@ -257,6 +273,7 @@ class Pipeline:
                          + [(b"cache-control", b"no-cache")] + upstream.response_headers(response.raw_headers)})
         recorded = False
         error = False
+        last = b""  # what ends the stream: the upstream's unfinished bytes, or an error event
         try:
             async for chunk in response.iter_chunks():
                 for raw, name, data in reader.feed(chunk):
@@ -269,13 +286,20 @@ class Pipeline:
                         await call.send({"type": "http.response.body", "body": out, "more_body": True})
         except (TimeoutError, UpstreamError, OSError):
             error = not disconnected.is_set()
+        except SSETooLong as exc:  # counted as estimated so far (state.usage()); the caller's SDK raises
+            logger.warning("facade %s: the upstream's stream was cut: %s", call.facade.name, exc)
+            error = True
+            reader.rest()  # the runaway line is dropped, never passed on
+            message = f"The upstream for '{call.facade.name}' sent a stream line longer than the gateway accepts."
+            last = (b"event: error\n" if call.protocol is anthropic else b"") + b"data: " + call.protocol.error_body(
+                502, message, code="upstream_bad_response") + b"\n\n"
         finally:
             watcher.cancel()
         if not recorded:
             # Cut short: a disconnect is not an error; an upstream that stopped mid-stream is.
             await self.record(call, state.usage(), error=error or (not state.done and not disconnected.is_set()))
         if not disconnected.is_set():
-            await call.send({"type": "http.response.body", "body": reader.rest(), "more_body": False})
+            await call.send({"type": "http.response.body", "body": last or reader.rest(), "more_body": False})
 
     @staticmethod
     async def watch_disconnect(call: Call, disconnected: asyncio.Event, response) -> None:
@@ -286,18 +310,36 @@ class Pipeline:
                 response.close()  # stop reading from the upstream
                 return
 
+    def note_unpriced(self, facade: FacadeInfo, name: str | None) -> None:
+        """A service tier or speed the facade has no prices for is billed at the base prices: said
+        once per facade and name (per process), so an operator can add the variant."""
+        if name is not None and (facade.name, name) not in self.unpriced:
+            self.unpriced.add((facade.name, name))
+            logger.warning("facade %s: the upstream served a request as %r, which has no prices of its own on the "
+                           "facade; billed at the base prices (add the variant, or sync from the catalog)",
+                           facade.name, name)
+
     async def record(self, call: Call, usage: Usage, error: bool = False) -> None:
         facade, key = call.facade, call.key
         call.usage = usage
-        call.cost = cost_nanos(facade.prices, input_tokens=usage.input_tokens,
-                               cached_input_tokens=usage.cached_input_tokens,
-                               cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens)
+        prices = facade.prices
+        if usage.service_tier is not None or usage.speed is not None:
+            self.note_unpriced(facade, prices.unpriced(usage.service_tier, usage.speed))
+        call.cost = cost_nanos(prices, input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
+                               cache_write_tokens=usage.cache_write_tokens,
+                               cache_write_extended_tokens=usage.cache_write_extended_tokens,
+                               output_tokens=usage.output_tokens, web_search_calls=usage.web_search_calls,
+                               file_search_calls=usage.file_search_calls, service_tier=usage.service_tier,
+                               speed=usage.speed)
         now = datetime.now(UTC)
         delta = UsageDelta(
             id=call.request_id, user_id=key.user_id, key_id=key.key_id, facade_id=facade.facade_id, at=now, requests=1,
             error_requests=int(error), estimated_requests=int(usage.estimated), input_tokens=usage.input_tokens,
             cached_input_tokens=usage.cached_input_tokens, cache_write_tokens=usage.cache_write_tokens,
-            output_tokens=usage.output_tokens, reasoning_tokens=usage.reasoning_tokens, cost_nanos=call.cost,
+            cache_write_extended_tokens=usage.cache_write_extended_tokens, output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens, web_search_calls=usage.web_search_calls,
+            file_search_calls=usage.file_search_calls, cost_nanos=call.cost,
         )
         await self.gateway.store.record(delta)
+        self.gateway.metrics.recorded(facade.name, delta)
         self.gateway.budgets.add_spend(key.user_id, now, call.cost)

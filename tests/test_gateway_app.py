@@ -66,12 +66,14 @@ def ledger():
     return {name: value or 0 for name, value in sums.items()}
 
 
-def expected(prices=GPT, requests=1, inp=0, cached=0, writes=0, out=0, errors=0, estimated=0, reasoning=0):
+def expected(prices=GPT, requests=1, inp=0, cached=0, writes=0, out=0, errors=0, estimated=0, reasoning=0,
+             extended=0, web=0, files=0):
     return {"requests": requests, "error_requests": errors, "estimated_requests": estimated, "input_tokens": inp,
-            "cached_input_tokens": cached, "cache_write_tokens": writes, "output_tokens": out,
-            "reasoning_tokens": reasoning,
+            "cached_input_tokens": cached, "cache_write_tokens": writes, "cache_write_extended_tokens": extended,
+            "output_tokens": out, "reasoning_tokens": reasoning, "web_search_calls": web, "file_search_calls": files,
             "cost_nanos": cost_nanos(prices, input_tokens=inp, cached_input_tokens=cached, cache_write_tokens=writes,
-                                     output_tokens=out)}
+                                     cache_write_extended_tokens=extended, output_tokens=out, web_search_calls=web,
+                                     file_search_calls=files)}
 
 
 def openai_expected(usage):
@@ -374,8 +376,8 @@ def test_a_caller_disconnecting_mid_stream_is_counted_not_as_an_error(gw):
 
 
 def test_only_allowlisted_headers_reach_the_upstream_and_the_facade_credential_replaces_the_callers(gw, monkeypatch):
-    monkeypatch.setenv("CV_TEST_UPSTREAM_KEY", "sk-upstream-secret-123")
-    ModelFacade.objects.filter(name="gpt-test").update(api_key_env="CV_TEST_UPSTREAM_KEY")
+    monkeypatch.setenv("CODEVECTOR_UPSTREAM_TEST_KEY", "sk-upstream-secret-123")
+    ModelFacade.objects.filter(name="gpt-test").update(api_key_env="CODEVECTOR_UPSTREAM_TEST_KEY")
     gw.server.refresh()
     status, headers, _ = post(gw, "/v1/chat/completions", json.dumps({"model": "gpt-test", "messages": chat()}).encode(),
                               {"cookie": "session=canary-cookie", "x-forwarded-for": "203.0.113.9",
@@ -393,9 +395,137 @@ def test_only_allowlisted_headers_reach_the_upstream_and_the_facade_credential_r
     assert (names["x-ratelimit-remaining-requests"], names["openai-processing-ms"]) == ("499", "7")
 
 
+def test_a_callers_organization_and_project_never_reach_the_upstream_the_facades_do(gw):
+    """Catches callers choosing which organization of the gateway's account pays (issue #27)."""
+    canary = {"openai-organization": "org-caller-canary", "openai-project": "proj_caller_canary"}
+    body = json.dumps({"model": "gpt-test", "messages": chat()}).encode()
+    assert post(gw, "/v1/chat/completions", body, canary)[0] == 200
+    seen = {k.lower(): v for k, v in gw.mock.seen[-1]["headers"].items()}
+    assert "openai-organization" not in seen and "openai-project" not in seen
+    ModelFacade.objects.filter(name="gpt-test").update(openai_organization="org-facade", openai_project="proj_facade")
+    gw.server.refresh()
+    assert post(gw, "/v1/chat/completions", body, canary)[0] == 200
+    seen = {k.lower(): v for k, v in gw.mock.seen[-1]["headers"].items()}
+    assert (seen["openai-organization"], seen["openai-project"]) == ("org-facade", "proj_facade")
+
+
+def test_a_credential_variable_outside_the_allowlist_is_never_read_whatever_the_database_says(gw, monkeypatch):
+    """Catches a facade that sends SECRET_KEY (or any variable) upstream as its credential (issue
+    #27: an admin who may edit facades pointed one at a server of theirs and a variable of the
+    gateway's). The row is written past the model's clean(), as an old row or raw SQL would be."""
+    monkeypatch.setenv("SECRET_KEY_CANARY", "do-not-send-me")
+    ModelFacade.objects.filter(name="gpt-test").update(api_key_env="SECRET_KEY_CANARY")
+    gw.server.refresh()
+    seen_before = len(gw.mock.seen)
+    status, _, body = post(gw, "/v1/chat/completions", json.dumps({"model": "gpt-test", "messages": chat()}).encode())
+    assert status == 502 and json.loads(body)["error"]["code"] == "upstream_credential_refused"
+    assert "gpt-test" in json.loads(body)["error"]["message"] and b"do-not-send-me" not in body
+    assert len(gw.mock.seen) == seen_before and ledger()["requests"] == 0
+
+
+def test_an_upstream_count_past_64_bits_is_estimated_and_the_requests_beside_it_are_counted_exactly(gw, caplog):
+    """Catches trusting an upstream's token counts without bound (issue #27: prompt_tokens 2**63+7
+    failed a whole SQLite batch, 15 other users' answered requests got 500 and were never counted)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(model):
+        return post(gw, "/v1/chat/completions", json.dumps({"model": model, "messages": chat("Hi")}).encode())
+
+    with caplog.at_level(logging.WARNING, logger="codevector.gateway"), ThreadPoolExecutor(21) as pool:
+        answers = list(pool.map(ask, ["gpt-huge-usage"] + ["gpt-test"] * 20))
+    assert [status for status, _, _ in answers] == [200] * 21
+    fine = json.loads(answers[1][2])["usage"]
+    assert (fine["prompt_tokens"], fine["completion_tokens"]) == (11, 8)  # the mock's counts for "Hi"
+    reply = json.loads(answers[0][2])["choices"][0]["message"]["content"]
+    huge = {"input_tokens": 1, "output_tokens": math.ceil(len(reply) / 4)}  # "Hi": 2 characters, 1 token
+    assert ledger() == {**expected(GPT, requests=21, inp=20 * 11 + huge["input_tokens"],
+                                   out=20 * 8 + huge["output_tokens"], estimated=1),
+                        "cost_nanos": 20 * cost_nanos(GPT, input_tokens=11, cached_input_tokens=0, cache_write_tokens=0,
+                                                      output_tokens=8)
+                        + cost_nanos(GPT, input_tokens=1, cached_input_tokens=0, cache_write_tokens=0,
+                                     output_tokens=huge["output_tokens"])}
+    assert "facade gpt-huge-usage: the upstream reported prompt_tokens = 9223372036854775815" in caplog.text
+
+
+def test_an_anthropic_stream_past_64_bits_is_estimated(gw):
+    with gw.anthropic.messages.stream(model="claude-huge-usage", max_tokens=64, messages=chat("Hi")) as stream:
+        text = "".join(stream.text_stream)
+    totals = ledger()
+    assert (totals["requests"], totals["estimated_requests"], totals["error_requests"]) == (1, 1, 0)
+    assert (totals["input_tokens"], totals["output_tokens"]) == (1, math.ceil(len(text) / 4))
+
+
+class CannedUpstream:
+    """A raw HTTP/1.1 server on loopback that answers every request with the same bytes: what a
+    broken or hostile upstream would send."""
+
+    def __init__(self, answer: bytes):
+        import threading
+
+        self.answer, self.sock = answer, socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                try:
+                    conn.sendall(self.answer)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+MEBIBYTE_CHUNK = b"100000\r\n" + b"x" * 0x100000 + b"\r\n"  # one chunk of 1 MiB (chunked encoding)
+
+
+@pytest.mark.parametrize("answer", [
+    # Declares 64 MiB + 1 (GATEWAY_MAX_RESPONSE_BYTES is 64 MiB): refused before its body is read.
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 67108865\r\n\r\n{}",
+    # Says nothing of its size and sends 70 MiB: refused once past the bound.
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    + MEBIBYTE_CHUNK * 70,
+], ids=["declared", "chunked"])
+def test_a_whole_answer_past_the_size_bound_is_a_502_counted_and_estimated(gw, answer):
+    upstream = CannedUpstream(answer)
+    try:
+        facade("gpt-big", "openai", f"{upstream.url}/v1", "big", GPT)
+        gw.server.refresh()
+        status, _, body = post(gw, "/v1/chat/completions",
+                               json.dumps({"model": "gpt-big", "messages": chat("x" * 400)}).encode())
+    finally:
+        upstream.close()
+    assert status == 502 and json.loads(body)["error"]["code"] == "upstream_response_too_large"
+    assert ledger() == expected(GPT, inp=100, errors=1, estimated=1)  # 400 characters: 100 tokens
+
+
+def test_a_stream_line_past_a_mebibyte_ends_the_request_counted_and_estimated(gw):
+    line = b"data: " + b"x" * (1024 * 1024 + 1)  # no line break, ever
+    head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n" % len(line))
+    upstream = CannedUpstream(head + line)
+    try:
+        facade("gpt-endless", "openai", f"{upstream.url}/v1", "endless", GPT)
+        gw.server.refresh()
+        with pytest.raises(openai.APIError):
+            list(gw.openai.chat.completions.create(model="gpt-endless", messages=chat("x" * 400), stream=True))
+    finally:
+        upstream.close()
+    deadline = time.monotonic() + 5
+    while ledger()["requests"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ledger() == expected(GPT, inp=100, errors=1, estimated=1)
+
+
 def test_an_unset_upstream_credential_is_a_502_without_forwarding(gw, monkeypatch):
-    monkeypatch.delenv("CV_TEST_MISSING_KEY", raising=False)
-    ModelFacade.objects.filter(name="gpt-test").update(api_key_env="CV_TEST_MISSING_KEY")
+    monkeypatch.delenv("CODEVECTOR_UPSTREAM_MISSING_KEY", raising=False)
+    ModelFacade.objects.filter(name="gpt-test").update(api_key_env="CODEVECTOR_UPSTREAM_MISSING_KEY")
     gw.server.refresh()
     seen_before = len(gw.mock.seen)
     with pytest.raises(openai.InternalServerError, match="credential"):
@@ -404,8 +534,8 @@ def test_an_unset_upstream_credential_is_a_502_without_forwarding(gw, monkeypatc
 
 
 def test_no_key_appears_in_any_log_line(gw, caplog, monkeypatch):
-    monkeypatch.setenv("CV_TEST_UPSTREAM_KEY", "sk-upstream-secret-456")
-    ModelFacade.objects.filter(name="gpt-test").update(api_key_env="CV_TEST_UPSTREAM_KEY")
+    monkeypatch.setenv("CODEVECTOR_UPSTREAM_TEST_KEY", "sk-upstream-secret-456")
+    ModelFacade.objects.filter(name="gpt-test").update(api_key_env="CODEVECTOR_UPSTREAM_TEST_KEY")
     gw.server.refresh()
     with caplog.at_level(logging.DEBUG):
         gw.openai.chat.completions.create(model="gpt-test", messages=chat())
