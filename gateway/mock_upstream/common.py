@@ -4,6 +4,20 @@ import math
 
 FAILURES = ("fail-500", "fail-429", "fail-timeout", "fail-drop", "no-usage", "stream-error", "incomplete",
             "huge-usage")
+# The `billed*` models report every quantity billed apart (issue #28), as the providers do:
+# Anthropic's 5-minute and 1-hour cache writes, web searches, thinking tokens, service tier and
+# speed (`billed`, `billed-priority`, `billed-fast`); OpenAI's served service tier (chat
+# `billed-flex`, `billed-priority`); the Responses API's 30-minute and 12-hour writes and web and
+# file search calls (`billed`, served on the priority tier).
+BILLED_WRITES_5M, BILLED_WRITES_1H = 8, 16
+BILLED_WEB_SEARCHES, BILLED_FILE_SEARCHES = 2, 1
+
+
+def served_tier(model: str) -> str | None:
+    """The service tier a `billed-<tier>` model answers with (None for any other model)."""
+    return model.removeprefix("billed-") if model.startswith("billed-") and model != "billed-fast" else None
+
+
 # What the `huge-usage` model reports as its prompt's tokens: past 64 bits, as a broken (or
 # hostile) upstream might; the gateway must not believe it.
 HUGE_TOKENS = 2**63 + 7

@@ -7,7 +7,8 @@ import time
 
 from aiohttp import web
 
-from gateway.mock_upstream.common import REASONING_TOKENS, _text, counts, words
+from gateway.mock_upstream.common import (BILLED_FILE_SEARCHES, BILLED_WEB_SEARCHES, BILLED_WRITES_1H,
+                                          BILLED_WRITES_5M, REASONING_TOKENS, _text, counts, words)
 
 
 class ResponsesMock:
@@ -62,7 +63,19 @@ class ResponsesMock:
         def usage_for(text: str):
             if model == "no-usage":
                 return None
-            return self._responses_usage(prompt_tokens, math.ceil(len(text) / 4) + REASONING_TOKENS)
+            usage = self._responses_usage(prompt_tokens, math.ceil(len(text) / 4) + REASONING_TOKENS)
+            if model == "billed":  # cache writes of both retentions, beside the cached reads
+                usage["input_tokens_details"].update(
+                    cache_write_tokens=BILLED_WRITES_5M + BILLED_WRITES_1H,
+                    cache_write_tokens_details={"ttl_30m_tokens": BILLED_WRITES_5M, "ttl_12h_tokens": BILLED_WRITES_1H})
+            return usage
+
+        # The `billed` model's server-side tool calls, before its message.
+        tools = [{"id": f"ws_mock{i}", "type": "web_search_call", "status": "completed",
+                  "action": {"type": "search", "query": "exact billing"}} for i in range(BILLED_WEB_SEARCHES)]
+        tools += [{"id": f"fs_mock{i}", "type": "file_search_call", "status": "completed", "queries": ["billing"],
+                   "results": None} for i in range(BILLED_FILE_SEARCHES)]
+        tools = tools if model == "billed" else []
 
         def part(text: str) -> dict:
             return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
@@ -71,7 +84,11 @@ class ResponsesMock:
             return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
         def response_object(status: str, output: list, usage, **details) -> dict:
-            return self._response(body, response_id, created, upstream_model, status, output, usage, **details)
+            data = self._response(body, response_id, created, upstream_model, status, tools + output if output else [],
+                                  usage, **details)
+            if model == "billed":
+                data["service_tier"] = "priority"
+            return data
 
         if not stream:
             text = "".join(pieces)
@@ -94,8 +111,11 @@ class ResponsesMock:
 
         await event("response.created", response=response_object("in_progress", [], None))
         await event("response.in_progress", response=response_object("in_progress", [], None))
-        await event("response.output_item.added", output_index=0, item=item("in_progress", []))
-        place = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        for index, tool in enumerate(tools):
+            await event("response.output_item.added", output_index=index, item={**tool, "status": "in_progress"})
+            await event("response.output_item.done", output_index=index, item=tool)
+        await event("response.output_item.added", output_index=len(tools), item=item("in_progress", []))
+        place = {"item_id": item_id, "output_index": len(tools), "content_index": 0}
         await event("response.content_part.added", **place, part=part(""))
         text = ""
         for index, piece in enumerate(pieces):
@@ -114,7 +134,7 @@ class ResponsesMock:
         status = "incomplete" if model == "incomplete" else "completed"
         await event("response.output_text.done", **place, text=text, logprobs=[])
         await event("response.content_part.done", **place, part=part(text))
-        await event("response.output_item.done", output_index=0, item=item(status, [part(text)]))
+        await event("response.output_item.done", output_index=len(tools), item=item(status, [part(text)]))
         final = [item(status, [part(text)])]
         if model == "incomplete":
             await event("response.incomplete", response=response_object(

@@ -9,7 +9,8 @@ import time
 
 from aiohttp import web
 
-from gateway.mock_upstream.common import CHAT_HEADERS, HUGE_TOKENS, _text, counts, words
+from gateway.mock_upstream.common import (BILLED_WEB_SEARCHES, BILLED_WRITES_1H, BILLED_WRITES_5M, CHAT_HEADERS,
+                                          HUGE_TOKENS, _text, counts, served_tier, words)
 from gateway.mock_upstream.responses import ResponsesMock
 
 
@@ -92,12 +93,12 @@ class MockUpstream(ResponsesMock):
         if model == "huge-usage":
             usage["prompt_tokens"] = HUGE_TOKENS
         base = {"id": f"chatcmpl-mock{int(time.time() * 1000)}", "created": int(time.time()),
-                "model": f"{model}-2024-07-18", "system_fingerprint": "fp_mock"}
+                "model": f"{model}-2024-07-18", "system_fingerprint": "fp_mock",
+                "service_tier": served_tier(model) or "default"}
         if not stream:
             message = {"role": "assistant", "content": reply, "refusal": None, "annotations": []}
             data = {**base, "object": "chat.completion",
-                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
-                    "service_tier": "default"}
+                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}]}
             if usage is not None:
                 data["usage"] = usage
             return web.json_response(data, headers=CHAT_HEADERS)
@@ -159,7 +160,17 @@ class MockUpstream(ResponsesMock):
         return {"type": "error", "error": {"type": kind, "message": f"Mock upstream error {status}"}}
 
     @staticmethod
-    def _anthropic_usage(prompt_tokens: int, output_tokens: int) -> dict:
+    def _anthropic_usage(prompt_tokens: int, output_tokens: int, model: str = "") -> dict:
+        if model.startswith("billed"):
+            reads, writes = prompt_tokens // 4, BILLED_WRITES_5M + BILLED_WRITES_1H
+            return {"input_tokens": prompt_tokens - reads - writes, "cache_creation_input_tokens": writes,
+                    "cache_read_input_tokens": reads,
+                    "cache_creation": {"ephemeral_5m_input_tokens": BILLED_WRITES_5M,
+                                       "ephemeral_1h_input_tokens": BILLED_WRITES_1H},
+                    "output_tokens": output_tokens, "output_tokens_details": {"thinking_tokens": output_tokens // 2},
+                    "server_tool_use": {"web_search_requests": BILLED_WEB_SEARCHES, "web_fetch_requests": 1},
+                    "service_tier": served_tier(model) or "standard",
+                    "speed": "fast" if model == "billed-fast" else "standard"}
         if prompt_tokens < 64:
             return {"input_tokens": prompt_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
                     "output_tokens": output_tokens}
@@ -175,7 +186,7 @@ class MockUpstream(ResponsesMock):
             return failure
         prompt = _text(body.get("system", "")) + _text(body.get("messages", ""))
         prompt_tokens, output_tokens, reply = counts(prompt, model)
-        usage = self._anthropic_usage(prompt_tokens, output_tokens)
+        usage = self._anthropic_usage(prompt_tokens, output_tokens, model)
         if model == "huge-usage":
             usage["input_tokens"] = HUGE_TOKENS
         message_id = f"msg_mock{int(time.time() * 1000)}"
@@ -183,7 +194,7 @@ class MockUpstream(ResponsesMock):
             data = {"id": message_id, "type": "message", "role": "assistant", "model": model,
                     "content": [{"type": "text", "text": reply}], "stop_reason": "end_turn", "stop_sequence": None}
             if model != "no-usage":
-                data["usage"] = {**usage, "service_tier": "standard"}
+                data["usage"] = {"service_tier": "standard", **usage}
             return web.json_response(data)
         response = web.StreamResponse(headers={"content-type": "text/event-stream", "request-id": "req_mock"})
         await response.prepare(request)
@@ -192,6 +203,7 @@ class MockUpstream(ResponsesMock):
             await response.write(f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
 
         start_usage = {**usage, "output_tokens": 1}
+        start_usage.pop("output_tokens_details", None)  # message_start: counts so far, no details yet
         message = {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
                    "stop_reason": None, "stop_sequence": None}
         if model != "no-usage":
@@ -213,8 +225,8 @@ class MockUpstream(ResponsesMock):
                 await asyncio.sleep(self.chunk_delay)
         await event("content_block_stop", {"type": "content_block_stop", "index": 0})
         delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
-        if model != "no-usage":
-            delta["usage"] = usage
+        if model != "no-usage":  # cumulative counts: no cache_creation, service tier or speed here
+            delta["usage"] = {k: v for k, v in usage.items() if k not in ("cache_creation", "service_tier", "speed")}
         await event("message_delta", delta)
         await event("message_stop", {"type": "message_stop"})
         return response
