@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
+
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ("codevector", "gateway", "usage")
 FORBIDDEN = {"usage": {"gateway", "codevector"}, "gateway": {"codevector"}, "codevector": set()}

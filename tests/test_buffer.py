@@ -10,6 +10,8 @@ import pytest
 from usage.buffer import OPEN_SUFFIX, SEALED_SUFFIX, BufferWriter, decode, encode
 from usage.ledger import UsageDelta
 
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
+
 T0 = datetime(2026, 5, 4, 10, 7, 31, 250000, tzinfo=UTC)
 
 

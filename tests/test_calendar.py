@@ -7,6 +7,8 @@ import pytest
 
 from usage.calendar import as_utc, day_bounds, hour_start, month_bounds, next_hour
 
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
+
 NY, KOLKATA, KATHMANDU = ZoneInfo("America/New_York"), ZoneInfo("Asia/Kolkata"), ZoneInfo("Asia/Kathmandu")
 
 

@@ -24,6 +24,8 @@ from gateway.http_client import (
     UpstreamUnreachable,
 )
 
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
+
 PATH = "/v1/x?api-version=1"
 
 

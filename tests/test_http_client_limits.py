@@ -11,6 +11,8 @@ import pytest
 from gateway.http_client import UpstreamError, UpstreamTooLarge
 from tests.test_http_client import Conn, Upstream, answer, answer_body, answering, client, scenario, within
 
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
+
 MiB = 1024 * 1024
 
 

@@ -33,6 +33,8 @@ from tests.test_http_client import (
     within,
 )
 
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
+
 # --- a server the test drives by hand ---
 
 

@@ -25,6 +25,8 @@ from gateway.http_client import (
 )
 from tests.test_http_client import Upstream, answer, answer_body, answering, client, scenario, within
 
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
+
 USER, PASSWORD = "gateway", "pr0xy-s3cret"
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from usage.money import micros_to_usd, usd_exact, usd_for_people, usd_to_micros, usd_to_nanos
 
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
+
 FOR_PEOPLE = [
     # zero, however written
     ("0", "$0"),

@@ -17,6 +17,8 @@ from gateway.price_catalog import (
 )
 from usage.pricing import Prices, PriceSet, Variant, cost_nanos
 
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
+
 AT = datetime(2026, 12, 1, 12, tzinfo=UTC)  # a fixed "now": the catalog's prices change with time
 
 # Every model codevector/demo.py creates a facade for, and the current ones it will move to.

@@ -6,6 +6,8 @@ import pytest
 from usage.money import nanos_to_usd
 from usage.pricing import PriceError, Prices, PriceSet, Variant, cost_nanos
 
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
+
 SONNET = Prices(input_micros=3_000_000, cached_input_micros=300_000, cache_write_micros=3_750_000,
                 output_micros=15_000_000)
 

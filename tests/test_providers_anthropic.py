@@ -1,11 +1,14 @@
 """gateway.providers.anthropic against the Anthropic fixtures: input 2021 of which 1800 cached and
 200 cache writes, output 57; stream counts are the latest values, never summed."""
 
+import pytest
 import json
 
 from gateway.providers import Usage
 from gateway.providers.anthropic import StreamState, error_body, finish_response, models_list
 from tests.support.fixtures import events, raw
+
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
 
 FIXTURE_USAGE = Usage(input_tokens=2021, cached_input_tokens=1800, cache_write_tokens=200, output_tokens=57,
                       service_tier="standard")

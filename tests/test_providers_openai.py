@@ -2,9 +2,13 @@
 
 import json
 
+import pytest
+
 from gateway.providers import Usage
 from gateway.providers.openai import StreamState, error_body, finish_response, prepare_request
 from tests.support.fixtures import events, raw
+
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
 
 
 def run_stream(name, caller_wants_usage):

@@ -10,6 +10,8 @@ from gateway.providers import responses
 from gateway.providers.responses import StreamState, finish_response, prepare_request, prompt_text
 from tests.support.fixtures import events, raw
 
+pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
+
 REQUEST = {"model": "public-model", "input": "Hello", "stream": True}
 LIFECYCLE = ("response.created", "response.in_progress", "response.completed", "response.incomplete",
              "response.failed")
