@@ -99,6 +99,46 @@ def test_models_breakdown_and_csv(history, staff, bob, period):
         assert rows == [csv_row(m) for m in data["models"]]
 
 
+def test_extended_cache_writes_and_searches_are_counted_in_the_json_and_the_csv(staff, alice, gpt, claude):
+    now = timezone.now()
+    record_many([
+        UsageDelta(id="x1", user_id=alice.pk, facade_id=claude.pk, at=now - timedelta(minutes=2), requests=2,
+                   input_tokens=9_000, cached_input_tokens=1_000, cache_write_tokens=4_000,
+                   cache_write_extended_tokens=1_500, output_tokens=700, web_search_calls=3, cost_nanos=71_000_000),
+        UsageDelta(id="x2", user_id=alice.pk, facade_id=gpt.pk, at=now - timedelta(minutes=1), requests=1,
+                   input_tokens=500, cache_write_tokens=200, cache_write_extended_tokens=200, output_tokens=50,
+                   web_search_calls=1, file_search_calls=4, cost_nanos=20_000_000),
+    ])
+    new = ("cache_write_extended_tokens", "web_search_calls", "file_search_calls")
+    summary = as_user(staff).get("/api/usage/summary/?period=7d").json()
+    assert {k: summary[k] for k in new} == {"cache_write_extended_tokens": 1_700,  # 1,500 + 200
+                                            "web_search_calls": 4, "file_search_calls": 4}  # 3 + 1; 0 + 4
+    assert summary["spend_usd"] == "0.091000000"  # 71,000,000 + 20,000,000 nanodollars
+    models = as_user(staff).get("/api/usage/models/?period=7d").json()["models"]
+    assert [(m["facade"], m["cache_write_tokens"], m["cache_write_extended_tokens"], m["web_search_calls"],
+             m["file_search_calls"], m["spend_usd"]) for m in models] == [
+        ("claude-test", 4_000, 1_500, 3, 0, "0.071000000"), ("gpt-test", 200, 200, 1, 4, "0.020000000")]
+    rows = list(csv.DictReader(io.StringIO(as_user(staff).get("/api/usage/models/?period=7d&format=csv")
+                                           .content.decode())))
+    assert [(r["facade"], r["cache_write_extended_tokens"], r["web_search_calls"], r["file_search_calls"])
+            for r in rows] == [("claude-test", "1500", "3", "0"), ("gpt-test", "200", "1", "4")]
+    series = as_user(staff).get("/api/usage/series/?period=7d&format=csv").content.decode()
+    header = series.splitlines()[0].split(",")
+    assert header[header.index("cache_write_tokens"):header.index("error_requests")] == [
+        "cache_write_tokens", "cache_write_extended_tokens", "output_tokens", "reasoning_tokens", "web_search_calls",
+        "file_search_calls"]
+    assert sum(int(r["web_search_calls"]) for r in csv.DictReader(io.StringIO(series))) == 4
+
+
+def test_the_schema_declares_the_new_counters_on_every_usage_row(staff):
+    schema = as_user(staff).get("/api/schema/?format=json").json()["components"]["schemas"]
+    for row in ("SummaryOut", "DayOut", "ModelRowOut", "KeyRowOut"):
+        properties = schema[row]["properties"]
+        for name in ("cache_write_extended_tokens", "web_search_calls", "file_search_calls"):
+            assert properties[name]["type"] == "integer", (row, name)
+            assert name in schema[row]["required"]
+
+
 def test_an_empty_csv_still_has_its_header_row(staff):
     text = as_user(staff).get("/api/usage/models/?period=7d&format=csv").content.decode()
     assert text == ",".join(api.ModelsView.csv_fields) + "\n"

@@ -404,3 +404,163 @@ def test_bad_parameters_get_400_in_openais_format(world):
         assert raised.value.param == param and raised.value.body["type"] == "invalid_request_error"
     status, body = raw_get(world, "/v1/organization/usage/completions", world.admin_key)
     assert status == 400 and body["error"]["param"] == "start_time"
+
+
+# --- extended cache writes and server-side searches ----------------------------------------------
+
+# $3 input, $0.30 cached, $3.75 a 5-minute write, $6 a 1-hour write, $15 output per million tokens: 3,000,
+# 300, 3,750, 6,000 and 15,000 nanodollars a token; $10 per 1,000 web searches and $2.50 per 1,000 file
+# searches: 10,000,000 and 2,500,000 nanodollars a call. The priority variant bills everything twice.
+SEARCH_PRICES = {"input_price_micros": 3_000_000, "cached_input_price_micros": 300_000,
+                 "cache_write_price_micros": 3_750_000, "cache_write_extended_price_micros": 6_000_000,
+                 "output_price_micros": 15_000_000, "web_search_price_micros": 10_000_000,
+                 "file_search_price_micros": 2_500_000}
+PRIORITY = {"input_micros": 6_000_000, "cached_input_micros": 600_000, "cache_write_micros": 7_500_000,
+            "cache_write_extended_micros": 12_000_000, "output_micros": 30_000_000,
+            "web_search_micros": 20_000_000, "file_search_micros": 5_000_000}
+
+
+@pytest.fixture
+def searches(world):
+    """Two requests to search-test on the fourth day, 10:00 local:
+    alice's: 10,000 input tokens of which 2,000 cached and 3,000 written (1,000 of them for an hour), 500
+    output, 2 web searches, at the base prices: 5,000 x 3,000 + 2,000 x 300 + 2,000 x 3,750 + 1,000 x 6,000
+    + 500 x 15,000 + 2 x 10,000,000 = 15,000,000 + 600,000 + 7,500,000 + 6,000,000 + 7,500,000 + 20,000,000
+    = 56,600,000 nanodollars;
+    bob's: 1,000 input tokens, 100 output, 1 web search and 3 file searches, served at priority: twice
+    1,000 x 3,000 + 100 x 15,000 + 10,000,000 + 3 x 2,500,000 = twice 22,000,000 = 44,000,000."""
+    facade = ModelFacade.objects.create(
+        name="search-test", provider="openai", base_url="http://127.0.0.1:9/v1", upstream_model="search-test",
+        price_rules={"variants": {"priority": PRIORITY}}, **SEARCH_PRICES)
+    world.kind[facade.pk], world.model[facade.pk] = "chat", "search-test"
+    alice_key = ApiKey.objects.get(user__username="alice", name="laptop")
+    bob_key = ApiKey.objects.get(user__username="bob")
+    at = world.first_day + timedelta(days=3, hours=10)
+    world.record([
+        ledger.UsageDelta(id="s-alice", user_id=alice_key.user_id, key_id=alice_key.pk, facade_id=facade.pk, at=at,
+                          requests=1, input_tokens=10_000, cached_input_tokens=2_000, cache_write_tokens=3_000,
+                          cache_write_extended_tokens=1_000, output_tokens=500, web_search_calls=2,
+                          cost_nanos=56_600_000),
+        ledger.UsageDelta(id="s-bob", user_id=bob_key.user_id, key_id=bob_key.pk, facade_id=facade.pk,
+                          at=at + timedelta(minutes=20), requests=1, input_tokens=1_000, output_tokens=100,
+                          web_search_calls=1, file_search_calls=3, cost_nanos=44_000_000)])
+    world.search_day = world.first_day + timedelta(days=3)
+    world.search_alice, world.search_bob = alice_key.prefix, bob_key.prefix
+    return world
+
+
+def test_line_items_carry_extended_writes_and_searches_and_add_up_to_the_recorded_cost(searches):
+    """The day's search-test quantities: 6,000 uncached input tokens (5,000 + 1,000), 2,000 cached, 2,000
+    5-minute writes (3,000 - 1,000), 1,000 1-hour writes, 600 output, 3 web and 3 file searches. At the base
+    prices they weigh 18,000,000, 600,000, 7,500,000, 6,000,000, 9,000,000, 30,000,000 and 7,500,000
+    nanodollars (78,600,000); the 100,600,000 recorded (56,600,000 + 44,000,000 at priority) is shared in
+    those proportions: floors 23,038,167, 767,938, 9,599,236, 7,679,389, 11,519,083, 38,396,946 and
+    9,599,236 (100,599,995), remainders (x 1/78,600,000) 73.8M, 73.2M, 50.4M, 24.6M, 76.2M, 44.4M and
+    50.4M: the 5 nanodollars left go to output, input, cached, the 5-minute writes and the file searches."""
+    day = int(searches.search_day.timestamp())
+    answer = _raw_costs(searches)(start_time=day, limit=1, group_by=["line_item"])
+    results = answer.data[0]["results"]
+    items = [(r["line_item"], r["quantity"], r["quantity_unit"], _nanos(r)) for r in results
+             if r["line_item"].startswith("search-test, ")]
+    assert items == [
+        ("search-test, cache_write_extended_tokens", 1_000, "tokens", 7_679_389),
+        ("search-test, cache_write_tokens", 2_000, "tokens", 9_599_237),
+        ("search-test, cached_input_tokens", 2_000, "tokens", 767_939),
+        ("search-test, file_search_calls", 3, "calls", 9_599_237),
+        ("search-test, input_tokens", 6_000, "tokens", 23_038_168),
+        ("search-test, output_tokens", 600, "tokens", 11_519_084),
+        ("search-test, web_search_calls", 3, "calls", 38_396_946),
+    ]
+    assert sum(n for *_, n in items) == 100_600_000
+    # every model's items add up to the day's exact total, the recorded searches' cost included
+    day_total = searches.sums(day_of, ())[(day,)]["cost_nanos"]
+    assert sum(_nanos(r) for r in results) == day_total
+    ungrouped = _raw_costs(searches)(start_time=day, limit=1)
+    assert [_nanos(r) for r in ungrouped.data[0]["results"]] == [day_total]
+    assert day_total == sum(d.cost_nanos for d in searches.deltas if day_of(d.at) == searches.search_day)
+
+
+def test_line_items_per_key_of_flat_priced_requests_are_quantity_times_price(searches):
+    """alice's request was billed at the base prices without rounding: each item is its quantity x price;
+    bob's, at priority, is twice his base-price weights (3,000,000, 1,500,000, 10,000,000, 7,500,000)."""
+    day = int(searches.search_day.timestamp())
+    answer = _raw_costs(searches)(start_time=day, limit=1, group_by=["line_item", "api_key_id"],
+                                  line_items=[f"search-test, {name}" for name in (
+                                      "input_tokens", "cached_input_tokens", "cache_write_tokens",
+                                      "cache_write_extended_tokens", "output_tokens", "web_search_calls",
+                                      "file_search_calls")])
+    got = {(r["api_key_id"], r["line_item"].split(", ")[1]): (r["quantity"], _nanos(r))
+           for r in answer.data[0]["results"]}
+    a, b = searches.search_alice, searches.search_bob
+    assert got == {
+        (a, "input_tokens"): (5_000, 15_000_000), (a, "cached_input_tokens"): (2_000, 600_000),
+        (a, "cache_write_tokens"): (2_000, 7_500_000), (a, "cache_write_extended_tokens"): (1_000, 6_000_000),
+        (a, "output_tokens"): (500, 7_500_000), (a, "web_search_calls"): (2, 20_000_000),
+        (b, "input_tokens"): (1_000, 6_000_000), (b, "output_tokens"): (100, 3_000_000),
+        (b, "web_search_calls"): (1, 20_000_000), (b, "file_search_calls"): (3, 15_000_000),
+    }
+    only_searches = _raw_costs(searches)(start_time=day, limit=1, line_items=["search-test, web_search_calls"])
+    assert [_nanos(r) for r in only_searches.data[0]["results"]] == [38_396_946]  # as in the day's split
+
+
+def test_web_search_calls_per_model_and_user_read_by_the_sdk(searches):
+    client = searches.client(searches.admin_key)
+    start = int(searches.first_day.timestamp())
+    buckets, pages = all_pages(client.admin.organization.usage.web_search_calls, start_time=start,
+                               group_by=["model", "user_id"], limit=3)
+    assert pages == 3 and len(buckets) == 7
+    results = {b.start_time: b.results for b in buckets if b.results}
+    assert list(results) == [int(searches.search_day.timestamp())]  # no other day had a search
+    types = openai.types.admin.organization.usage_web_search_calls_response
+    got = []
+    for r in results[int(searches.search_day.timestamp())]:
+        assert isinstance(r, types.DataResultOrganizationUsageWebSearchesResult)
+        assert r.object == "organization.usage.web_searches.result"
+        assert r.project_id is None and r.api_key_id is None and r.context_level is None and r.api_source is None
+        got.append((r.model, r.user_id, r.num_requests, r.num_model_requests))
+    assert got == [("search-test", "alice", 2, 1), ("search-test", "bob", 1, 1)]
+    # ungrouped: the 3 searches, among the 2 requests of the one model that searched that day (the other
+    # models' requests that day are not counted)
+    day = client.admin.organization.usage.web_search_calls(start_time=int(searches.search_day.timestamp()),
+                                                            limit=1)
+    assert [(r.num_requests, r.num_model_requests, r.model) for r in day.data[0].results] == [(3, 2, None)]
+    hourly = client.admin.organization.usage.web_search_calls(
+        start_time=int(searches.search_day.timestamp()), bucket_width="1h", limit=24, api_key_ids=[searches.search_bob])
+    assert [(b.start_time - int(searches.search_day.timestamp()), [r.num_requests for r in b.results])
+            for b in hourly.data if b.results] == [(10 * 3600, [1])]
+    for params in ({"models": ["gpt-test"]}, {"project_ids": ["proj_x"]}, {"context_levels": ["high"]}):
+        nothing = client.admin.organization.usage.web_search_calls(start_time=start, limit=7, **params)
+        assert all(b.results == [] for b in nothing.data), params
+
+
+def test_file_search_calls_per_key_read_by_the_sdk(searches):
+    client = searches.client(searches.admin_key)
+    day = int(searches.search_day.timestamp())
+    answer = client.admin.organization.usage.file_search_calls(start_time=day, limit=1, group_by=["api_key_id"])
+    (result,) = answer.data[0].results
+    assert isinstance(result, openai.types.admin.organization.usage_file_search_calls_response.
+                      DataResultOrganizationUsageFileSearchesResult)
+    assert (result.object, result.num_requests, result.api_key_id, result.user_id, result.vector_store_id) == (
+        "organization.usage.file_searches.result", 3, searches.search_bob, None, None)
+    status, body = raw_get(searches, f"/v1/organization/usage/file_search_calls?start_time={day}&limit=1"
+                                     "&group_by=model&group_by=user_id", searches.admin_key)
+    assert status == 200 and [(r["model"], r["user_id"], r["num_requests"]) for r in body["data"][0]["results"]] == [
+        ("search-test", "bob", 3)]
+    nothing = client.admin.organization.usage.file_search_calls(start_time=day, limit=1, vector_store_ids=["vs_1"])
+    assert nothing.data[0].results == []
+
+
+def test_the_search_endpoints_refuse_what_codevector_cannot_group_by(searches):
+    client = searches.client(searches.admin_key)
+    start = int(searches.first_day.timestamp())
+    for call, params, param in [
+        (client.admin.organization.usage.web_search_calls, {"group_by": ["context_level"]}, "group_by"),
+        (client.admin.organization.usage.file_search_calls, {"group_by": ["vector_store_id"]}, "group_by"),
+        (client.admin.organization.usage.web_search_calls, {"bucket_width": "1m"}, "bucket_width"),
+        (client.admin.organization.usage.file_search_calls, {"limit": 32}, "limit"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as raised:
+            call(start_time=start, **params)
+        assert raised.value.param == param
+    with pytest.raises(openai.PermissionDeniedError):
+        searches.client(searches.alice_raw).admin.organization.usage.web_search_calls(start_time=start)

@@ -198,6 +198,58 @@ def test_kpis_are_in_the_html_with_a_compact_value_and_the_exact_one_in_a_toolti
     assert "new this period" in html
 
 
+def headers(html: str, table_id: str) -> list[str]:
+    table = re.search(rf'<table id="{table_id}">(.*?)</table>', html, re.S).group(1)
+    return re.findall(r'<th scope="col"[^>]*>([^<]*)</th>', table)
+
+
+def test_the_per_model_table_shows_searches_only_where_the_page_has_some(client, carol, alice, bob, gpt, claude):
+    now = timezone.now()
+    record_many([
+        UsageDelta(id="w1", user_id=alice.pk, facade_id=gpt.pk, at=now - timedelta(minutes=3), requests=2,
+                   input_tokens=1_000, output_tokens=100, web_search_calls=5, cost_nanos=50_000_000),
+        UsageDelta(id="w2", user_id=alice.pk, facade_id=gpt.pk, at=now - timedelta(days=2), requests=1,
+                   input_tokens=400, output_tokens=40, web_search_calls=1_234, cost_nanos=12_340_000_000),
+        UsageDelta(id="w3", user_id=alice.pk, facade_id=claude.pk, at=now - timedelta(minutes=2), requests=1,
+                   input_tokens=3_000, cache_write_tokens=1_000, cache_write_extended_tokens=1_000,
+                   output_tokens=300, reasoning_tokens=20, cost_nanos=19_500_000),
+        UsageDelta(id="w4", user_id=bob.pk, facade_id=claude.pk, at=now - timedelta(minutes=1), requests=1,
+                   input_tokens=10, output_tokens=1, cost_nanos=45_000),
+    ])
+    rollups.roll_up(until=now - timedelta(days=1))
+    client.force_login(carol)
+
+    html = client.get("/admin/usage/").content.decode()
+
+    assert headers(html, "usage-by-model") == ["Model", "Requests", "Input tokens", "Output tokens",
+                                               "Reasoning tokens", "Web searches", "Spend", "Share"]
+    # gpt-test: 2 + 1 requests, 1,000 + 400 input, 100 + 40 output, 5 + 1,234 searches, 50,000,000 +
+    # 12,340,000,000 nanodollars of 12,409,545,000 (+ 19,500,000 + 45,000): 12,390,000,000 / 12,409,545,000
+    # = 0.99842...; claude-test: 19,545,000 / 12,409,545,000 = 0.00157...
+    assert table_rows(html, "usage-by-model", "data-facade") == {
+        str(gpt.pk): ["3", "1400", "140", "0", "1239", "12.390000000", "0.9984"],
+        str(claude.pk): ["2", "3010", "301", "20", "0", "0.019545000", "0.0016"],
+    }
+    assert ">1,239</td>" in html
+    bobs = client.get(f"/admin/auth/user/{bob.pk}/usage/").content.decode()  # bob never searched
+    assert headers(bobs, "usage-by-model") == ["Model", "Requests", "Input tokens", "Output tokens",
+                                               "Reasoning tokens", "Spend", "Share"]
+    assert table_rows(bobs, "usage-by-model", "data-facade") == {
+        str(claude.pk): ["1", "10", "1", "0", "0.000045000", "1.0000"]}
+
+
+def test_the_per_model_table_shows_file_searches_beside_web_searches(client, carol, alice, gpt):
+    record_many([UsageDelta(id="f1", user_id=alice.pk, facade_id=gpt.pk, at=timezone.now(), requests=1,
+                            input_tokens=20, output_tokens=2, file_search_calls=7, cost_nanos=17_500_000)])
+    client.force_login(carol)
+
+    html = client.get(f"/admin/auth/user/{alice.pk}/usage/").content.decode()
+
+    assert headers(html, "usage-by-model")[4:7] == ["Reasoning tokens", "File searches", "Spend"]
+    assert table_rows(html, "usage-by-model", "data-facade") == {
+        str(gpt.pk): ["1", "20", "2", "0", "7", "0.017500000", "1.0000"]}
+
+
 def test_the_change_is_against_the_previous_period(client, carol, alice, gpt):
     now = timezone.now()
     record_many([

@@ -108,15 +108,24 @@ def group_tabs(params, active: str) -> list[dict]:
     return tabs(params, "group", LEADERBOARD_GROUPS, active)
 
 
+def call_columns(rows: list["queries.FacadeRow"]) -> dict[str, bool]:
+    """Which server-side tool columns the per-model table shows: each only when some row has a call,
+    so the many pages whose models never search keep their narrow table."""
+    return {"with_web_searches": any(row.totals.web_search_calls for row in rows),
+            "with_file_searches": any(row.totals.file_search_calls for row in rows)}
+
+
 def panel(window: "queries.Window", user_id: int | None = None, key_id: int | None = None) -> dict:
     """Cards, charts and the per-model table, network-wide, for one user or for one API key."""
     summary = queries.summary(window, user_id=user_id, key_id=key_id)
+    facades = queries.by_facade(window, user_id=user_id, key_id=key_id)
     return {
         "window": window,
         "summary": summary,
         "cards": cards(summary),
         "chart_data": chart_data(queries.daily_series(window, user_id=user_id, key_id=key_id)),
-        "facades": queries.by_facade(window, user_id=user_id, key_id=key_id),
+        "facades": facades,
+        **call_columns(facades),
         "complete_through": summary.complete_through,
     }
 

@@ -1,9 +1,11 @@
 """OpenAI-compatible organization usage and costs (GET /v1/organization/usage/completions,
-/usage/embeddings and /costs), read from the ledger by Django.
+/usage/embeddings, /usage/web_search_calls, /usage/file_search_calls and /costs), read from the
+ledger by Django.
 
 The shapes, parameters and errors are those of OpenAI's Usage and Costs APIs, so the official SDKs
-(`client.admin.organization.usage.completions(...)`, `.embeddings(...)`, `.costs(...)`) and the
-dashboards built on them work against CodeVector unchanged but for the base URL and the key:
+(`client.admin.organization.usage.completions(...)`, `.embeddings(...)`, `.web_search_calls(...)`,
+`.file_search_calls(...)`, `.costs(...)`) and the dashboards built on them work against CodeVector
+unchanged but for the base URL and the key:
 
 - Authentication as OpenAI's admin keys: `Authorization: Bearer <CodeVector API key>` of a user who
   sees everyone's usage (usage.permissions.sees_everyone); any other key is refused with 403, a
@@ -13,6 +15,13 @@ dashboards built on them work against CodeVector unchanged but for the base URL 
   `project_ids` filter (or `batch=true`) matches nothing.
 - Completions count chat facades, embeddings count embeddings facades (ModelFacade.kind); costs
   count both.
+- Web and file searches (`num_requests`: the server-side tool calls the upstream billed) are
+  grouped by `user_id`, `api_key_id`, `model` (for file searches a CodeVector extension: OpenAI
+  groups them by vector store) and `project_id`. CodeVector does not know a search's context level
+  or vector store: those fields are null, grouping by them is refused and filtering on them matches
+  nothing. It counts searches per model, not per request, so a web search result's
+  `num_model_requests` is every request, in that bucket and group, to the models that made web
+  searches in it: the requests among which the searches were made, not only those that searched.
 - Buckets are whole local hours or days of the gateway's TIME_ZONE (DST-exact, as every other usage
   read): `start_time` is moved back to the start of the bucket holding it, and the last bucket is
   the one holding `end_time` (exclusive; default now). Each bucket's `start_time`/`end_time` say
@@ -24,15 +33,22 @@ dashboards built on them work against CodeVector unchanged but for the base URL 
 Costs are the ledger's own nanodollars: a bucket's (or a group's) amount is the exact sum of the
 `cost_nanos` recorded, each request's cost having been rounded once, half to even
 (usage.pricing). Line items (`group_by=line_item`: "<model>, input_tokens", "<model>,
-cached_input_tokens", "<model>, cache_write_tokens", "<model>, output_tokens") split that exact
-amount of one model (in one bucket and group) over its token classes by the largest-remainder
-method, in proportion to each class's cost at the facade's current prices (tokens x price,
-unrounded). So a model's line items always add up, to the nanodollar, to the ledger (and to the
-ungrouped answer), and each stays within a nanodollar or so of tokens x price — the requests'
-half-even roundings are shared out rather than lost; if a price changed during the span, the split
-follows today's prices while the total stays the one recorded. `input_tokens` there are the
-prompt tokens billed at the input price (neither cached reads nor cache writes); the quantities
-of a model's four line items add up to its prompt plus output tokens.
+cached_input_tokens", "<model>, cache_write_tokens", "<model>, cache_write_extended_tokens",
+"<model>, output_tokens", "<model>, web_search_calls", "<model>, file_search_calls") split that
+exact amount of one model (in one bucket and group) over its billed quantities by the
+largest-remainder method, in proportion to each quantity's cost at the facade's current base
+prices (tokens x price per token, calls x price per call, unrounded). So a model's line items
+always add up, to the nanodollar, to the ledger (and to the ungrouped answer), and with flat prices
+each stays within a nanodollar or so a request of quantity x price — the requests' half-even
+roundings are shared out rather than lost. The split is an apportionment, not a recomputation: if a
+price changed during the span, or the facade has long-context tiers or service-tier variants
+(price_rules), the requests were billed at prices the bucket's sums no longer tell apart, so the
+split follows today's base prices while the total stays the one recorded. `input_tokens` there are
+the prompt tokens billed at the input price (neither cached reads nor cache writes),
+`cache_write_tokens` the writes of the default retention and `cache_write_extended_tokens` those
+of the longer one (Anthropic 1 hour, OpenAI 12 hours); the quantities of a model's token line
+items add up to its prompt plus output tokens. Token items have `quantity_unit` "tokens", search
+items "calls".
 
 Amounts are emitted as JSON numbers written from the Decimal (9 digits after the point), never
 through a float.
@@ -188,6 +204,8 @@ class Endpoint:
     widths: dict[str, tuple[int, int]]  # bucket_width -> (default limit, max limit)
     kind: str | None = None  # facade kind counted (None: every facade)
     has_batch: bool = False
+    calls: str | None = None  # the counter of a server-side tool's calls (search endpoints)
+    null_fields: tuple[str, ...] = ()  # OpenAI's result fields CodeVector cannot fill, always null
 
 
 USAGE_WIDTHS = {"1d": (7, 31), "1h": (24, 168)}
@@ -196,6 +214,10 @@ FILTERS = {"user_ids": "user__username__in", "api_key_ids": "key__prefix__in", "
            "project_ids": None}
 COMPLETIONS = Endpoint("completions", GROUPS, FILTERS, USAGE_WIDTHS, kind="chat", has_batch=True)
 EMBEDDINGS = Endpoint("embeddings", GROUPS, FILTERS, USAGE_WIDTHS, kind="embeddings")
+WEB_SEARCHES = Endpoint("web_search_calls", GROUPS, {**FILTERS, "context_levels": None}, USAGE_WIDTHS,
+                        calls="web_search_calls", null_fields=("context_level", "api_source"))
+FILE_SEARCHES = Endpoint("file_search_calls", GROUPS, {**FILTERS, "vector_store_ids": None}, USAGE_WIDTHS,
+                         calls="file_search_calls", null_fields=("vector_store_id",))
 COSTS = Endpoint("costs", {"user_id": "user__username", "api_key_id": "key__prefix", "line_item": None,
                            "project_id": None},
                  {"api_key_ids": "key__prefix__in", "project_ids": None, "line_items": None}, {"1d": (7, 180)})
@@ -326,7 +348,7 @@ def parse(request, endpoint: Endpoint) -> Query:
             continue
         if name == "line_items":
             query.line_items = set(values)
-        elif lookup is None:  # projects: CodeVector has none
+        elif lookup is None:  # projects, context levels, vector stores: CodeVector knows none
             query.matches_nothing = True
         else:
             query.filters[lookup] = values
@@ -372,6 +394,8 @@ def page(query: Query, results_of) -> dict:
 
 
 def usage_page(query: Query, endpoint: Endpoint) -> dict:
+    if endpoint.calls:
+        return searches_page(query, endpoint)
     fields = tuple(endpoint.group_by[g] for g in query.group_by if endpoint.group_by[g])
     sums = read(query, fields)
     per_bucket: dict[datetime, list] = {}
@@ -403,9 +427,41 @@ def usage_result(endpoint: Endpoint, query: Query, values: dict, t: queries.Tota
     }
 
 
+SEARCH_OBJECTS = {"web_search_calls": "organization.usage.web_searches.result",
+                  "file_search_calls": "organization.usage.file_searches.result"}
+
+
+def searches_page(query: Query, endpoint: Endpoint) -> dict:
+    """Tool calls per bucket and group, only where there were some; read per model too, so that a
+    web search result's `num_model_requests` counts the requests of the models that searched
+    (module docstring)."""
+    fields = tuple(endpoint.group_by[g] for g in query.group_by if endpoint.group_by[g])
+    sums = read(query, fields + ("facade_id",))
+    calls: dict[tuple, list[int]] = {}  # (bucket start, *group values) -> [calls, model requests]
+    for key, totals in sums.items():
+        n = getattr(totals, endpoint.calls)
+        if n:
+            counts = calls.setdefault(key[:-1], [0, 0])
+            counts[0] += n
+            counts[1] += totals.requests
+    per_bucket: dict[datetime, list] = {}
+    for key in sorted(calls, key=_sort_key):
+        n, model_requests = calls[key]
+        result = {"object": SEARCH_OBJECTS[endpoint.calls], "num_requests": n}
+        if endpoint is WEB_SEARCHES:
+            result["num_model_requests"] = model_requests
+        result.update(group_fields_of(endpoint, query, dict(zip(fields, key[1:]))))
+        result.update(dict.fromkeys(endpoint.null_fields))
+        per_bucket.setdefault(key[0], []).append(result)
+    return page(query, lambda start: per_bucket.get(start, []))
+
+
 # --- costs ------------------------------------------------------------------------------------------
 
-TOKEN_CLASSES = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens")
+# A model's billed quantities, (name, unit), in the order line_items() returns them (the answer sorts by name).
+LINE_ITEMS = (("input_tokens", "tokens"), ("cached_input_tokens", "tokens"), ("cache_write_tokens", "tokens"),
+              ("cache_write_extended_tokens", "tokens"), ("output_tokens", "tokens"),
+              ("web_search_calls", "calls"), ("file_search_calls", "calls"))
 
 
 def apportion(total: int, weights: list[int]) -> list[int]:
@@ -421,16 +477,24 @@ def apportion(total: int, weights: list[int]) -> list[int]:
     return parts
 
 
-def line_items(t: queries.Totals, prices: Prices) -> list[tuple[str, int, int]]:
-    """(token class, quantity, nanodollars) of one model's exact recorded cost (module docstring)."""
+def line_items(t: queries.Totals, prices: Prices) -> list[tuple[str, int, int, str]]:
+    """(quantity name, quantity, nanodollars, unit) of one model's exact recorded cost (module docstring)."""
     quantities = [t.input_tokens - t.cached_input_tokens - t.cache_write_tokens, t.cached_input_tokens,
-                  t.cache_write_tokens, t.output_tokens]
-    per_token = [prices.input_micros, prices.cached_input_micros, prices.cache_write_micros, prices.output_micros]
-    weights = [q * p for q, p in zip(quantities, per_token)]  # milli-nanodollars at today's prices
-    if sum(weights) == 0:  # free today, but not when recorded: share by tokens
+                  t.cache_write_tokens - t.cache_write_extended_tokens, t.cache_write_extended_tokens,
+                  t.output_tokens, t.web_search_calls, t.file_search_calls]
+    # Weights in milli-nanodollars at today's base prices: micro-USD per million tokens is a
+    # milli-nanodollar a token, micro-USD per 1,000 calls a nanodollar a call. Only the base prices:
+    # a bucket's sums cannot say which requests a long-context tier or a service-tier variant billed,
+    # so its recorded total is apportioned by these weights, never recomputed.
+    p = prices.base
+    weights = [quantities[0] * p.input_micros, quantities[1] * p.cached_input_micros,
+               quantities[2] * p.cache_write_micros, quantities[3] * p.cache_write_extended_micros,
+               quantities[4] * p.output_micros, quantities[5] * p.web_search_micros * 1000,
+               quantities[6] * p.file_search_micros * 1000]
+    if sum(weights) == 0:  # free today, but not when recorded: share by quantity
         weights = [max(q, 0) for q in quantities]
     nanos = apportion(t.cost_nanos, weights)
-    return [(name, q, n) for name, q, n in zip(TOKEN_CLASSES, quantities, nanos) if q or n]
+    return [(name, q, n, unit) for (name, unit), q, n in zip(LINE_ITEMS, quantities, nanos) if q or n]
 
 
 def amount(nanos: int) -> dict:
@@ -451,19 +515,19 @@ def costs_page(query: Query) -> dict:
         prices = {f.pk: f.prices for f in facade_model.objects.filter(pk__in={k[-2] for k in sums})}
     for key, totals in sums.items():
         group = key[: 1 + len(fields)]
-        items = [(None, None, totals.cost_nanos)]
+        items = [(None, None, totals.cost_nanos, None)]
         if per_model:
-            items = [(f"{key[-1]}, {token_class}", quantity, nanos)
-                     for token_class, quantity, nanos in line_items(totals, prices.get(key[-2], Prices()))]
+            items = [(f"{key[-1]}, {quantity_name}", quantity, nanos, unit)
+                     for quantity_name, quantity, nanos, unit in line_items(totals, prices.get(key[-2], Prices()))]
             items = [item for item in items if query.line_items is None or item[0] in query.line_items]
-        for name, quantity, nanos in items:
+        for name, quantity, nanos, unit in items:
             row_key = (*group, name if by_line else None)
             row = rows.get(row_key)
             if row is None:
                 row = rows[row_key] = {
                     "object": "organization.costs.result", "nanos": 0,
                     "line_item": name if by_line else None, "quantity": quantity if by_line else None,
-                    "quantity_unit": "tokens" if by_line else None,
+                    "quantity_unit": unit if by_line else None,
                     **group_fields_of(COSTS, query, dict(zip(fields, key[1:]))), "api_source": None}
             row["nanos"] += nanos
     results: dict[datetime, list] = {}
@@ -506,6 +570,14 @@ class EmbeddingsUsage(OrganizationView):
     endpoint = EMBEDDINGS
 
 
+class WebSearchCalls(OrganizationView):
+    endpoint = WEB_SEARCHES
+
+
+class FileSearchCalls(OrganizationView):
+    endpoint = FILE_SEARCHES
+
+
 class Costs(OrganizationView):
     endpoint = COSTS
 
@@ -513,5 +585,7 @@ class Costs(OrganizationView):
 urlpatterns = [
     path("usage/completions", CompletionsUsage.as_view(), name="openai-usage-completions"),
     path("usage/embeddings", EmbeddingsUsage.as_view(), name="openai-usage-embeddings"),
+    path("usage/web_search_calls", WebSearchCalls.as_view(), name="openai-usage-web-search-calls"),
+    path("usage/file_search_calls", FileSearchCalls.as_view(), name="openai-usage-file-search-calls"),
     path("costs", Costs.as_view(), name="openai-costs"),
 ]
