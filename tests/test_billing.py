@@ -258,3 +258,17 @@ def test_end_to_end_every_billed_quantity_reaches_the_ledger_the_api_and_the_cos
     # The dashboard's Spend card reads the same totals.
     from usage import queries
     assert queries.summary(queries.resolve_window("7d")).totals.cost_nanos == total
+    # OpenAI's costs shape: every line item, the searches and extended writes included, adds up exactly.
+    from decimal import Decimal
+
+    from django.contrib.auth.models import Permission
+    billed.user.is_staff = True
+    billed.user.save()
+    billed.user.user_permissions.add(Permission.objects.get(codename="view_usage_dashboard"))
+    import time
+    answer = mine.get(f"/v1/organization/costs?start_time={int(time.time()) - 3 * 86400}&group_by=line_item")
+    items = [r for b in json.loads(answer.content, parse_float=Decimal)["data"] for r in b["results"]]
+    assert sum(r["amount"]["value"] for r in items) * 10**9 == total
+    names = {r["line_item"] for r in items}
+    assert {"claude-billed, cache_write_extended_tokens", "claude-billed, web_search_calls",
+            "gpt-billed, file_search_calls"} <= names
