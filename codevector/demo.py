@@ -1,6 +1,6 @@
 """Demo data for `make run` and `manage.py seed_demo`: the demo facades (pointing at the mock
-upstream, priced at public list prices per million tokens at the time of writing, in micro-USD),
-demo users with keys, and months of usage written through the ledger at past times.
+upstream, priced from the price catalog's models of the same names), demo users with keys, and
+months of usage written through the ledger at past times.
 
 The history has a weekday rhythm (quiet weekends), a few heavy users and favourite models, and a
 growth trend (more users join and everyone uses more as the weeks pass). Everything random comes
@@ -16,40 +16,42 @@ from django.db import transaction
 from django.utils import timezone
 
 from gateway.models import ModelFacade
+from gateway.price_catalog import facade_price_fields
 from usage import ledger, rollups
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
 from usage.calendar import local_date, local_midnight, zone
 from usage.pricing import cost_nanos
 
 DEMO_FACADES = [
-    # name, provider, input, cached input, cache write, output (micro-USD per million tokens)
-    ("gpt-4o-mini", "openai", 150_000, 75_000, 0, 600_000),
-    ("gpt-4o", "openai", 2_500_000, 1_250_000, 0, 10_000_000),
-    ("text-embedding-3-small", "openai", 20_000, 0, 0, 0),
-    ("claude-sonnet-4-5", "anthropic", 3_000_000, 300_000, 3_750_000, 15_000_000),
-    ("claude-haiku-4-5", "anthropic", 1_000_000, 100_000, 1_250_000, 5_000_000),
+    # name (also the upstream model the mock upstream answers as), provider, the price catalog's model
+    ("gpt-4o-mini", "openai", "openai:gpt-4o-mini"),
+    ("gpt-4o", "openai", "openai:gpt-4o"),
+    ("text-embedding-3-small", "openai", "openai:text-embedding-3-small"),
+    ("claude-sonnet-4-5", "anthropic", "anthropic:claude-sonnet-4-5"),
+    ("claude-haiku-4-5", "anthropic", "anthropic:claude-haiku-4-5"),
 ]
 EMBEDDINGS_FACADES = {"text-embedding-3-small"}  # the demo facades of kind embeddings; the rest are chat
 
 
 def ensure_demo_facades(mock_url: str) -> list[ModelFacade]:
-    """Create the demo facades that are missing; existing ones (and an admin's edits) are kept."""
+    """Create the demo facades that are missing, priced from the catalog (tiers, variants, search
+    calls and all, with their catalog_ref, so `manage.py prices` checks them); existing ones (and an
+    admin's edits) are kept."""
     mock_url = mock_url.rstrip("/")
     facades = []
-    for name, provider, inp, cached, write, out in DEMO_FACADES:
-        facade, _ = ModelFacade.objects.get_or_create(
-            name=name,
-            defaults=dict(
-                provider=provider,
-                base_url=f"{mock_url}/v1" if provider == "openai" else mock_url,
-                upstream_model=name,
-                kind=ModelFacade.Kind.EMBEDDINGS if name in EMBEDDINGS_FACADES else ModelFacade.Kind.CHAT,
-                input_price_micros=inp,
-                cached_input_price_micros=cached,
-                cache_write_price_micros=write,
-                output_price_micros=out,
-            ),
-        )
+    for name, provider, catalog_ref in DEMO_FACADES:
+        facade = ModelFacade.objects.filter(name=name).first()
+        if facade is None:  # the catalog is read only for a facade to create
+            facade, _ = ModelFacade.objects.get_or_create(
+                name=name,
+                defaults=dict(
+                    provider=provider,
+                    base_url=f"{mock_url}/v1" if provider == "openai" else mock_url,
+                    upstream_model=name,
+                    kind=ModelFacade.Kind.EMBEDDINGS if name in EMBEDDINGS_FACADES else ModelFacade.Kind.CHAT,
+                    **facade_price_fields(catalog_ref),
+                ),
+            )
         facades.append(facade)
     return facades
 

@@ -1,72 +1,197 @@
+import json
+from contextlib import suppress
+from datetime import date
 from decimal import Decimal
+from functools import lru_cache
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.forms.fields import InvalidJSONInput
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, json_script
 
 from gateway.models import ApiKey, ModelFacade, hash_key, may_route
+from gateway.price_catalog import (CatalogError, catalog_prices, catalog_version, differences, facade_price_fields,
+                                   list_catalog_models)
 from usage import views as usage_views
 from usage.money import micros_to_usd, usd_to_micros
 from usage.permissions import sees_everyone
 
+# form field -> (model field, label). Token prices are USD per million tokens, search prices USD per
+# 1,000 calls; both are stored as integer micro-USD (usage.pricing).
 PRICE_FIELDS = {
-    "input_price": ("input_price_micros", "Input"),
-    "cached_input_price": ("cached_input_price_micros", "Cached input"),
-    "cache_write_price": ("cache_write_price_micros", "Cache writes"),
-    "output_price": ("output_price_micros", "Output"),
+    "input_price": ("input_price_micros", "Input price (USD / 1M tokens)"),
+    "cached_input_price": ("cached_input_price_micros", "Cached input price (USD / 1M tokens)"),
+    "cache_write_price": ("cache_write_price_micros", "Cache write price (USD / 1M tokens)"),
+    "cache_write_extended_price": ("cache_write_extended_price_micros",
+                                   "Extended cache write price (USD / 1M tokens)"),
+    "output_price": ("output_price_micros", "Output price (USD / 1M tokens)"),
+    "web_search_price": ("web_search_price_micros", "Web search price (USD / 1,000 calls)"),
+    "file_search_price": ("file_search_price_micros", "File search price (USD / 1,000 calls)"),
 }
+CATALOG_DATA_ID = "facade-catalog-data"
+
+
+def usd(micros: int) -> str:
+    """A price for the page: "10", "0.075" (micros_to_usd normalizes 10 to Decimal("1E+1"))."""
+    return f"{micros_to_usd(micros):f}"
+
+
+@lru_cache(maxsize=1)
+def catalog_picker(day: date) -> tuple[list, dict]:
+    """(grouped select choices, data island) of every catalog model a facade can hold, with its prices in
+    USD (price_rules as stored, micro-USD). Built once a process and day: it reads the whole catalog (a
+    few seconds and the catalog's memory, in the admin's process only; never on the gateway's path)."""
+    groups, models = {}, {}
+    for ref, name in list_catalog_models():
+        try:
+            fields = facade_price_fields(ref)
+        except CatalogError:  # prices a facade cannot hold (by time of day, sub-micro-USD...): not offered
+            continue
+        provider, _, model = ref.partition(":")
+        groups.setdefault(provider, []).append((ref, model if name == model else f"{model} ({name})"))
+        rules = fields["price_rules"]
+        models[ref] = [[usd(fields[column]) for column, _ in PRICE_FIELDS.values()],
+                       rules if rules.get("tiers") or rules.get("variants") else {}]
+    return list(groups.items()), {"fields": list(PRICE_FIELDS), "models": models}
+
+
+class CatalogSelect(forms.Select):
+    """The catalog picker: a select of catalog models, followed by their prices as a JSON data island
+    that gateway/facade_catalog.js copies into the price inputs when a model is picked."""
+
+    def __init__(self, data, attrs=None):
+        super().__init__(attrs)
+        self.data = data
+
+    def render(self, name, value, attrs=None, renderer=None):
+        return super().render(name, value, attrs, renderer) + json_script(self.data, CATALOG_DATA_ID)
+
+
+class PriceRulesField(forms.JSONField):
+    """price_rules as indented JSON; an empty box is no tiers and no variants."""
+
+    def prepare_value(self, value):
+        if isinstance(value, InvalidJSONInput):
+            return value
+        return "" if value in (None, {}) else json.dumps(value, indent=1)
+
+    def to_python(self, value):
+        if value in self.empty_values:
+            return {}
+        try:
+            return super().to_python(value)
+        except ValidationError:
+            try:
+                json.loads(value)
+            except json.JSONDecodeError as exc:  # say where, as create_facade --price-rules does
+                raise ValidationError(f"price_rules is not JSON ({exc}).", code="invalid") from None
+            raise
 
 
 class ModelFacadeForm(forms.ModelForm):
-    """Prices are edited in USD per million tokens and stored as integer micro-USD."""
+    """Prices are edited in USD and stored as integer micro-USD; a catalog model picked fills them in the page."""
 
     base_url = forms.URLField(max_length=500, assume_scheme="https",
                               help_text="As the provider's SDK takes it: https://api.openai.com/v1 or https://api.anthropic.com")
-    input_price = forms.DecimalField(min_value=0, decimal_places=6, initial=0, label="Input price (USD / 1M tokens)")
-    cached_input_price = forms.DecimalField(min_value=0, decimal_places=6, initial=0,
-                                            label="Cached input price (USD / 1M tokens)")
-    cache_write_price = forms.DecimalField(min_value=0, decimal_places=6, initial=0,
-                                           label="Cache write price (USD / 1M tokens)")
-    output_price = forms.DecimalField(min_value=0, decimal_places=6, initial=0, label="Output price (USD / 1M tokens)")
+    input_price = forms.DecimalField(min_value=0, decimal_places=6, initial=0)
+    cached_input_price = forms.DecimalField(min_value=0, decimal_places=6, initial=0)
+    cache_write_price = forms.DecimalField(min_value=0, decimal_places=6, initial=0)
+    cache_write_extended_price = forms.DecimalField(
+        min_value=0, decimal_places=6, initial=0,
+        help_text="Writes with the extended retention (Anthropic's 1 hour, OpenAI's 12 hours).")
+    output_price = forms.DecimalField(min_value=0, decimal_places=6, initial=0)
+    web_search_price = forms.DecimalField(min_value=0, decimal_places=6, initial=0)
+    file_search_price = forms.DecimalField(min_value=0, decimal_places=6, initial=0)
+    price_rules = PriceRulesField(
+        required=False, widget=forms.Textarea(attrs={"rows": 8, "cols": 60, "spellcheck": "false"}),
+        help_text='Long-context tiers and service-tier or speed variants in micro-USD: {"tiers": [{"above": '
+                  'input tokens, the seven *_micros prices}], "variants": {"batch": {the seven prices, "tiers": '
+                  '[...]}}}. Every price set names all seven. Empty: none.')
 
     class Meta:
         model = ModelFacade
         fields = ["name", "provider", "kind", "base_url", "upstream_model", "api_key_env", "openai_organization",
-                  "openai_project", "is_active"]
+                  "openai_project", "is_active", "catalog_ref", "price_rules"]
+
+    class Media:
+        js = ["gateway/facade_catalog.js"]
 
     def clean_kind(self):
         return self.cleaned_data.get("kind") or ModelFacade.Kind.CHAT
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["kind"].required = False  # a form that leaves it out makes a chat facade, as the model does
-        if self.instance.pk:
-            for form_field, (model_field, _) in PRICE_FIELDS.items():
-                self.initial[form_field] = micros_to_usd(getattr(self.instance, model_field))
+        # A user who may only view facades gets a form without fields (the admin shows them read-only).
+        if "kind" in self.fields:
+            self.fields["kind"].required = False  # a form that leaves it out makes a chat facade, as the model does
+        for form_field, (model_field, label) in PRICE_FIELDS.items():
+            if form_field in self.fields:
+                self.fields[form_field].label = label
+            if self.instance.pk:
+                self.initial[form_field] = usd(getattr(self.instance, model_field))
+        if "catalog_ref" in self.fields:
+            self.fields["catalog_ref"] = self.catalog_field()
+
+    def catalog_field(self) -> forms.ChoiceField:
+        groups, data = catalog_picker(timezone.now().date())
+        current = self.instance.catalog_ref
+        offered = {ref for _, choices in groups for ref, _ in choices}
+        # A facade keeps a catalog model the catalog no longer offers until someone picks another.
+        kept = [(current, f"{current} (not in {catalog_version()})")] if current and current not in offered else []
+        return forms.ChoiceField(
+            label="Catalog model", required=False, choices=[("", "— none —"), *kept, *groups],
+            widget=CatalogSelect(data), help_text="Picking a model fills the prices below from the price catalog "
+            f"({catalog_version()}); they stay editable (a negotiated discount). `manage.py prices` lists where "
+            "they differ from the catalog's.")
+
+    def clean(self):
+        cleaned = super().clean()
+        # On the instance before the model's clean() runs, which validates the whole price table.
+        for form_field, (model_field, _) in PRICE_FIELDS.items():
+            if cleaned.get(form_field) is not None:
+                setattr(self.instance, model_field, usd_to_micros(Decimal(cleaned[form_field])))
+        return cleaned
 
     def save(self, commit=True):
-        for form_field, (model_field, _) in PRICE_FIELDS.items():
-            setattr(self.instance, model_field, usd_to_micros(Decimal(self.cleaned_data[form_field])))
+        facade = self.instance
+        if not facade.catalog_ref:
+            facade.catalog_version = ""
+        elif "catalog_ref" in self.changed_data:
+            facade.catalog_version = catalog_prices(facade.catalog_ref).version
+        else:
+            # The same catalog model: its version is recorded again when the prices match it (re-picked).
+            with suppress(CatalogError):
+                if not differences(facade):
+                    facade.catalog_version = catalog_prices(facade.catalog_ref).version
         return super().save(commit)
 
 
 @admin.register(ModelFacade)
 class ModelFacadeAdmin(admin.ModelAdmin):
     form = ModelFacadeForm
-    list_display = ["name", "provider", "kind", "upstream_model", "base_url", "input_usd", "output_usd", "is_active"]
+    # Short cells (the provider's and kind's values, not their long labels; the base URL on hover) so
+    # the prices stay in view on a laptop screen beside the navigation and the filters.
+    list_display = ["name", "provider_short", "kind_short", "upstream", "catalog", "input_usd", "output_usd", "active"]
     list_filter = ["provider", "kind", "is_active"]
-    search_fields = ["name", "upstream_model"]
+    search_fields = ["name", "upstream_model", "catalog_ref"]
     actions = ["deactivate"]
+
+    class Media:
+        css = {"all": ["gateway/facade_list.css"]}
+
     fieldsets = [
         (None, {"fields": ["name", "kind", "upstream_model", "is_active"]}),
         ("Routing", {"fields": list(ModelFacade.ROUTING_FIELDS),
                      "description": "Where the traffic goes and which credential and organization pay for it: "
                                     "set by superusers and holders of the “change facade routing” permission only."}),
-        ("Prices", {"fields": list(PRICE_FIELDS), "description": "USD per million tokens. A change applies to later requests only."}),
+        ("Prices", {"fields": ["catalog_ref", *PRICE_FIELDS, "price_rules"],
+                    "description": "USD per million tokens; searches USD per 1,000 calls. A change applies to "
+                                   "later requests only."}),
     ]
 
     def get_readonly_fields(self, request, obj=None):
@@ -96,13 +221,33 @@ class ModelFacadeAdmin(admin.ModelAdmin):
             form.routing_before = {name: getattr(obj, name) for name in ModelFacade.ROUTING_FIELDS}
         return form
 
-    @admin.display(description="Input $/1M")
-    def input_usd(self, obj):
-        return micros_to_usd(obj.input_price_micros)
+    @admin.display(description="Kind", ordering="kind")
+    def kind_short(self, obj):
+        return obj.kind
 
-    @admin.display(description="Output $/1M")
+    @admin.display(description="Provider", ordering="provider")
+    def provider_short(self, obj):
+        return format_html('<span title="{}">{}</span>', obj.base_url, obj.provider)
+
+    @admin.display(description="Upstream", ordering="upstream_model")
+    def upstream(self, obj):
+        return obj.upstream_model
+
+    @admin.display(description="Catalog", ordering="catalog_ref")
+    def catalog(self, obj):
+        return obj.catalog_ref or "—"
+
+    @admin.display(description="Active", ordering="is_active", boolean=True)
+    def active(self, obj):
+        return obj.is_active
+
+    @admin.display(description="In $/1M", ordering="input_price_micros")
+    def input_usd(self, obj):
+        return usd(obj.input_price_micros)
+
+    @admin.display(description="Out $/1M", ordering="output_price_micros")
     def output_usd(self, obj):
-        return micros_to_usd(obj.output_price_micros)
+        return usd(obj.output_price_micros)
 
     @admin.action(description="Deactivate selected facades (usage history is kept)")
     def deactivate(self, request, queryset):
@@ -112,6 +257,18 @@ class ModelFacadeAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         # A facade with usage is deactivated, never deleted (the bucket tables PROTECT it anyway).
         return False
+
+
+def _price_shown(model_field: str, label: str):
+    @admin.display(description=label)
+    def price(self, obj):
+        return usd(getattr(obj, model_field))
+    return price
+
+
+# The price form fields shown read-only (to a user who may only view facades): the facade's price in USD.
+for _form_field, (_model_field, _label) in PRICE_FIELDS.items():
+    setattr(ModelFacadeAdmin, _form_field, _price_shown(_model_field, _label))
 
 
 class ApiKeyAddForm(forms.ModelForm):

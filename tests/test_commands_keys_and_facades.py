@@ -1,6 +1,7 @@
 """manage.py create_api_key and create_facade."""
 
 import io
+import json
 from datetime import timedelta
 
 import pytest
@@ -98,3 +99,91 @@ def test_create_facade_sets_the_organization_and_project_that_pay(db):
 def test_create_facade_refuses_an_unknown_provider(db):
     with pytest.raises(CommandError, match="invalid choice"):
         run("create_facade", "bad", "--provider", "mistral", "--base-url", "https://x.test")
+
+
+# --- prices from the price catalog, the new billed quantities (issue #28) -------------------------
+
+SONNET_TIER = {"above": 200_000, "input_micros": 6_000_000, "cached_input_micros": 600_000,
+               "cache_write_micros": 7_500_000, "cache_write_extended_micros": 12_000_000,
+               "output_micros": 22_500_000, "web_search_micros": 10_000_000, "file_search_micros": 0}
+SONNET_BATCH = {"input_micros": 1_500_000, "cached_input_micros": 150_000, "cache_write_micros": 1_875_000,
+                "cache_write_extended_micros": 3_000_000, "output_micros": 7_500_000,
+                "web_search_micros": 10_000_000, "file_search_micros": 0,
+                "tiers": [{"above": 200_000, "input_micros": 3_000_000, "cached_input_micros": 300_000,
+                           "cache_write_micros": 3_750_000, "cache_write_extended_micros": 6_000_000,
+                           "output_micros": 11_250_000, "web_search_micros": 10_000_000, "file_search_micros": 0}]}
+
+
+def prices_of(facade):
+    return (facade.input_price_micros, facade.cached_input_price_micros, facade.cache_write_price_micros,
+            facade.cache_write_extended_price_micros, facade.output_price_micros, facade.web_search_price_micros,
+            facade.file_search_price_micros)
+
+
+def test_create_facade_takes_every_price_from_the_catalog(db):
+    out, _ = run("create_facade", "sonnet", "--provider", "anthropic", "--base-url", "https://api.anthropic.com",
+                 "--catalog", "anthropic:claude-sonnet-4-5")
+    facade = ModelFacade.objects.get(name="sonnet")
+    assert prices_of(facade) == (3_000_000, 300_000, 3_750_000, 6_000_000, 15_000_000, 10_000_000, 0)
+    assert facade.price_rules == {"tiers": [SONNET_TIER], "variants": {"batch": SONNET_BATCH}}
+    assert facade.catalog_ref == "anthropic:claude-sonnet-4-5"
+    assert facade.catalog_version == "genai-prices 0.2.5"
+    assert "prices from anthropic:claude-sonnet-4-5 (genai-prices 0.2.5)" in out
+
+
+def test_price_options_beside_the_catalog_override_its_prices(db):
+    run("create_facade", "sonnet", "--provider", "anthropic", "--base-url", "https://api.anthropic.com",
+        "--catalog", "anthropic:claude-sonnet-4-5", "--input-price", "2.7", "--web-search-price", "9",
+        "--price-rules", '{"tiers": [], "variants": {}}')
+    facade = ModelFacade.objects.get(name="sonnet")
+    assert prices_of(facade) == (2_700_000, 300_000, 3_750_000, 6_000_000, 15_000_000, 9_000_000, 0)
+    assert facade.price_rules == {"tiers": [], "variants": {}}
+    assert facade.catalog_ref == "anthropic:claude-sonnet-4-5"  # kept: `manage.py prices` shows the discount
+
+
+def test_create_facade_sets_the_new_prices_and_price_rules_by_hand(db):
+    tier = {**SONNET_TIER, "above": 1000}
+    run("create_facade", "gpt-x", "--provider", "openai", "--base-url", "https://api.openai.com/v1",
+        "--cache-write-extended-price", "0.5", "--web-search-price", "25", "--file-search-price", "2.5",
+        "--price-rules", json.dumps({"tiers": [tier]}))
+    facade = ModelFacade.objects.get(name="gpt-x")
+    assert prices_of(facade) == (0, 0, 0, 500_000, 0, 25_000_000, 2_500_000)
+    assert facade.price_rules == {"tiers": [tier]}
+    assert (facade.catalog_ref, facade.catalog_version) == ("", "")
+    run("create_facade", "gpt-x", "--output-price", "1")
+    facade.refresh_from_db()
+    assert facade.price_rules == {"tiers": [tier]} and facade.web_search_price_micros == 25_000_000
+
+
+NEW = ["--provider", "openai", "--base-url", "https://x.test"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--price-rules", "{tiers"], "--price-rules is not JSON"),
+        (["--price-rules", "[]"], "--price-rules: price_rules: must be an object"),
+        (["--price-rules", '{"tiers": [{"above": 1}]}'], r"--price-rules: price_rules\.tiers\[0\]\.input_micros: missing"),
+        (["--price-rules", '{"variants": {"standard": {}}}'], r"price_rules\.variants\.standard: 'standard' names the base"),
+        (["--price-rules", '{"speed": {}}'], r"price_rules\.speed: unknown field"),
+        (["--web-search-price", "-10"], "--web-search-price '-10': a price cannot be negative"),
+        (["--file-search-price", "ten"], r"--file-search-price 'ten' is not a number \(USD per 1,000 calls"),
+        (["--catalog", "anthropic:claude-nonesuch"], "--catalog 'anthropic:claude-nonesuch': no model"),
+        (["--catalog", "claude-sonnet-4-5"], "a catalog reference is provider:model"),
+        (["--catalog", "openrouter:google/gemini-2.5-flash"],
+         r"cache_write_micros \(cache_write_mtok\) is \$0\.08333\d+, not a whole number of micro-USD"),
+    ],
+)
+def test_create_facade_refuses_bad_prices_rules_and_catalog_models_naming_them(db, args, message):
+    with pytest.raises(CommandError, match=message):
+        run("create_facade", "bad", *NEW, *args)
+    assert not ModelFacade.objects.exists()
+
+
+def test_a_float_price_in_price_rules_is_refused_naming_the_field(db):
+    prices = dict.fromkeys(["input_micros", "cached_input_micros", "cache_write_micros",
+                            "cache_write_extended_micros", "output_micros", "web_search_micros",
+                            "file_search_micros"], 0)
+    rules = {"variants": {"flex": {**prices, "output_micros": 2.5e6}}}
+    with pytest.raises(CommandError, match=r"price_rules\.variants\.flex\.output_micros: must be a whole number"):
+        run("create_facade", "bad", *NEW, "--price-rules", json.dumps(rules))

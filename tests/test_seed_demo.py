@@ -67,6 +67,37 @@ def test_it_reuses_the_demo_facades_and_creates_the_missing_ones():
 
 
 @pytest.mark.django_db
+def test_the_demo_facades_take_their_prices_from_the_catalog():
+    """The catalog's (genai-prices 0.2.5) published prices, micro-USD: input, cached input, cache write, extended
+    cache write, output per million tokens; web and file searches per 1,000 calls; tiers and variants."""
+    seed_demo(days=1, users=1, seed=1, now=NOW)
+    facades = {f.name: f for f in ModelFacade.objects.all()}
+    assert {name: (f.catalog_ref, f.catalog_version, f.input_price_micros, f.cached_input_price_micros,
+                   f.cache_write_price_micros, f.cache_write_extended_price_micros, f.output_price_micros,
+                   f.web_search_price_micros, f.file_search_price_micros) for name, f in facades.items()} == {
+        "gpt-4o-mini": ("openai:gpt-4o-mini", "genai-prices 0.2.5",
+                        150_000, 75_000, 150_000, 150_000, 600_000, 10_000_000, 2_500_000),
+        "gpt-4o": ("openai:gpt-4o", "genai-prices 0.2.5",
+                   2_500_000, 1_250_000, 2_500_000, 2_500_000, 10_000_000, 10_000_000, 2_500_000),
+        "text-embedding-3-small": ("openai:text-embedding-3-small", "genai-prices 0.2.5",
+                                   20_000, 20_000, 20_000, 20_000, 0, 0, 0),
+        "claude-sonnet-4-5": ("anthropic:claude-sonnet-4-5", "genai-prices 0.2.5",
+                              3_000_000, 300_000, 3_750_000, 6_000_000, 15_000_000, 10_000_000, 0),
+        "claude-haiku-4-5": ("anthropic:claude-haiku-4-5", "genai-prices 0.2.5",
+                             1_000_000, 100_000, 1_250_000, 2_000_000, 5_000_000, 10_000_000, 0),
+    }
+    sonnet = facades["claude-sonnet-4-5"].price_rules
+    assert [(t["above"], t["input_micros"], t["output_micros"]) for t in sonnet["tiers"]] == [(200_000, 6_000_000, 22_500_000)]
+    assert {name: (v["input_micros"], v["output_micros"]) for name, v in facades["gpt-4o"].price_rules["variants"].items()} == {
+        "batch": (1_250_000, 5_000_000), "fast": (4_250_000, 17_000_000), "priority": (4_250_000, 17_000_000)}
+    assert {name: (f.upstream_model, f.base_url) for name, f in facades.items()} == {
+        "gpt-4o-mini": ("gpt-4o-mini", "http://127.0.0.1:8001/v1"), "gpt-4o": ("gpt-4o", "http://127.0.0.1:8001/v1"),
+        "text-embedding-3-small": ("text-embedding-3-small", "http://127.0.0.1:8001/v1"),
+        "claude-sonnet-4-5": ("claude-sonnet-4-5", "http://127.0.0.1:8001"),
+        "claude-haiku-4-5": ("claude-haiku-4-5", "http://127.0.0.1:8001")}
+
+
+@pytest.mark.django_db
 def test_the_same_seed_gives_the_same_history():
     seed_demo(days=10, users=4, seed=42, now=NOW)
     first = five_minute_rows()

@@ -1,3 +1,4 @@
+import json
 from decimal import Decimal, InvalidOperation
 
 from django.core.exceptions import ValidationError
@@ -5,29 +6,63 @@ from django.core.management.base import BaseCommand, CommandError
 
 from gateway.models import ModelFacade
 from usage.money import usd_to_micros
+from usage.pricing import PriceError, parse_rules
 
+# option -> (model field, unit of the USD amount)
 PRICE_OPTIONS = {
-    "input_price": "input_price_micros",
-    "cached_input_price": "cached_input_price_micros",
-    "cache_write_price": "cache_write_price_micros",
-    "output_price": "output_price_micros",
+    "input_price": ("input_price_micros", "per million tokens"),
+    "cached_input_price": ("cached_input_price_micros", "per million tokens"),
+    "cache_write_price": ("cache_write_price_micros", "per million tokens"),
+    "cache_write_extended_price": ("cache_write_extended_price_micros", "per million tokens"),
+    "output_price": ("output_price_micros", "per million tokens"),
+    "web_search_price": ("web_search_price_micros", "per 1,000 calls"),
+    "file_search_price": ("file_search_price_micros", "per 1,000 calls"),
 }
 
 
+def flag(option: str) -> str:
+    return f"--{option.replace('_', '-')}"
+
+
 def parse_price(option: str, raw: str) -> int:
-    flag = f"--{option.replace('_', '-')}"
+    unit = PRICE_OPTIONS[option][1]
     try:
         usd = Decimal(raw)
     except InvalidOperation:
-        raise CommandError(f"{flag} {raw!r} is not a number (USD per million tokens, such as 0.15)") from None
+        raise CommandError(f"{flag(option)} {raw!r} is not a number (USD {unit}, such as 0.15)") from None
     try:
         return usd_to_micros(usd)
     except ValueError as exc:
-        raise CommandError(f"{flag} {raw!r}: {exc}") from None
+        raise CommandError(f"{flag(option)} {raw!r}: {exc}") from None
+
+
+def parse_price_rules(raw: str) -> dict:
+    """--price-rules: usage.pricing's JSON form, validated here so the error names the bad field."""
+    try:
+        rules = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"--price-rules is not JSON ({exc})") from None
+    try:
+        parse_rules(rules)
+    except PriceError as exc:
+        raise CommandError(f"--price-rules: {exc}") from None
+    return rules or {}
+
+
+def catalog_fields(ref: str) -> tuple[dict, tuple[str, ...]]:
+    """The facade's price fields from the catalog, and what the catalog prices that a facade cannot express."""
+    from gateway.price_catalog import CatalogError, catalog_prices, facade_price_fields  # loads the catalog: only when asked
+
+    try:
+        return facade_price_fields(ref), catalog_prices(ref).ignored
+    except CatalogError as exc:
+        raise CommandError(f"--catalog {exc}") from None
 
 
 class Command(BaseCommand):
-    help = "Create or update a model facade. Prices are USD per million tokens; options left out keep their values."
+    help = ("Create or update a model facade. Token prices are USD per million tokens, search prices USD per "
+            "1,000 calls; --catalog PROVIDER:MODEL fills every price from the price catalog (genai-prices), and "
+            "price options given beside it override the catalog's. Options left out keep their values.")
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="The public model name clients send.")
@@ -40,15 +75,21 @@ class Command(BaseCommand):
                                                   "with CODEVECTOR_UPSTREAM_, or one of GATEWAY_UPSTREAM_KEY_VARIABLES.")
         parser.add_argument("--openai-organization", help="Sent upstream as OpenAI-Organization (who pays).")
         parser.add_argument("--openai-project", help="Sent upstream as OpenAI-Project (who pays).")
-        for option in PRICE_OPTIONS:
-            parser.add_argument(f"--{option.replace('_', '-')}", metavar="USD")
+        parser.add_argument("--catalog", metavar="PROVIDER:MODEL",
+                            help="Take every price (tiers and variants too) from this price catalog model, "
+                                 "such as anthropic:claude-sonnet-4-5; `manage.py prices` checks them later.")
+        for option, (_, unit) in PRICE_OPTIONS.items():
+            parser.add_argument(flag(option), metavar="USD", help=f"USD {unit}.")
+        parser.add_argument("--price-rules", metavar="JSON",
+                            help='Long-context tiers and service-tier or speed variants, as {"tiers": [...], '
+                                 '"variants": {...}} in micro-USD (see usage/pricing.py).')
         parser.add_argument("--inactive", action="store_true", help="Deactivate the facade.")
 
     def handle(self, name, **options):
         facade = ModelFacade.objects.filter(name=name).first()
         created = facade is None
         if created:
-            missing = [f"--{o.replace('_', '-')}" for o in ("provider", "base_url") if not options[o]]
+            missing = [flag(o) for o in ("provider", "base_url") if not options[o]]
             if missing:
                 raise CommandError(f"A new facade needs {' and '.join(missing)}.")
             facade = ModelFacade(name=name)
@@ -56,9 +97,17 @@ class Command(BaseCommand):
                        "openai_project"):
             if options[option] is not None:
                 setattr(facade, option, options[option])
-        for option, field in PRICE_OPTIONS.items():
+        # The catalog first, so that explicit prices beside it override its own.
+        ignored = ()
+        if options["catalog"]:
+            fields, ignored = catalog_fields(options["catalog"])
+            for field, value in fields.items():
+                setattr(facade, field, value)
+        for option, (field, _) in PRICE_OPTIONS.items():
             if options[option] is not None:
                 setattr(facade, field, parse_price(option, options[option]))
+        if options["price_rules"] is not None:
+            facade.price_rules = parse_price_rules(options["price_rules"])
         if options["inactive"]:
             facade.is_active = False
         if not facade.upstream_model:
@@ -69,5 +118,8 @@ class Command(BaseCommand):
             problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
             raise CommandError(f"Invalid facade: {problems}") from None
         facade.save()
+        source = f", prices from {facade.catalog_ref} ({facade.catalog_version})" if options["catalog"] else ""
         self.stdout.write(f"{'Created' if created else 'Updated'} facade {facade.name} -> {facade.provider} "
-                          f"{facade.base_url} ({facade.upstream_model}, {facade.kind})")
+                          f"{facade.base_url} ({facade.upstream_model}, {facade.kind}){source}")
+        if ignored:
+            self.stdout.write(f"Not expressible on a facade (billed within their parent quantities): {', '.join(ignored)}")
