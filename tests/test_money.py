@@ -102,4 +102,5 @@ def test_prices_that_are_not_whole_micros_of_a_decimal_are_refused(bad):
 def test_micros_show_without_trailing_zeros():
     assert str(micros_to_usd(150_000)) == "0.15"
     assert str(micros_to_usd(3_000_000)) == "3"
+    assert str(micros_to_usd(10_000_000)) == "10" and str(micros_to_usd(1_500_000_000)) == "1500"
     assert str(micros_to_usd(0)) == "0"

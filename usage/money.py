@@ -66,4 +66,8 @@ def usd_to_micros(usd: Decimal) -> int:
 
 
 def micros_to_usd(micros: int) -> Decimal:
-    return (Decimal(micros) / MICROS_PER_USD).normalize() if micros else Decimal("0")
+    """Exact USD without trailing zeros, never in exponent form ($10 is "10", not "1E+1")."""
+    if not micros:
+        return Decimal("0")
+    usd = (Decimal(micros) / MICROS_PER_USD).normalize()
+    return usd.quantize(Decimal(1)) if usd == usd.to_integral_value() else usd
