@@ -38,7 +38,13 @@ What it does, and how it fails (the pipeline turns each error into the caller's 
   origins, sent the request in absolute form), with Basic credentials from the proxy URL that appear
   in no message; `no_proxy` as curl reads it (loopback goes through the proxy unless named there);
   `UpstreamProxyRefused` when the proxy answers CONNECT with anything but 200;
-- `tls_context()`: the system's trust store plus a private CA bundle, and a client certificate.
+- `tls_context()`: the system's trust store plus a private CA bundle, and a client certificate;
+- a `Transport` per request (a facade's own proxy, CA bundle, client certificate and key): its
+  connections are pooled apart, keyed by origin and transport, so none made with one facade's TLS
+  or proxy settings carries another's requests; its TLS context is built once per distinct
+  (CA bundle, certificate, key) and kept; `UpstreamSettingUnusable` when one of its files cannot be
+  loaded or its proxy URL is not usable (the message names the setting, never a file's contents or
+  the proxy's credentials). Requests without one take the path they always took.
 """
 
 import asyncio
@@ -50,6 +56,7 @@ import ssl
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
@@ -76,6 +83,12 @@ class UpstreamConnectTimeout(UpstreamUnreachable, TimeoutError):
 
 class UpstreamProxyRefused(UpstreamUnreachable):
     """The egress proxy answered CONNECT with something other than 200 (its status is in the message)."""
+
+
+class UpstreamSettingUnusable(UpstreamUnreachable):
+    """A facade's (or the gateway's) CA bundle, client certificate or key cannot be loaded, or its
+    proxy URL cannot be used: the message names the setting and the path, never a file's contents
+    or the proxy's credentials."""
 
 
 class UpstreamPoolFull(UpstreamConnectTimeout):
@@ -125,8 +138,9 @@ def _head(target: str, host: str, length: int, headers: dict[str, str]) -> bytes
 class _Connection(asyncio.Protocol):
     """One connection to an origin, and the answer being read on it (httptools' callbacks)."""
 
-    def __init__(self, origin, open_connections: set):
-        self.origin = origin
+    def __init__(self, origin, pool, open_connections: set):
+        self.origin = origin  # (https, host, port): whose slots it holds
+        self.pool = pool  # which idle pool it goes back to: the origin, or (origin, Transport)
         self.open_connections = open_connections  # the client's: it closes them all when it closes
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -453,7 +467,9 @@ class HttpClient:
                  max_connections_per_origin: int = 256, keepalive_seconds: float = 4.0,
                  max_response_bytes: int = 64 * 1024 * 1024, dns_ttl_seconds: float = 30.0,
                  ssl_context: ssl.SSLContext | None = None, https_proxy: str = "", http_proxy: str = "",
-                 no_proxy: str = ""):
+                 no_proxy: str = "", ca_bundle: str = "", client_cert: str = "", client_key: str = ""):
+        """`ca_bundle`, `client_cert` and `client_key` are the files of `ssl_context` (which is built
+        from them when not given): a Transport that sets some of its own takes the rest from them."""
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_connections = max_connections
@@ -461,11 +477,16 @@ class HttpClient:
         self.keepalive_seconds = keepalive_seconds
         self.max_response_bytes = max_response_bytes
         self.dns_ttl_seconds = dns_ttl_seconds
+        self.tls_files = (ca_bundle, client_cert, client_key)
+        if ssl_context is None and (ca_bundle or client_cert):
+            ssl_context = tls_context(ca_bundle, client_cert, client_key)
         self.ssl_context = ssl_context
+        self._contexts: dict[tuple[str, str, str], ssl.SSLContext] = {}  # (CA bundle, cert, key): its context
         self._proxies = {True: _Proxy.parse(https_proxy), False: _Proxy.parse(http_proxy)}  # by https
         self._no_proxy = _NoProxy(no_proxy)
-        self._routes: dict[tuple, _Proxy | None] = {}  # origin: its proxy (None: direct), decided once
-        self._idle: dict[tuple, list[_Connection]] = {}  # oldest first: reuse takes the newest
+        # Pool keys: an origin, or (origin, Transport) for a request with its own transport.
+        self._routes: dict[tuple, _Proxy | None] = {}  # pool key: its proxy (None: direct), decided once
+        self._idle: dict[tuple, list[_Connection]] = {}  # by pool key, oldest first: reuse takes the newest
         self._open: set[_Connection] = set()  # every connection not yet lost, idle or in use
         self._slots = _Slots(max_connections)  # connections in use at once
         self._origin_slots: dict[tuple, _Slots] = {}  # the same, per origin
@@ -474,13 +495,19 @@ class HttpClient:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def post(self, url: str, body: bytes, headers: dict[str, str], *, connect_timeout: float | None = None,
-                   read_timeout: float | None = None) -> Response:
+                   read_timeout: float | None = None, transport: "Transport | None" = None) -> Response:
         """Send a POST and return once the answer's status and headers are in. The timeouts, when
-        given, replace the client's for this request (the gateway reads them from its settings)."""
+        given, replace the client's for this request (the gateway reads them from its settings);
+        `transport`, when given, is the facade's own proxy and TLS files (see Transport)."""
         connect_timeout = self.connect_timeout if connect_timeout is None else connect_timeout
         read_timeout = self.read_timeout if read_timeout is None else read_timeout
         origin, host, target = _target(url)
-        proxy = self._routes[origin] if origin in self._routes else self._route(origin)
+        if transport is None:
+            pool = origin
+            proxy = self._routes[origin] if origin in self._routes else self._route(origin)
+        else:
+            pool = (origin, transport)
+            proxy = self._routes[pool] if pool in self._routes else self._route_own(pool, transport)
         if proxy is not None and not origin[0]:  # plain http through a proxy: the absolute form, and its credentials
             target = f"http://{host}{target}"
             if proxy.authorization:
@@ -498,16 +525,16 @@ class HttpClient:
             connect_timeout -= loop.time() - started
         conn = None
         try:
-            conn = self._idle_connection(origin) or await self._connect(origin, connect_timeout)
+            conn = self._idle_connection(pool) or await self._connect(origin, pool, connect_timeout)
             conn.in_use = True
             conn.begin()
-            transport = conn.transport
-            transport.writelines((head, body))
-            if transport.is_closing():
+            wire = conn.transport
+            wire.writelines((head, body))
+            if wire.is_closing():
                 # Both loops' transports send at once when nothing is queued, and close at once when
                 # that send fails: a failed first send wrote nothing, so the request may go again.
                 conn.abort()
-                conn = await self._connect(origin, connect_timeout)
+                conn = await self._connect(origin, pool, connect_timeout)
                 conn.transport.writelines((head, body))
                 if conn.transport.is_closing():
                     raise UpstreamDropped("the connection to the upstream failed before the request could be sent")
@@ -528,6 +555,22 @@ class HttpClient:
         if proxy is not None and self._no_proxy.matches(host):
             proxy = None
         self._routes[origin] = proxy
+        return proxy
+
+    def _route_own(self, pool, transport: "Transport") -> "_Proxy | None":
+        """A transport's proxy: its own for both schemes (NO_PROXY does not apply: the facade named
+        it), none at all for "none", or the client's as for any request when it names none."""
+        origin, _ = pool
+        if not transport.proxy:
+            proxy = self._routes[origin] if origin in self._routes else self._route(origin)
+        elif transport.proxy == DIRECT:
+            proxy = None
+        else:
+            try:
+                proxy = _Proxy.parse(transport.proxy)
+            except ValueError as exc:
+                raise UpstreamSettingUnusable(f"the facade's upstream_proxy cannot be used: {exc}") from None
+        self._routes[pool] = proxy
         return proxy
 
     def _bind(self) -> asyncio.AbstractEventLoop:
@@ -561,8 +604,8 @@ class HttpClient:
         self._origin_slots[origin].give()
         self._slots.give()
 
-    def _idle_connection(self, origin) -> _Connection | None:
-        pool = self._idle.get(origin)
+    def _idle_connection(self, key) -> _Connection | None:
+        pool = self._idle.get(key)
         if not pool:
             return None
         now = self._loop.time()
@@ -573,13 +616,15 @@ class HttpClient:
             conn.abort()
         return None
 
-    async def _connect(self, origin, timeout: float) -> _Connection:
+    async def _connect(self, origin, pool, timeout: float) -> _Connection:
         https, host, port = origin
         loop = self._loop
         context = None
         if https:
             context = self.ssl_context or _default_context()
-        proxy = self._routes[origin]
+            if pool is not origin and pool[1].tls:
+                context = self._own_context(pool[1])
+        proxy = self._routes[pool]
         try:
             async with asyncio.timeout(timeout):
                 if proxy is None:
@@ -589,7 +634,7 @@ class HttpClient:
                     if https:
                         await _tunnel(loop, sock, host, port, proxy)
                 # create_connection(sock=...): uvloop's has no happy_eyeballs_delay, so the race is run above.
-                _, conn = await loop.create_connection(lambda: _Connection(origin, self._open), sock=sock,
+                _, conn = await loop.create_connection(lambda: _Connection(origin, pool, self._open), sock=sock,
                                                        ssl=context, server_hostname=host if https else None)
         except TimeoutError:
             raise UpstreamConnectTimeout(f"no connection to {host}:{port}{_via(proxy)} within {timeout:g} s") from None
@@ -619,9 +664,9 @@ class HttpClient:
     def _keep(self, conn: _Connection) -> None:
         conn.in_use = False
         conn.idle_since = self._loop.time()
-        pool = self._idle.get(conn.origin)
+        pool = self._idle.get(conn.pool)
         if pool is None:
-            pool = self._idle[conn.origin] = []
+            pool = self._idle[conn.pool] = []
         pool.append(conn)
         if self._sweeper is None:
             self._sweeper = self._loop.call_at(conn.idle_since + self.keepalive_seconds, self._sweep)
@@ -645,6 +690,20 @@ class HttpClient:
                 oldest = kept[0].idle_since
         if oldest is not None:
             self._sweeper = self._loop.call_at(oldest + self.keepalive_seconds, self._sweep)
+
+    def _own_context(self, transport: "Transport") -> ssl.SSLContext:
+        """The TLS context of a transport's files, each blank one taken from the client's (a
+        certificate and its key go together), built the first time a connection needs it."""
+        ca_bundle, client_cert, client_key = self.tls_files
+        files = (transport.ca_bundle or ca_bundle,
+                 *((transport.client_cert, transport.client_key) if transport.client_cert else (client_cert, client_key)))
+        context = self._contexts.get(files)
+        if context is None:  # named as the facade's setting or the gateway's, whichever the file came from
+            settings = ("the facade's upstream_ca_bundle" if transport.ca_bundle else GATEWAY_TLS_SETTINGS[0],
+                        *(("the facade's upstream_client_cert", "the facade's upstream_client_key")
+                          if transport.client_cert else GATEWAY_TLS_SETTINGS[1:]))
+            context = self._contexts[files] = tls_context(*files, settings=settings)
+        return context
 
     def idle_connections(self) -> int:
         return sum(1 for pool in self._idle.values() for conn in pool if not conn.closed)
@@ -692,6 +751,57 @@ class _Proxy:
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
             authorization = "Basic " + base64.b64encode(pair).decode("ascii")
         return cls(parts.hostname, parts.port or 80, authorization)
+
+
+# A facade's upstream_proxy that sends its traffic straight to the upstream, whatever the gateway's proxy.
+DIRECT = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """A facade's own way to its upstream; each blank field is the client's own setting. `proxy`:
+    an http:// URL (with Basic credentials, if any) for both schemes, or DIRECT; the others: paths
+    of PEM files (a CA bundle added to the system's trust store, a client certificate, its key
+    when not in the certificate's file). Hashable: requests with equal transports share a pool."""
+
+    proxy: str = ""
+    ca_bundle: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ca_bundle or self.client_cert)
+
+    def __repr__(self) -> str:  # the proxy's credentials are in no repr, so in no log
+        return (f"Transport(proxy={redact_proxy_url(self.proxy)!r}, ca_bundle={self.ca_bundle!r}, "
+                f"client_cert={self.client_cert!r}, client_key={self.client_key!r})")
+
+
+def redact_proxy_url(url: str) -> str:
+    """A proxy URL as it may be shown: scheme, host and port, no credentials."""
+    if not url or url == DIRECT:
+        return url
+    try:
+        proxy = _Proxy.parse(url)
+    except ValueError:
+        return "(not an http:// proxy URL)"
+    return proxy.name
+
+
+def check_proxy_url(url: str) -> None:
+    """The rule for a facade's upstream_proxy: http://[user:password@]host[:port] and nothing else
+    (ValueError otherwise, with a message that never repeats the URL: it may carry credentials)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # its message may quote part of the URL
+        parts, port = urlsplit("http://invalid"), -1
+    if parts.scheme != "http" or not url.startswith("http://") or not parts.hostname:
+        raise ValueError("An upstream proxy is an http:// URL with a host: http://[user:password@]host:port.")
+    if port == -1 or parts.path not in ("", "/") or parts.query or parts.fragment or any(c in url for c in " \t\r\n"):
+        raise ValueError("An upstream proxy URL is http://[user:password@]host:port with a numeric port and "
+                         "nothing after it (no path, query or spaces).")
 
 
 def _via(proxy: _Proxy | None) -> str:
@@ -748,16 +858,31 @@ async def _tunnel(loop, sock: socket.socket, host: str, port: int, proxy: _Proxy
         raise UpstreamProxyRefused(f"the proxy {proxy.name} sent bytes after its answer to CONNECT {authority}")
 
 
-def tls_context(ca_bundle: str = "", client_cert: str = "", client_key: str = "") -> ssl.SSLContext:
+# The settings tls_context() names when one of its files cannot be loaded.
+GATEWAY_TLS_SETTINGS = ("GATEWAY_UPSTREAM_CA_BUNDLE", "GATEWAY_UPSTREAM_CLIENT_CERT", "GATEWAY_UPSTREAM_CLIENT_KEY")
+
+
+def tls_context(ca_bundle: str = "", client_cert: str = "", client_key: str = "", *,
+                settings: tuple[str, str, str] = GATEWAY_TLS_SETTINGS) -> ssl.SSLContext:
     """The client's TLS settings: the system's trust store, with the certificates of `ca_bundle` (a PEM
     file) ADDED to it, never replacing it (an upstream with a public certificate stays reachable
     when a private CA is configured for another); and `client_cert` (with `client_key`, or a PEM
-    holding both) presented to upstreams that ask for one (mTLS)."""
+    holding both) presented to upstreams that ask for one (mTLS). A file that cannot be loaded is
+    UpstreamSettingUnusable, naming its setting (`settings`: the CA bundle's, the certificate's and
+    the key's) and path: neither OpenSSL's message nor the OS's holds a file's contents."""
     context = ssl.create_default_context()
-    if ca_bundle:
-        context.load_verify_locations(cafile=ca_bundle)
-    if client_cert:
-        context.load_cert_chain(client_cert, client_key or None)
+    ca_setting, cert_setting, key_setting = settings
+    what = ""
+    try:
+        if ca_bundle:
+            what = f"{ca_setting} ({ca_bundle})"
+            context.load_verify_locations(cafile=ca_bundle)
+        if client_cert:
+            what = f"{cert_setting} ({client_cert})" + (f" with {key_setting} ({client_key})" if client_key else "")
+            context.load_cert_chain(client_cert, client_key or None)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a path with a NUL byte, a ValueError
+        reason = getattr(exc, "strerror", None) or exc
+        raise UpstreamSettingUnusable(f"{what} could not be loaded: {reason}") from None
     context.set_alpn_protocols(["http/1.1"])
     return context
 

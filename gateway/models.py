@@ -1,4 +1,5 @@
 import hashlib
+import os
 import secrets
 from datetime import timedelta
 
@@ -8,6 +9,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
+from gateway.http_client import DIRECT, check_proxy_url
 from usage.pricing import PriceError, Prices
 
 KEY_PREFIX = "cvk_"
@@ -79,6 +81,26 @@ class ModelFacade(models.Model):
     openai_project = models.CharField(
         "OpenAI project", max_length=100, blank=True,
         help_text="Optional: sent upstream as OpenAI-Project (which project of the account pays).")
+    # How this facade's traffic leaves the gateway, when not as all the others' does (each blank: the
+    # gateway's setting). Paths of files on the gateway's hosts, never the certificates or keys themselves.
+    upstream_proxy = models.CharField(
+        "upstream proxy", max_length=500, blank=True,
+        help_text=f"Optional: http://[user:password@]host:port, this facade's egress proxy for both http and https "
+                  f"(NO_PROXY does not apply to it), or {DIRECT} to reach the upstream directly. Blank: the "
+                  f"gateway's (GATEWAY_UPSTREAM_PROXY, HTTPS_PROXY, HTTP_PROXY, NO_PROXY).")
+    upstream_ca_bundle = models.CharField(
+        "upstream CA bundle", max_length=500, blank=True,
+        help_text="Optional: absolute path, on the gateway's hosts, of a PEM file of CA certificates trusted for "
+                  "this facade's upstream, beside the system's. Blank: GATEWAY_UPSTREAM_CA_BUNDLE.")
+    upstream_client_cert = models.CharField(
+        "upstream client certificate", max_length=500, blank=True,
+        help_text="Optional: absolute path, on the gateway's hosts, of the PEM client certificate (mTLS) presented "
+                  "to this facade's upstream; it may hold the key too. Blank: GATEWAY_UPSTREAM_CLIENT_CERT and "
+                  "GATEWAY_UPSTREAM_CLIENT_KEY.")
+    upstream_client_key = models.CharField(
+        "upstream client key", max_length=500, blank=True,
+        help_text="Optional: absolute path of the client certificate's PEM key, when not in the certificate's "
+                  "file. Only the path is stored, never the key.")
     # Prices are integer micro-USD per million tokens, per-call prices integer micro-USD per 1,000
     # calls: exact for every published price (usage.pricing). Long-context tiers and service-tier
     # or speed variants are `price_rules` (usage.pricing's JSON form), validated by clean().
@@ -103,7 +125,8 @@ class ModelFacade(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     # Where traffic goes and who pays: only superusers and holders of change_facade_routing set these.
-    ROUTING_FIELDS = ("provider", "base_url", "api_key_env", "openai_organization", "openai_project")
+    ROUTING_FIELDS = ("provider", "base_url", "api_key_env", "openai_organization", "openai_project",
+                      "upstream_proxy", "upstream_ca_bundle", "upstream_client_cert", "upstream_client_key")
 
     class Meta:
         ordering = ["name"]
@@ -124,12 +147,31 @@ class ModelFacade(models.Model):
             errors["kind"] = "Anthropic facades are chat models: Anthropic has no embeddings endpoint."
         if (self.openai_organization or self.openai_project) and self.provider != self.Provider.OPENAI:
             errors["openai_organization"] = "An OpenAI organization or project applies to OpenAI-compatible facades only."
+        errors.update(self.transport_errors())
         try:
             self.prices  # noqa: B018 (validates price_rules)
         except PriceError as exc:
             errors["price_rules"] = str(exc)
         if errors:
             raise ValidationError(errors)
+
+    def transport_errors(self) -> dict[str, str]:
+        """The upstream proxy and TLS files' rules. No message repeats the proxy URL (it may carry
+        credentials); a file's existence is not checked here (the admin may run on another host):
+        one the gateway cannot load answers the facade's requests with a 502 naming the setting."""
+        errors = {}
+        if self.upstream_proxy and self.upstream_proxy != DIRECT:
+            try:
+                check_proxy_url(self.upstream_proxy)
+            except ValueError as exc:
+                errors["upstream_proxy"] = f"{exc} Or {DIRECT} for no proxy, or blank for the gateway's."
+        for field in ("upstream_ca_bundle", "upstream_client_cert", "upstream_client_key"):
+            path = getattr(self, field)
+            if path and (not os.path.isabs(path) or any(c in path for c in "\0\r\n")):
+                errors[field] = "An absolute path of a PEM file on the gateway's hosts, such as /etc/codevector/ca.pem."
+        if self.upstream_client_key and not self.upstream_client_cert and "upstream_client_key" not in errors:
+            errors["upstream_client_key"] = "A client key goes with the facade's own client certificate: set that too."
+        return errors
 
     def save(self, *args, **kwargs):
         if not self.upstream_model:

@@ -7,7 +7,7 @@ Neither httpx (its pool collapsed with hundreds of requests in flight) nor aioht
 
 from django.conf import settings
 
-from gateway.http_client import HttpClient, tls_context
+from gateway.http_client import HttpClient
 
 # Headers a caller may pass upstream; everything else (cookies, the caller's credentials,
 # x-forwarded-*, hop-by-hop headers) stays behind. Never openai-organization or openai-project:
@@ -23,17 +23,17 @@ FORWARDED_RESPONSE_PREFIXES = ("x-request-id", "request-id", "openai-", "anthrop
 
 def open_client() -> HttpClient:
     """No total limit (a stream may last minutes); connect and between-reads limits from settings
-    (the pipeline passes them with each request too, so a changed setting applies at once)."""
-    tls = None
-    if settings.GATEWAY_UPSTREAM_CA_BUNDLE or settings.GATEWAY_UPSTREAM_CLIENT_CERT:
-        tls = tls_context(settings.GATEWAY_UPSTREAM_CA_BUNDLE, settings.GATEWAY_UPSTREAM_CLIENT_CERT,
-                          settings.GATEWAY_UPSTREAM_CLIENT_KEY)
+    (the pipeline passes them with each request too, so a changed setting applies at once). The TLS
+    files are loaded here (a file that cannot be loaded stops the start, naming its setting); a
+    facade that sets some of its own takes the rest from them."""
     return HttpClient(connect_timeout=settings.GATEWAY_CONNECT_TIMEOUT, read_timeout=settings.GATEWAY_READ_TIMEOUT,
                       max_connections=settings.GATEWAY_UPSTREAM_CONNECTIONS,
                       max_connections_per_origin=settings.GATEWAY_UPSTREAM_CONNECTIONS_PER_ORIGIN,
                       keepalive_seconds=settings.GATEWAY_UPSTREAM_KEEPALIVE_SECONDS,
                       dns_ttl_seconds=settings.GATEWAY_UPSTREAM_DNS_TTL_SECONDS,
-                      max_response_bytes=settings.GATEWAY_MAX_RESPONSE_BYTES, ssl_context=tls,
+                      max_response_bytes=settings.GATEWAY_MAX_RESPONSE_BYTES,
+                      ca_bundle=settings.GATEWAY_UPSTREAM_CA_BUNDLE, client_cert=settings.GATEWAY_UPSTREAM_CLIENT_CERT,
+                      client_key=settings.GATEWAY_UPSTREAM_CLIENT_KEY,
                       https_proxy=settings.GATEWAY_UPSTREAM_HTTPS_PROXY, http_proxy=settings.GATEWAY_UPSTREAM_HTTP_PROXY,
                       no_proxy=settings.GATEWAY_UPSTREAM_NO_PROXY)
 
