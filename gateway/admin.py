@@ -14,7 +14,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, json_script
 
-from gateway.models import ApiKey, ModelFacade, hash_key, may_route
+from gateway.models import ApiKey, ModelFacade, hash_key, may_route, shown_routing_value
 from gateway.price_catalog import (CatalogError, catalog_prices, catalog_version, differences, facade_price_fields,
                                    list_catalog_models)
 from usage import views as usage_views
@@ -197,7 +197,19 @@ class ModelFacadeAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         # A field shown read-only is left out of the form, so a POST that sets it anyway changes nothing.
         readonly = super().get_readonly_fields(request, obj)
-        return readonly if may_route(request.user) else [*readonly, *ModelFacade.ROUTING_FIELDS]
+        return readonly if may_route(request.user) else [*readonly, *ModelFacade.ROUTING_FIELDS, "upstream_proxy_shown"]
+
+    def get_fieldsets(self, request, obj=None):
+        # Read-only, the proxy URL is shown without its credentials.
+        fieldsets = super().get_fieldsets(request, obj)
+        if may_route(request.user):
+            return fieldsets
+        return [(name, {**options, "fields": ["upstream_proxy_shown" if field == "upstream_proxy" else field
+                                               for field in options["fields"]]}) for name, options in fieldsets]
+
+    @admin.display(description="upstream proxy")
+    def upstream_proxy_shown(self, obj):
+        return shown_routing_value("upstream_proxy", obj.upstream_proxy) if obj else ""
 
     def has_add_permission(self, request):
         # A new facade is routing from the start (a base URL and a credential).
@@ -209,7 +221,8 @@ class ModelFacadeAdmin(admin.ModelAdmin):
         message = super().construct_change_message(request, form, formsets, add)
         if add or not hasattr(form, "routing_before"):
             return message
-        changes = [f"{name}: {before!r} → {getattr(form.instance, name)!r}"
+        changes = [f"{name}: {shown_routing_value(name, before)!r} → "
+                   f"{shown_routing_value(name, getattr(form.instance, name))!r}"
                    for name, before in form.routing_before.items() if getattr(form.instance, name) != before]
         if changes:
             message = [*message, {"changed": {"fields": ["routing (" + "; ".join(changes) + ")"]}}]

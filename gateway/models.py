@@ -36,6 +36,16 @@ def credential_variable_allowed(name: str) -> bool:
     return not name or name.startswith(UPSTREAM_KEY_VARIABLE_PREFIX) or name in settings.GATEWAY_UPSTREAM_KEY_VARIABLES
 
 
+def shown_routing_value(field: str, value: str) -> str:
+    """A routing field's value as the admin and its history may show it: a proxy URL without its
+    credentials, everything else as it is (variable names and URLs, never a secret)."""
+    if field == "upstream_proxy" and value:
+        from gateway.http_client import redact_proxy_url  # the client owns the proxy URL's form
+
+        return redact_proxy_url(value)
+    return value
+
+
 def may_route(user) -> bool:
     """Who may set where a facade's traffic goes and which credential and organisation pay for it."""
     return bool(user and user.is_active and (user.is_superuser or user.has_perm(ROUTING_PERMISSION)))

@@ -19,7 +19,8 @@ from django.conf import settings
 from gateway import upstream
 from gateway.call import Call, Refusal
 from gateway.catalog import FacadeInfo
-from gateway.http_client import Response, UpstreamError, UpstreamTooLarge, UpstreamUnreachable
+from gateway.http_client import (Response, UpstreamError, UpstreamPoolFull, UpstreamProxyRefused,
+                                  UpstreamSettingUnusable, UpstreamTooLarge, UpstreamUnreachable)
 from gateway.keys import load_key, presented_key
 from gateway.models import credential_variable_allowed
 from gateway.providers import SSEReader, SSETooLong, Unsupported, Usage, anthropic, estimate_tokens, strict_json
@@ -188,7 +189,8 @@ class Pipeline:
         try:
             response = await self.gateway.upstream.post(facade.base_url + route.upstream_path, payload, headers,
                                                         connect_timeout=settings.GATEWAY_CONNECT_TIMEOUT,
-                                                        read_timeout=settings.GATEWAY_READ_TIMEOUT)
+                                                        read_timeout=settings.GATEWAY_READ_TIMEOUT,
+                                                        transport=facade.transport)
         except ValueError as exc:  # nothing was sent: a header that would break the request (a credential?)
             raise Refusal(502, f"The request to the upstream for '{facade.name}' could not be built: {exc}.",
                           code="upstream_request_invalid") from None
@@ -196,7 +198,12 @@ class Pipeline:
             # No connection was made (a connect timeout too): the upstream is unreachable (502), not slow.
             if route.billed:
                 await self.record(call, Usage(), error=True)
-            raise Refusal(502, f"The upstream for '{facade.name}' could not be reached ({type(exc).__name__}).",
+            # A full pool or a proxy's refusal says what happened (the proxy's status; never its
+            # credentials); other failures name their kind only (no host names or paths).
+            detail = f": {exc}" if isinstance(exc, (UpstreamPoolFull, UpstreamProxyRefused)) else ""
+            if isinstance(exc, UpstreamSettingUnusable):  # the operator's to fix: the setting and path, logged
+                logger.warning("facade %s: %s", facade.name, exc)
+            raise Refusal(502, f"The upstream for '{facade.name}' could not be reached ({type(exc).__name__}{detail}).",
                           code="upstream_unreachable")
         except TimeoutError:  # connected, but no answer within the read timeout
             if route.billed:

@@ -225,6 +225,23 @@ def test_the_routing_permission_changes_routing_and_the_history_says_who_and_wha
     assert "api_key_env: '' → 'CODEVECTOR_UPSTREAM_OPENAI'" in message
 
 
+def test_a_proxy_url_is_never_shown_with_its_credentials_read_only_or_in_the_history(client, gpt):
+    ModelFacade.objects.filter(pk=gpt.pk).update(upstream_proxy="http://puser:s3cret-pass@proxy.corp:3128")
+    client.force_login(staff_with("view_modelfacade", "change_modelfacade"))
+    page = client.get(f"/admin/gateway/modelfacade/{gpt.pk}/change/").content.decode()
+    assert "proxy.corp:3128" in page and "s3cret-pass" not in page and "puser" not in page
+    router = User.objects.create_superuser("rita", "rita@example.com", "rita-password")
+    client.force_login(router)
+    gpt.refresh_from_db()
+    response = client.post(f"/admin/gateway/modelfacade/{gpt.pk}/change/", change_form(
+        gpt, upstream_proxy="http://other:n3w-pass@proxy2.corp:3128", upstream_ca_bundle="",
+        upstream_client_cert="", upstream_client_key=""))
+    assert response.status_code == 302, response.content
+    message = LogEntry.objects.get(object_id=str(gpt.pk)).get_change_message()
+    assert "proxy.corp:3128" in message and "proxy2.corp:3128" in message
+    assert "s3cret-pass" not in message and "n3w-pass" not in message
+
+
 @pytest.mark.parametrize("variable", ["SECRET_KEY", "DATABASE_URL", "USAGE_BUFFER_DIR", "CODEVECTOR_UPSTREAMX"])
 def test_a_credential_variable_outside_the_allowlist_is_a_form_error(admin_client, gpt, variable):
     response = admin_client.post(f"/admin/gateway/modelfacade/{gpt.pk}/change/",

@@ -506,6 +506,36 @@ def test_a_whole_answer_past_the_size_bound_is_a_502_counted_and_estimated(gw, a
     assert ledger() == expected(GPT, inp=100, errors=1, estimated=1)  # 400 characters: 100 tokens
 
 
+def test_a_full_pool_is_a_502_that_says_so_within_the_connect_timeout_and_is_counted(gw, settings):
+    """One origin at its cap (a hung upstream holds its only connection): the next request waits
+    no longer than the connect timeout, and its 502 says the pool was full."""
+    import threading
+
+    hung = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel's backlog), never answers
+    url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+    settings.GATEWAY_CONNECT_TIMEOUT, settings.GATEWAY_READ_TIMEOUT = 0.5, 3
+    client = gw.server.app.upstream
+    cap, client.max_connections_per_origin = client.max_connections_per_origin, 1
+    try:
+        facade("gpt-hung", "openai", f"{url}/v1", "hung", GPT)
+        gw.server.refresh()
+        body = json.dumps({"model": "gpt-hung", "messages": chat("Hi")}).encode()
+        first = threading.Thread(target=post, args=(gw, "/v1/chat/completions", body))
+        first.start()
+        time.sleep(0.3)  # the first request holds the origin's one connection, waiting for an answer
+        started = time.monotonic()
+        status, _, answer = post(gw, "/v1/chat/completions", body)
+        waited = time.monotonic() - started
+        first.join(10)
+    finally:
+        client.max_connections_per_origin = cap
+        hung.close()
+    assert status == 502 and "UpstreamPoolFull" in json.loads(answer)["error"]["message"]
+    assert "in use" in json.loads(answer)["error"]["message"]
+    assert 0.4 < waited < 1.5  # the connect timeout (0.5 s) and a margin, not the read timeout
+    assert (ledger()["requests"], ledger()["error_requests"]) == (2, 2)  # the 502 and the first one's 504
+
+
 def test_a_stream_line_past_a_mebibyte_ends_the_request_counted_and_estimated(gw):
     line = b"data: " + b"x" * (1024 * 1024 + 1)  # no line break, ever
     head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n" % len(line))
