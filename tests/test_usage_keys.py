@@ -84,7 +84,8 @@ def world(alice, bob, gpt, claude):
 
 
 FIELDS = ("requests", "input_tokens", "output_tokens", "reasoning_tokens", "cached_input_tokens",
-          "cache_write_tokens", "error_requests", "estimated_requests", "cost_nanos")
+          "cache_write_tokens", "cache_write_extended_tokens", "web_search_calls", "file_search_calls",
+          "error_requests", "estimated_requests", "cost_nanos")
 
 
 def key_of(world, delta) -> int:
