@@ -150,6 +150,14 @@ def test_a_responses_answer_with_both_retentions_and_search_calls_on_priority():
     assert cost(GPT5, usage) == RESPONSES_COST
 
 
+def test_a_responses_answer_served_on_flex_is_billed_at_flex_prices():
+    answer = json.loads(raw("openai-responses-billed.json"))
+    answer["service_tier"] = "flex"
+    _, usage = responses_wire.finish_response(json.dumps(answer).encode(), "gpt", {})
+    assert cost(GPT5, usage) == (8000 * 625_000 + 30_000 * 62_500 + 4000 * 625_000 + 8000 * 1_250_000
+                                 + 5000 * 5_000_000) // 1000 + 2 * 10_000_000 + 1 * 2_500_000 == 66_875_000
+
+
 def test_a_responses_stream_counts_the_final_responses_calls_not_the_items_again():
     usage = stream_usage(responses_wire, "openai-responses-billed-stream.sse")
     assert (usage.web_search_calls, usage.file_search_calls, usage.estimated) == (2, 1, False)
