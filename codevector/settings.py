@@ -243,11 +243,12 @@ GATEWAY_KEY_LOOKUPS_PER_SECOND = env_int("GATEWAY_KEY_LOOKUPS_PER_SECOND", 20, m
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)
 GATEWAY_CONNECT_TIMEOUT = env_float("GATEWAY_CONNECT_TIMEOUT", 5.0, minimum=0.01)
 GATEWAY_READ_TIMEOUT = env_float("GATEWAY_READ_TIMEOUT", 600.0, minimum=0.01)
-GATEWAY_UPSTREAM_CONNECTIONS = env_int("GATEWAY_UPSTREAM_CONNECTIONS", 1000, minimum=1)
+GATEWAY_UPSTREAM_CONNECTIONS = env_int("GATEWAY_UPSTREAM_CONNECTIONS", 2000, minimum=1)
 # The upstream client (gateway.http_client). Per origin beside the total, so that requests piling up
 # behind one stuck upstream cannot take every slot; a wait for a slot counts against
-# GATEWAY_CONNECT_TIMEOUT (then 502, UpstreamPoolFull).
-GATEWAY_UPSTREAM_CONNECTIONS_PER_ORIGIN = env_int("GATEWAY_UPSTREAM_CONNECTIONS_PER_ORIGIN", 256, minimum=1)
+# GATEWAY_CONNECT_TIMEOUT (then 502, UpstreamPoolFull). One worker serves 1,000 concurrent streams
+# to one provider (agent tools hold streams for minutes), so an origin may take half the total.
+GATEWAY_UPSTREAM_CONNECTIONS_PER_ORIGIN = env_int("GATEWAY_UPSTREAM_CONNECTIONS_PER_ORIGIN", 1000, minimum=1)
 # Idle connections are closed by the gateway after this: below the 5 s after which uvicorn (and many
 # servers like it) close theirs, so the gateway closes first instead of sending a request into a close.
 GATEWAY_UPSTREAM_KEEPALIVE_SECONDS = env_float("GATEWAY_UPSTREAM_KEEPALIVE_SECONDS", 4.0)

@@ -463,8 +463,8 @@ class _Slots:
 
 
 class HttpClient:
-    def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int = 1000,
-                 max_connections_per_origin: int = 256, keepalive_seconds: float = 4.0,
+    def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int = 2000,
+                 max_connections_per_origin: int = 1000, keepalive_seconds: float = 4.0,
                  max_response_bytes: int = 64 * 1024 * 1024, dns_ttl_seconds: float = 30.0,
                  ssl_context: ssl.SSLContext | None = None, https_proxy: str = "", http_proxy: str = "",
                  no_proxy: str = "", ca_bundle: str = "", client_cert: str = "", client_key: str = ""):
