@@ -194,3 +194,46 @@ def test_a_keys_project_cannot_be_changed(alice, apollo):
     key.name = "renamed"
     key.save()  # any other change is kept
     assert ApiKey.objects.get(pk=key.pk).name == "renamed"
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def test_create_project_prints_its_public_id_alone_on_the_last_line(alice, bob):
+    out, _ = run("create_project", "Apollo", "--owner", "alice", "--member", "bob", "--description", "Moon")
+    public_id = out.strip().splitlines()[-1]
+    project = Project.objects.get(public_id=public_id)
+    assert (project.name, project.description, project.is_active) == ("Apollo", "Moon", True)
+    assert sorted(project.members.values_list("user__username", "role")) == [("alice", "owner"), ("bob", "member")]
+
+
+def test_create_project_refuses_an_unknown_user_and_a_taken_name(alice, apollo):
+    with pytest.raises(CommandError, match="No user named 'ghost'"):
+        run("create_project", "Gemini", "--owner", "ghost")
+    with pytest.raises(CommandError, match="A project with this name already exists: choose another name."):
+        run("create_project", "Apollo")
+    assert list(Project.objects.values_list("name", flat=True)) == ["Apollo", "Default project"]
+
+
+def test_create_api_key_in_a_project_refuses_a_non_member_and_accepts_a_member(alice, bob, apollo):
+    with pytest.raises(CommandError, match=rf"bob is not a member of project Apollo \({apollo.public_id}\)"):
+        run("create_api_key", "bob", "--project", apollo.public_id)
+    assert ApiKey.objects.count() == 0
+    out, err = run("create_api_key", "alice", "--project", apollo.public_id)
+    key = ApiKey.objects.get()
+    assert key.project == apollo and key.user == alice
+    assert "in Apollo" in err
+
+
+def test_create_api_key_refuses_an_unknown_or_inactive_project(alice, apollo):
+    with pytest.raises(CommandError, match="No project with the id 'proj_nope'"):
+        run("create_api_key", "alice", "--project", "proj_nope")
+    Project.objects.filter(pk=apollo.pk).update(is_active=False)
+    with pytest.raises(CommandError, match="is inactive"):
+        run("create_api_key", "alice", "--project", apollo.public_id)
+    assert ApiKey.objects.count() == 0
+
+
+def test_create_api_key_without_a_project_uses_the_default_project(alice):
+    run("create_api_key", "alice")
+    assert ApiKey.objects.get().project_id == DEFAULT_PROJECT_ID
