@@ -237,3 +237,60 @@ def test_create_api_key_refuses_an_unknown_or_inactive_project(alice, apollo):
 def test_create_api_key_without_a_project_uses_the_default_project(alice):
     run("create_api_key", "alice")
     assert ApiKey.objects.get().project_id == DEFAULT_PROJECT_ID
+
+
+# --- the admin -----------------------------------------------------------------------------------
+
+
+def test_the_admin_key_form_refuses_a_project_the_user_is_not_in(admin_client, bob, apollo):
+    response = admin_client.post("/admin/gateway/apikey/add/", {"user": bob.pk, "project": apollo.pk, "name": "ci",
+                                                                "expires_in_days": ""})
+    assert response.status_code == 200
+    assert "bob is not a member of project Apollo" in response.content.decode()
+    assert ApiKey.objects.count() == 0
+
+
+def test_the_admin_key_form_creates_a_key_in_a_members_project_or_the_default_one(admin_client, alice, apollo):
+    admin_client.post("/admin/gateway/apikey/add/", {"user": alice.pk, "project": apollo.pk, "name": "moon",
+                                                     "expires_in_days": ""})
+    admin_client.post("/admin/gateway/apikey/add/", {"user": alice.pk, "project": "", "name": "plain",
+                                                     "expires_in_days": ""})
+    assert sorted(ApiKey.objects.values_list("name", "project__name")) == [("moon", "Apollo"),
+                                                                          ("plain", "Default project")]
+
+
+def test_the_admin_shows_a_keys_project_read_only_and_a_post_cannot_move_it(admin_client, alice, apollo):
+    key, _ = ApiKey.objects.create_key(alice, name="laptop")
+    page = admin_client.get(f"/admin/gateway/apikey/{key.pk}/change/").content.decode()
+    assert re.search(r'<div class="readonly">\s*(<a [^>]*>)?Default project', page)
+    admin_client.post(f"/admin/gateway/apikey/{key.pk}/change/", {"name": "renamed", "project": apollo.pk,
+                                                                  "expires_at_0": "", "expires_at_1": "",
+                                                                  "revoked_at_0": "", "revoked_at_1": ""})
+    key.refresh_from_db()
+    assert (key.name, key.project_id) == ("renamed", DEFAULT_PROJECT_ID)
+    listing = admin_client.get("/admin/gateway/apikey/").content.decode()
+    assert re.search(r'<td class="field-project[^"]*">Default project</td>', listing)
+
+
+def test_the_project_list_shows_ids_keys_and_members(admin_client, alice, bob, apollo):
+    ProjectMember.objects.create(project=apollo, user=bob)
+    ApiKey.objects.create_key(alice, project=apollo)
+    ApiKey.objects.create_key(bob, project=apollo)
+    page = admin_client.get("/admin/gateway/project/").content.decode()
+    rows = {cells[0]: cells[1:] for cells in (
+        [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r'<t[hd] class="field-[a-z_]+"[^>]*>(.*?)</t[hd]>',
+                                                                row, re.S)]
+        for row in re.findall(r"<tr>(.*?)</tr>", page, re.S)) if cells}
+    assert rows["Apollo"][0] == apollo.public_id and rows["Apollo"][2:] == ["2", "alice (owner), bob"]
+    assert rows["Default project"][0] == "proj_default" and rows["Default project"][2:] == ["0", "everyone"]
+
+
+def test_a_project_is_created_in_the_admin_with_its_members(admin_client, alice):
+    response = admin_client.post("/admin/gateway/project/add/", {
+        "name": "Gemini", "description": "", "is_active": "on",
+        "members-TOTAL_FORMS": "1", "members-INITIAL_FORMS": "0", "members-MIN_NUM_FORMS": "0",
+        "members-MAX_NUM_FORMS": "1000", "members-0-user": alice.pk, "members-0-role": "owner"})
+    assert response.status_code == 302, response.content
+    project = Project.objects.get(name="Gemini")
+    assert project.public_id.startswith("proj_") and project.has_member(alice)
+    assert list(project.members.values_list("user__username", "role")) == [("alice", "owner")]
