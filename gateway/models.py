@@ -240,7 +240,8 @@ class ProjectQuerySet(models.QuerySet):
     def for_user(self, user):
         """The projects `user` belongs to: the one rule for membership. Every user is a member of
         the Default project without a row saying so; of any other, by a ProjectMember row."""
-        mine = ProjectMember.objects.filter(user=user).values("project") if user else ProjectMember.objects.none()
+        user_id = getattr(user, "pk", None)  # None, an anonymous user: the Default project only
+        mine = ProjectMember.objects.filter(user_id=user_id).values("project")
         return self.filter(models.Q(pk=DEFAULT_PROJECT_ID) | models.Q(pk__in=mine))
 
 

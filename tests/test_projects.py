@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.db import connection
@@ -150,6 +150,7 @@ def test_everyone_is_a_member_of_the_default_project_and_of_the_projects_they_we
     assert list(Project.objects.for_user(bob).values_list("name", flat=True)) == ["Default project"]
     assert apollo.has_member(alice) and not apollo.has_member(bob)
     assert Project.objects.default().has_member(bob)
+    assert list(Project.objects.for_user(AnonymousUser()).values_list("name", flat=True)) == ["Default project"]
     assert list(apollo.members.values_list("user__username", "role")) == [("alice", "owner")]
 
 
