@@ -405,6 +405,7 @@ class ApiKey(models.Model):
         if error := self.project_change_error():
             raise ValidationError({"project": error})
         super().save(*args, **kwargs)
+        self._project_id_loaded = self.project_id  # a key just created is held to its project too
 
     def is_usable(self, now=None) -> bool:
         now = now or timezone.now()

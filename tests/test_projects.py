@@ -184,7 +184,10 @@ def test_a_key_is_created_only_in_a_project_its_user_belongs_to(alice, bob, apol
 
 def test_a_keys_project_cannot_be_changed(alice, apollo):
     key, _ = ApiKey.objects.create_key(alice, name="laptop")
-    key = ApiKey.objects.get(pk=key.pk)
+    key.project = apollo  # the instance create_key returned
+    with pytest.raises(ValidationError, match="fixed when the key is created"):
+        key.save()
+    key = ApiKey.objects.get(pk=key.pk)  # one read from the database
     key.project = apollo
     with pytest.raises(ValidationError, match="fixed when the key is created"):
         key.full_clean()
