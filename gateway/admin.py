@@ -7,6 +7,7 @@ from functools import lru_cache
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db.models import Count
 from django.forms.fields import InvalidJSONInput
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -14,7 +15,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, json_script
 
-from gateway.models import ApiKey, ModelFacade, hash_key, may_route, shown_routing_value
+from gateway.models import ApiKey, ModelFacade, Project, ProjectMember, hash_key, may_route, shown_routing_value
 from gateway.price_catalog import (CatalogError, catalog_prices, catalog_version, differences, facade_price_fields,
                                    list_catalog_models)
 from usage import views as usage_views
@@ -284,22 +285,68 @@ for _form_field, (_model_field, _label) in PRICE_FIELDS.items():
     setattr(ModelFacadeAdmin, _form_field, _price_shown(_model_field, _label))
 
 
+class ProjectMemberInline(admin.TabularInline):
+    model = ProjectMember
+    extra = 1
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ["name", "public_id", "is_active", "key_count", "member_list"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "public_id"]
+    fields = ["name", "public_id", "description", "is_active", "created_at"]
+    readonly_fields = ["public_id", "created_at"]
+    inlines = [ProjectMemberInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(key_count=Count("api_keys")).prefetch_related("members__user")
+
+    @admin.display(description="Keys", ordering="key_count")
+    def key_count(self, obj):
+        return obj.key_count
+
+    @admin.display(description="Members")
+    def member_list(self, obj):
+        named = ", ".join(f"{m.user.get_username()}{' (owner)' if m.role == ProjectMember.Role.OWNER else ''}"
+                          for m in sorted(obj.members.all(), key=lambda m: m.user.get_username()))
+        if obj.is_default:
+            return f"everyone; {named}" if named else "everyone"
+        return named or "—"
+
+    def has_delete_permission(self, request, obj=None):
+        # The Default project is where keys without a project go, by the key column's database default.
+        return super().has_delete_permission(request, obj) and not (obj and obj.is_default)
+
+
 class ApiKeyAddForm(forms.ModelForm):
+    project = forms.ModelChoiceField(
+        Project.objects.filter(is_active=True), required=False, empty_label="Default project",
+        help_text="A project the user belongs to. Fixed once the key is created.")
     expires_in_days = forms.IntegerField(min_value=1, required=False, help_text="Leave empty for a key that never expires.")
 
     class Meta:
         model = ApiKey
         fields = ["user", "name"]
 
+    def clean(self):
+        cleaned = super().clean()
+        user, project = cleaned.get("user"), cleaned.get("project") or Project.objects.default()
+        if user is not None and (refusal := project.key_refusal(user)):
+            self.add_error("project", refusal)
+        return cleaned
+
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["prefix_display", "name", "user", "created_at", "last_used_at", "expires_at", "status"]
-    list_filter = ["revoked_at"]
-    search_fields = ["prefix", "name", "user__username"]
-    list_select_related = ["user"]
-    readonly_fields = ["prefix_display", "user", "created_at", "last_used_at"]
-    fields = ["prefix_display", "user", "name", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    list_display = ["prefix_display", "name", "user", "project", "created_at", "last_used_at", "expires_at", "status"]
+    list_filter = ["revoked_at", "project"]
+    search_fields = ["prefix", "name", "user__username", "project__name", "project__public_id"]
+    list_select_related = ["user", "project"]
+    # The project is fixed at creation (ApiKey.save refuses a change): read-only here.
+    readonly_fields = ["prefix_display", "user", "project", "created_at", "last_used_at"]
+    fields = ["prefix_display", "user", "project", "name", "created_at", "last_used_at", "expires_at", "revoked_at"]
     actions = ["revoke"]
     autocomplete_fields = ["user"]
     change_form_template = "admin/gateway/apikey/change_form.html"
@@ -352,7 +399,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, **kwargs)
 
     def get_fields(self, request, obj=None):
-        return ["user", "name", "expires_in_days"] if obj is None else self.fields
+        return ["user", "project", "name", "expires_in_days"] if obj is None else self.fields
 
     def get_readonly_fields(self, request, obj=None):
         return [] if obj is None else self.readonly_fields
@@ -361,8 +408,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if change:
             return super().save_model(request, obj, form, change)
         created, raw = ApiKey.objects.create_key(
-            form.cleaned_data["user"], name=form.cleaned_data["name"], expires_in_days=form.cleaned_data["expires_in_days"]
-        )
+            form.cleaned_data["user"], name=form.cleaned_data["name"], expires_in_days=form.cleaned_data["expires_in_days"],
+            project=form.cleaned_data["project"])
         obj.pk, obj.prefix, obj.digest = created.pk, created.prefix, created.digest
         obj._state.adding = False
         obj._raw_key = raw  # lives only in this request; rendered once by response_add
