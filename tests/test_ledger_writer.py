@@ -233,3 +233,24 @@ def test_literals_take_integers_and_aware_times_only():
     assert sql.render([("SELECT %s, %s", [1, 2]), ("SELECT %s", [3])]) == "SELECT 1, 2; SELECT 3"
     assert sql.render([("INSERT %s", [7])], {"INSERT %s": "p1"}) == "EXECUTE p1(7)"
     assert sql.prepare("p2", "VALUES (%s, %s), (%s)") == "PREPARE p2 AS VALUES ($1, $2), ($3)"
+
+
+@pytest.mark.parametrize(("setting", "shown"), [(None, "on"), (True, "on"), (False, "off")])
+def test_the_gateways_writer_commits_synchronously_unless_the_setting_says_otherwise(db, settings, setting, shown):
+    """Issue #31, item 4: the durability default asserted on the writer's own connection, as the
+    gateway's store makes it (catches a writer, or a default, that turned synchronous_commit off)."""
+    from usage.store import UsageStore
+
+    if setting is not None:
+        settings.USAGE_SYNCHRONOUS_COMMIT = setting
+
+    async def scenario():
+        store = UsageStore()
+        await store.open()
+        try:
+            async with store.writer.pool.connection() as conn:
+                return (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]
+        finally:
+            await store.close()
+
+    assert asyncio.run(scenario()) == shown
