@@ -189,6 +189,18 @@ async def within(awaitable, seconds: float = 2.0):
     return await asyncio.wait_for(awaitable, seconds)
 
 
+def fake_dns(http: HttpClient, addresses: list[tuple[int, tuple]]) -> list[tuple[str, int]]:
+    """Make `http` resolve every name to `addresses`; returns the lookups made."""
+    lookups = []
+
+    async def lookup(host, port):
+        lookups.append((host, port))
+        return addresses
+
+    http._lookup = lookup
+    return lookups
+
+
 async def answer_body(http: HttpClient, url: str, body: bytes = b"") -> bytes:
     """POST, read the whole answer and give the connection back: each bounded by within()."""
     response = await within(http.post(url, body, {}))
@@ -408,20 +420,18 @@ async def test_an_answer_larger_than_the_pause_threshold_read_after_it_arrived_l
 
 @scenario
 async def test_host_header_leaves_out_the_scheme_default_port():
-    # Binding the real default port is the only way to see it; skip where that is not possible.
-    upstream = Upstream(answering(answer(b"ok")))
-    try:
-        upstream.server = await asyncio.start_server(upstream._accept, "127.0.0.1", 80)
-    except OSError:
-        pytest.skip("port 80 cannot be bound here")
-    upstream.port = 80
-    try:
+    # Port 80 is never bound: the name resolves (fake_dns) to this test's server, which reads the
+    # head a server on port 80 would. Breaks caught: ":80" kept in the Host header, or the port
+    # dropped from a non-default one.
+    async with Upstream(answering(answer(b"ok"))) as upstream:
         async with client() as http:
-            for url in ("http://127.0.0.1/v1/x", "http://127.0.0.1:80/v1/x"):
+            lookups = fake_dns(http, [(socket.AF_INET, ("127.0.0.1", upstream.port))])
+            for url in ("http://upstream.test/v1/x", "http://upstream.test:80/v1/x", "http://upstream.test:8080/v1/x"):
                 assert await answer_body(http, url) == b"ok"
-            assert [request.values(b"host") for request in upstream.requests] == [[b"127.0.0.1"], [b"127.0.0.1"]]
-    finally:
-        await upstream.__aexit__(None, None, None)
+            assert [request.values(b"host") for request in upstream.requests] == [
+                [b"upstream.test"], [b"upstream.test"], [b"upstream.test:8080"]]
+            # The first two are one origin (port 80, looked up once); the third is another.
+            assert lookups == [("upstream.test", 80), ("upstream.test", 8080)]
 
 
 # --- chunked answers stream ---
