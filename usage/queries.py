@@ -26,7 +26,7 @@ from usage.sql import RESERVED_KEY_NAME, reserved_key_digest
 
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 LEADERBOARD_METRICS = ("tokens", "spend", "requests")
-LEADERBOARD_GROUPS = ("user", "key")
+LEADERBOARD_GROUPS = ("user", "key", "project")
 
 
 @dataclass(frozen=True)
@@ -138,17 +138,37 @@ def grouped_rows(start: datetime, end: datetime, group_by: tuple[str, ...], roll
 # The columns _sums may group by, and the filters it takes: plain columns of the level tables.
 
 
+def _key_model():
+    return FiveMinuteUsage._meta.get_field("key").related_model  # gateway.ApiKey (usage never imports gateway)
+
+
+def _project_model():
+    return _key_model()._meta.get_field("project").related_model  # gateway.Project
+
+
+def _project_keys() -> tuple[str, str]:
+    """The key table and its project column, for the project filter (usage.sql.segment_filters)."""
+    key_model = _key_model()
+    return key_model._meta.db_table, key_model._meta.get_field("project").column
+
+
 def _sums(spans: list[tuple[datetime, datetime]], group_by: tuple[str, ...], rolled_through: datetime | None,
           coarsest: str = "month", user_id: int | None = None, key_id: int | None = None,
-          user_ids: set[int] | None = None, facade_names: bool = False) -> list[dict]:
+          user_ids: set[int] | None = None, facade_names: bool = False, project_id: int | None = None,
+          per_project: bool = False) -> list[dict]:
     """Counter sums per `group_by` columns (bucket key columns) and per span, over the segments of
     every span (see segments), read in ONE statement: a UNION ALL of each segment's level rows,
     summed in the database. Each row holds "span" (the index of its span in `spans`), the
     group_by values, the counters, and "facade_name" when `facade_names` (group_by has facade_id).
     The same numbers grouped_rows gives, with one round trip instead of one per segment (per-query
-    overhead, not the database, was most of a page's time)."""
+    overhead, not the database, was most of a page's time). `project_id` keeps the rows of that
+    project's keys; `per_project` (group_by ("key_id",)) sums the keys' rows per project instead,
+    each row with "project_id", "public_id" and "name"."""
+    if per_project and group_by != ("key_id",):
+        raise ValueError("per_project sums rows grouped by key_id alone")
     adapt = connection.ops.adapt_datetimefield_value
-    where, where_params = sql.segment_filters(user_id, key_id, user_ids)
+    where, where_params = sql.segment_filters(user_id, key_id, user_ids, project_id,
+                                              _project_keys() if project_id is not None else None)
     parts, params = [], []
     for index, (start, end) in enumerate(spans):
         for model, a, b in segments(start, end, rolled_through, coarsest):
@@ -162,6 +182,9 @@ def _sums(spans: list[tuple[datetime, datetime]], group_by: tuple[str, ...], rol
         facades = FiveMinuteUsage._meta.get_field("facade").related_model._meta.db_table  # usage never imports gateway
         statement = sql.with_facade_names(statement, facades)
         names.append("facade_name")
+    if per_project:
+        statement = sql.per_project(statement, group_by, *_project_keys(), _project_model()._meta.db_table)
+        names = ["span", "project_id", "public_id", "name", *COUNTERS]
     rows = [dict(zip(names, row)) for row in _fetch_serial(statement, params)]
     if "bucket_start" in group_by:
         for row in rows:
@@ -211,9 +234,11 @@ def _per(rows: list[dict], column: str, span: int = 0) -> dict[int, "Totals"]:
 
 
 def totals_between(start: datetime, end: datetime, user_id: int | None = None,
-                   rolled_through: datetime | None = None, key_id: int | None = None) -> Totals:
+                   rolled_through: datetime | None = None, key_id: int | None = None,
+                   project_id: int | None = None) -> Totals:
     total = Totals()
-    for row in _sums([(start, end)], (), rolled_through or watermark(), user_id=user_id, key_id=key_id):
+    for row in _sums([(start, end)], (), rolled_through or watermark(), user_id=user_id, key_id=key_id,
+                     project_id=project_id):
         total += Totals.of(row)
     return total
 
@@ -230,11 +255,13 @@ class Summary:
     complete_through: datetime | None
 
 
-def summary(window: Window, user_id: int | None = None, key_id: int | None = None) -> Summary:
-    """Network-wide, one user's (user_id) or one API key's (key_id) totals, and the previous window's."""
+def summary(window: Window, user_id: int | None = None, key_id: int | None = None,
+            project_id: int | None = None) -> Summary:
+    """Network-wide, one user's (user_id), one API key's (key_id) or one project's (project_id)
+    totals, and the previous window's."""
     rolled = watermark()
     spans = _sums([(window.start, window.end), (window.previous_start, window.previous_end)], (), rolled,
-                  user_id=user_id, key_id=key_id)  # one statement for both windows
+                  user_id=user_id, key_id=key_id, project_id=project_id)  # one statement for both windows
     totals = [Totals(), Totals()]
     for row in spans:
         totals[row["span"]] += Totals.of(row)
@@ -247,11 +274,13 @@ class DayPoint:
     totals: Totals
 
 
-def daily_series(window: Window, user_id: int | None = None, key_id: int | None = None) -> list[DayPoint]:
+def daily_series(window: Window, user_id: int | None = None, key_id: int | None = None,
+                 project_id: int | None = None) -> list[DayPoint]:
     """One point per local day of the window, oldest first, zeros where empty."""
     tz = zone()
     by_day: dict[date, list[int]] = {day: [0] * len(COUNTERS) for day in window.dates}
-    for row in _sums([(window.start, window.end)], ("bucket_start",), watermark(), "day", user_id, key_id):
+    for row in _sums([(window.start, window.end)], ("bucket_start",), watermark(), "day", user_id, key_id,
+                     project_id=project_id):
         sums = by_day.get(local_date(row["bucket_start"], tz))
         if sums is not None:  # summed as plain integers, one Totals a day (not one per row)
             for index, name in enumerate(COUNTERS):
@@ -271,12 +300,13 @@ def _share(part: int, whole: int) -> Decimal:
     return (Decimal(part) / whole).quantize(Decimal("0.0001")) if whole else Decimal(0)
 
 
-def by_facade(window: Window, user_id: int | None = None, key_id: int | None = None) -> list[FacadeRow]:
+def by_facade(window: Window, user_id: int | None = None, key_id: int | None = None,
+              project_id: int | None = None) -> list[FacadeRow]:
     """Per facade, by spend (then name); share of spend, or of requests when nothing was spent."""
     per: dict[int, Totals] = {}
     names: dict[int, str] = {}
     for row in _sums([(window.start, window.end)], ("facade_id",), watermark(), user_id=user_id, key_id=key_id,
-                     facade_names=True):
+                     facade_names=True, project_id=project_id):
         per[row["facade_id"]] = per.get(row["facade_id"], Totals()) + Totals.of(row)
         names[row["facade_id"]] = row["facade_name"]
     total_cost = sum(t.cost_nanos for t in per.values())
@@ -301,8 +331,7 @@ class KeyInfo:
 
 
 def key_infos(key_ids) -> dict[int, KeyInfo]:
-    api_key_model = FiveMinuteUsage._meta.get_field("key").related_model  # gateway.ApiKey (usage never imports gateway)
-    rows = api_key_model.objects.filter(pk__in=list(key_ids)).values_list("pk", "prefix", "name", "digest", "user_id",
+    rows = _key_model().objects.filter(pk__in=list(key_ids)).values_list("pk", "prefix", "name", "digest", "user_id",
                                                                     "user__username")
     return {pk: KeyInfo(pk, prefix, name, uid, username, digest == reserved_key_digest(uid))
             for pk, prefix, name, digest, uid, username in rows}
@@ -325,19 +354,20 @@ class KeyRow:
 
 
 def _per_key(start: datetime, end: datetime, rolled_through: datetime | None,
-             user_id: int | None = None) -> dict[int, Totals]:
-    return _used(_per(_sums([(start, end)], ("key_id",), rolled_through, user_id=user_id), "key_id"))
+             user_id: int | None = None, project_id: int | None = None) -> dict[int, Totals]:
+    return _used(_per(_sums([(start, end)], ("key_id",), rolled_through, user_id=user_id, project_id=project_id),
+                      "key_id"))
 
 
 def _used(per: dict[int, Totals]) -> dict[int, Totals]:
     return {ident: t for ident, t in per.items() if t.requests or t.cost_nanos or t.tokens}
 
 
-def by_key(window: Window, user_id: int | None = None) -> list[KeyRow]:
-    """Per API key (of one user, or everyone's), by spend then prefix; share of spend, or of
-    requests when nothing was spent. The reserved key of a user holds their usage from before
-    per-key accounting."""
-    per = _per_key(window.start, window.end, watermark(), user_id)
+def by_key(window: Window, user_id: int | None = None, project_id: int | None = None) -> list[KeyRow]:
+    """Per API key (of one user, of one project, or everyone's), by spend then prefix; share of
+    spend, or of requests when nothing was spent. The reserved key of a user holds their usage from
+    before per-key accounting (it is in the Default project)."""
+    per = _per_key(window.start, window.end, watermark(), user_id, project_id)
     infos = key_infos(per)
     total_cost = sum(t.cost_nanos for t in per.values())
     total_requests = sum(t.requests for t in per.values())
@@ -350,12 +380,43 @@ def by_key(window: Window, user_id: int | None = None) -> list[KeyRow]:
 
 
 @dataclass(frozen=True)
+class ProjectRow:
+    project_id: int
+    public_id: str
+    name: str
+    totals: Totals
+    share: Decimal
+
+
+def _per_project(start: datetime, end: datetime, rolled_through: datetime | None) -> dict[int, Totals]:
+    return _used(_per(_sums([(start, end)], ("key_id",), rolled_through, per_project=True), "project_id"))
+
+
+def by_project(window: Window) -> list[ProjectRow]:
+    """Per project (its keys' usage), by spend then public id; share of spend, or of requests when
+    nothing was spent. Projects without usage in the window are left out, as keys are by by_key."""
+    per: dict[int, Totals] = {}
+    names: dict[int, tuple[str, str]] = {}
+    for row in _sums([(window.start, window.end)], ("key_id",), watermark(), per_project=True):
+        per[row["project_id"]] = Totals.of(row)
+        names[row["project_id"]] = (row["public_id"], row["name"])
+    per = _used(per)
+    total_cost = sum(t.cost_nanos for t in per.values())
+    total_requests = sum(t.requests for t in per.values())
+    rows = [ProjectRow(pid, *names[pid], t,
+                       _share(t.cost_nanos, total_cost) if total_cost else _share(t.requests, total_requests))
+            for pid, t in per.items()]
+    return sorted(rows, key=lambda r: (-r.totals.cost_nanos, r.public_id))
+
+
+@dataclass(frozen=True)
 class LeaderRow:
-    """A ranked user (group "user"), or a ranked API key with its owner (group "key": key_id set)."""
+    """A ranked user (group "user"), a ranked API key with its owner (group "key": key_id set), or a
+    ranked project (group "project": project_id set, user_id None)."""
 
     rank: int
     previous_rank: int | None
-    user_id: int
+    user_id: int | None
     username: str
     totals: Totals
     share: Decimal
@@ -363,6 +424,8 @@ class LeaderRow:
     prefix: str = ""
     name: str = ""
     reserved: bool = False
+    project_id: int | None = None
+    public_id: str = ""
 
     @property
     def label(self) -> str:
@@ -376,16 +439,20 @@ def _per_user(start: datetime, end: datetime, rolled_through: datetime | None) -
 def _per_group(group: str, start: datetime, end: datetime, rolled_through: datetime | None) -> dict[int, Totals]:
     if group not in LEADERBOARD_GROUPS:
         raise ValueError(f"unknown grouping {group!r}; use one of {', '.join(LEADERBOARD_GROUPS)}")
-    return (_per_key if group == "key" else _per_user)(start, end, rolled_through)
+    return {"key": _per_key, "project": _per_project, "user": _per_user}[group](start, end, rolled_through)
 
 
 def _per_group_both(group: str, window: Window, rolled_through: datetime | None) -> tuple[dict, dict]:
     """_per_group over the window and over the previous window, in one statement."""
     if group not in LEADERBOARD_GROUPS:
         raise ValueError(f"unknown grouping {group!r}; use one of {', '.join(LEADERBOARD_GROUPS)}")
-    column = "key_id" if group == "key" else "user_id"
-    rows = _sums([(window.start, window.end), (window.previous_start, window.previous_end)], (column,),
-                 rolled_through)
+    spans = [(window.start, window.end), (window.previous_start, window.previous_end)]
+    if group == "project":
+        rows = _sums(spans, ("key_id",), rolled_through, per_project=True)
+        column = "project_id"
+    else:
+        column = "key_id" if group == "key" else "user_id"
+        rows = _sums(spans, (column,), rolled_through)
     return _used(_per(rows, column, 0)), _used(_per(rows, column, 1))
 
 
@@ -395,8 +462,8 @@ def _ranked(per: dict[int, Totals], by: str) -> list[tuple[int, Totals]]:
 
 def leaderboard(window: Window, by: str = "tokens", limit: int | None = None, offset: int = 0,
                 group: str = "user") -> list[LeaderRow]:
-    """Users (or API keys, group="key") ranked by tokens, spend or requests (ties by id), with last
-    window's rank."""
+    """Users (or API keys, group="key", or projects, group="project") ranked by tokens, spend or
+    requests (ties by id), with last window's rank."""
     if by not in LEADERBOARD_METRICS:
         raise ValueError(f"unknown ranking {by!r}; use one of {', '.join(LEADERBOARD_METRICS)}")
     now, before = _per_group_both(group, window, watermark())
@@ -410,6 +477,12 @@ def leaderboard(window: Window, by: str = "tokens", limit: int | None = None, of
                           _share(t.metric(by), whole), key_id=kid, prefix=infos[kid].prefix, name=infos[kid].name,
                           reserved=infos[kid].reserved)
                 for i, (kid, t) in enumerate(page, 1)]
+    if group == "project":
+        projects = {pk: (public_id, name) for pk, public_id, name in _project_model().objects.filter(
+            pk__in=[pid for pid, _ in page]).values_list("pk", "public_id", "name")}
+        return [LeaderRow(offset + i, previous.get(pid), None, "", t, _share(t.metric(by), whole), project_id=pid,
+                          public_id=projects[pid][0], name=projects[pid][1])
+                for i, (pid, t) in enumerate(page, 1)]
     names = dict(get_user_model().objects.filter(pk__in=[uid for uid, _ in page]).values_list("pk", "username"))
     return [LeaderRow(offset + i, previous.get(uid), uid, names.get(uid, f"#{uid}"), t, _share(t.metric(by), whole))
             for i, (uid, t) in enumerate(page, 1)]

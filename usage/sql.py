@@ -103,8 +103,17 @@ def _grouping(group_by: tuple[str, ...]) -> tuple[str, ...]:
     return group_by
 
 
-def segment_filters(user_id: int | None, key_id: int | None, user_ids: set[int] | None) -> tuple[str, list]:
-    """The WHERE conditions a read adds to every segment, and their parameters."""
+def _identifier(name: str) -> str:
+    """A table or column name from a model's _meta (never from input), checked before it is formatted into SQL."""
+    if not name.isidentifier():
+        raise ValueError(f"{name!r} is not an SQL identifier")
+    return name
+
+
+def segment_filters(user_id: int | None, key_id: int | None, user_ids: set[int] | None,
+                    project_id: int | None = None, project_keys: tuple[str, str] | None = None) -> tuple[str, list]:
+    """The WHERE conditions a read adds to every segment, and their parameters. `project_id` keeps
+    the rows of the project's keys; `project_keys` names the key table and its project column."""
     where, params = "", []
     if user_id is not None:
         where, params = where + " AND user_id = %s", params + [user_id]
@@ -112,6 +121,12 @@ def segment_filters(user_id: int | None, key_id: int | None, user_ids: set[int] 
         where, params = where + " AND key_id = %s", params + [key_id]
     if user_ids is not None:  # integers written inline: a long list must not exhaust SQLite's parameters
         where += f" AND user_id IN ({', '.join(str(int(uid)) for uid in sorted(user_ids))})"
+    if project_id is not None:
+        # A key never changes project, so a project's rows are exactly its keys' rows: no project
+        # column in the buckets. The subquery, not a list of ids read first, keeps the read one statement.
+        table, column = (_identifier(name) for name in project_keys)
+        where += f" AND key_id IN (SELECT id FROM {table} WHERE {column} = %s)"
+        params = params + [project_id]
     return where, params
 
 
@@ -131,6 +146,19 @@ def sums_of_segments(parts: list[str], group_by: tuple[str, ...]) -> str:
 
 def with_facade_names(statement: str, facade_table: str) -> str:
     return f"SELECT t.*, f.name AS facade_name FROM ({statement}) t JOIN {facade_table} f ON f.id = t.facade_id"
+
+
+def per_project(statement: str, group_by: tuple[str, ...], key_table: str, project_column: str,
+                project_table: str) -> str:
+    """`statement` (sums per span and key_id, see sums_of_segments) summed again per project of
+    those keys, with the project's public id and name: span, project_id, public_id, name, the counters."""
+    if "key_id" not in _grouping(group_by):
+        raise ValueError("sums per project are made from sums per key")
+    key_table, project_column, project_table = (_identifier(n) for n in (key_table, project_column, project_table))
+    sums = ", ".join(f"SUM(t.{c}) AS {c}" for c in COUNTERS)
+    return (f"SELECT t.span, p.id AS project_id, p.public_id, p.name, {sums} FROM ({statement}) t "
+            f"JOIN {key_table} k ON k.id = t.key_id JOIN {project_table} p ON p.id = k.{project_column} "
+            "GROUP BY t.span, p.id, p.public_id, p.name")
 
 
 # PostgreSQL: these reads take milliseconds, and starting parallel workers costs more than the
