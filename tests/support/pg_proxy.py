@@ -19,6 +19,10 @@ Modes:
   are read from both sides and held, new connections accepted but not carried on; set "up"
   again and everything held flows on, in order, as TCP delivers after the network heals.
 
+- "delay_commit": every message carrying a COMMIT is held (kept in `delayed`, `delaying` set)
+  with its connection left open, until the mode changes; then it goes on as sent. A ledger whose
+  commit takes as long as the test says (tests/test_counted_before_answer.py).
+
 Every cut mode acts on one COMMIT only (`cuts` counts them).
 """
 
@@ -37,6 +41,8 @@ class PgProxy:
         self.holding = threading.Event()  # a COMMIT is held (mode "hold_commit")
         self._held: concurrent.futures.Future | None = None  # its outcome: "commit" or "abort"
         self._held_done: concurrent.futures.Future | None = None  # set once the server ended it
+        self.delayed: list[bytes] = []  # messages with a COMMIT held by "delay_commit", in order
+        self.delaying = threading.Event()  # one is held now
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -48,6 +54,8 @@ class PgProxy:
         asyncio.set_event_loop(self._loop)
         self._flowing = asyncio.Event()  # cleared while the mode is "blackhole"
         self._flowing.set()
+        self._commits_flow = asyncio.Event()  # cleared while the mode is "delay_commit"
+        self._commits_flow.set()
         self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -60,6 +68,10 @@ class PgProxy:
                 self._flowing.clear()
             else:
                 self._flowing.set()
+            if mode == "delay_commit":
+                self._commits_flow.clear()
+            else:
+                self._commits_flow.set()
             if mode == "down":
                 for writer in list(self._writers):
                     writer.transport.abort()
@@ -79,6 +91,7 @@ class PgProxy:
         async def shutdown():
             self.mode = "down"
             self._flowing.set()
+            self._commits_flow.set()
             self._server.close()
             if self._held is not None and not self._held.done():
                 self._held.set_result("abort")
@@ -128,6 +141,11 @@ class PgProxy:
                     else:
                         await self._hold(data, server_writer, answered)
                     return
+                if mode == "delay_commit" and b"COMMIT" in data:
+                    self.delayed.append(data)
+                    self.delaying.set()
+                    await self._commits_flow.wait()
+                    self.delaying.clear()
                 await self._flowing.wait()
                 server_writer.write(data)
                 await server_writer.drain()
