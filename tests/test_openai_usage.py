@@ -265,8 +265,9 @@ def test_filters_and_start_time_inside_a_day(world):
     assert [(r.num_model_requests, r.input_tokens) for r in bucket.results] == [
         (expected["requests"], expected["input_tokens"])]
     assert answer.has_more and answer.next_page
-    nothing = client.admin.organization.usage.completions(start_time=mid_day, project_ids=["proj_x"])
-    assert all(b.results == [] for b in nothing.data)
+    with pytest.raises(openai.BadRequestError) as raised:  # unknown projects: tests/test_openai_usage_projects.py
+        client.admin.organization.usage.completions(start_time=mid_day, project_ids=["proj_x"])
+    assert raised.value.param == "project_ids"
     batch = client.admin.organization.usage.completions(start_time=mid_day, batch=True)
     assert all(b.results == [] for b in batch.data)
 
@@ -528,7 +529,7 @@ def test_web_search_calls_per_model_and_user_read_by_the_sdk(searches):
         start_time=int(searches.search_day.timestamp()), bucket_width="1h", limit=24, api_key_ids=[searches.search_bob])
     assert [(b.start_time - int(searches.search_day.timestamp()), [r.num_requests for r in b.results])
             for b in hourly.data if b.results] == [(10 * 3600, [1])]
-    for params in ({"models": ["gpt-test"]}, {"project_ids": ["proj_x"]}, {"context_levels": ["high"]}):
+    for params in ({"models": ["gpt-test"]}, {"context_levels": ["high"]}):
         nothing = client.admin.organization.usage.web_search_calls(start_time=start, limit=7, **params)
         assert all(b.results == [] for b in nothing.data), params
 

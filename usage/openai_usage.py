@@ -10,9 +10,13 @@ unchanged but for the base URL and the key:
 - Authentication as OpenAI's admin keys: `Authorization: Bearer <CodeVector API key>` of a user who
   sees everyone's usage (usage.permissions.sees_everyone); any other key is refused with 403, a
   missing or unknown key with 401, in OpenAI's error format.
-- `user_id` is the username, `api_key_id` the key's prefix, `model` the facade's public name;
-  CodeVector has no projects, batches, service tiers or API sources: those fields are null, and a
-  `project_ids` filter (or `batch=true`) matches nothing.
+- `user_id` is the username, `api_key_id` the key's prefix, `model` the facade's public name,
+  `project_id` the public id of the key's project (`proj_…`; the Default project is `proj_default`):
+  a project's usage is its keys' usage, each key fixed to one project when it was created, so
+  grouping or filtering by project is exact at every level. `project_ids` names existing projects
+  (an unknown id is refused with 400, param `project_ids`, rather than answered with zeros; an
+  inactive project's usage is still read). CodeVector has no batches, service tiers or API sources:
+  those fields are null, and `batch=true` matches nothing.
 - Completions count chat facades, embeddings count embeddings facades (ModelFacade.kind); costs
   count both.
 - Web and file searches (`num_requests`: the server-side tool calls the upstream billed) are
@@ -209,9 +213,10 @@ class Endpoint:
 
 
 USAGE_WIDTHS = {"1d": (7, 31), "1h": (24, 168)}
-GROUPS = {"user_id": "user__username", "api_key_id": "key__prefix", "model": "facade__name", "project_id": None}
+PROJECT = "key__project__public_id"  # a project's usage is its keys' usage (no project column on the buckets)
+GROUPS = {"user_id": "user__username", "api_key_id": "key__prefix", "model": "facade__name", "project_id": PROJECT}
 FILTERS = {"user_ids": "user__username__in", "api_key_ids": "key__prefix__in", "models": "facade__name__in",
-           "project_ids": None}
+           "project_ids": PROJECT + "__in"}
 COMPLETIONS = Endpoint("completions", GROUPS, FILTERS, USAGE_WIDTHS, kind="chat", has_batch=True)
 EMBEDDINGS = Endpoint("embeddings", GROUPS, FILTERS, USAGE_WIDTHS, kind="embeddings")
 WEB_SEARCHES = Endpoint("web_search_calls", GROUPS, {**FILTERS, "context_levels": None}, USAGE_WIDTHS,
@@ -219,8 +224,9 @@ WEB_SEARCHES = Endpoint("web_search_calls", GROUPS, {**FILTERS, "context_levels"
 FILE_SEARCHES = Endpoint("file_search_calls", GROUPS, {**FILTERS, "vector_store_ids": None}, USAGE_WIDTHS,
                          calls="file_search_calls", null_fields=("vector_store_id",))
 COSTS = Endpoint("costs", {"user_id": "user__username", "api_key_id": "key__prefix", "line_item": None,
-                           "project_id": None},
-                 {"api_key_ids": "key__prefix__in", "project_ids": None, "line_items": None}, {"1d": (7, 180)})
+                           "project_id": PROJECT},
+                 {"api_key_ids": "key__prefix__in", "project_ids": PROJECT + "__in", "line_items": None},
+                 {"1d": (7, 180)})
 
 
 def list_param(request, name: str) -> list[str]:
@@ -244,6 +250,19 @@ def int_param(request, name: str, *, required: bool = False, minimum: int | None
         bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
         raise OpenAIError(f"Invalid '{name}': {value} is out of range; it must be {bounds}.", param=name)
     return value
+
+
+def check_projects(public_ids: list[str]) -> None:
+    """Refuse project ids that name no project: a mistyped id would otherwise read as a project
+    without usage."""
+    project_model = FiveMinuteUsage._meta.get_field("key").related_model._meta.get_field("project").related_model
+    known = set(project_model.objects.filter(public_id__in=public_ids).values_list("public_id", flat=True))
+    unknown = [p for p in dict.fromkeys(public_ids) if p not in known]
+    if unknown:
+        names = ", ".join(repr(p) for p in unknown)
+        raise OpenAIError(f"Invalid 'project_ids': no project has the id {names}. Project ids look like "
+                          "'proj_…' ('proj_default' for the Default project); `manage.py create_project` prints "
+                          "them and the admin's project list shows them.", param="project_ids")
 
 
 def instant(seconds: int) -> datetime:
@@ -348,9 +367,11 @@ def parse(request, endpoint: Endpoint) -> Query:
             continue
         if name == "line_items":
             query.line_items = set(values)
-        elif lookup is None:  # projects, context levels, vector stores: CodeVector knows none
+        elif lookup is None:  # context levels, vector stores: CodeVector knows none
             query.matches_nothing = True
         else:
+            if name == "project_ids":
+                check_projects(values)
             query.filters[lookup] = values
     if endpoint.has_batch:
         batch = (request.query_params.get("batch") or "").lower()
