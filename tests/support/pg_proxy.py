@@ -62,6 +62,9 @@ class PgProxy:
         self._loop.run_forever()
 
     def set_mode(self, mode: str) -> None:
+        """Returns once the mode is in force: bytes the client sends after this see it."""
+        applied = threading.Event()
+
         def apply():
             self.mode = mode
             if mode == "blackhole":
@@ -75,7 +78,10 @@ class PgProxy:
             if mode == "down":
                 for writer in list(self._writers):
                     writer.transport.abort()
+            applied.set()
+
         self._loop.call_soon_threadsafe(apply)
+        applied.wait(5)
 
     def release(self, outcome: str, timeout: float = 10.0) -> None:
         """End the held COMMIT's transaction: "commit" forwards the COMMIT, "abort" drops it.
