@@ -26,6 +26,7 @@ class KeyInfo:
     username: str
     prefix: str
     expires_at: datetime | None
+    project_id: int  # fixed with the key: its spend counts against the project's budgets
 
 
 def presented_key(headers: dict[str, str]) -> str | None:
@@ -37,7 +38,7 @@ def presented_key(headers: dict[str, str]) -> str | None:
 
 
 def _info(key: ApiKey) -> KeyInfo:
-    return KeyInfo(key.pk, key.user_id, key.user.username, key.prefix, key.expires_at)
+    return KeyInfo(key.pk, key.user_id, key.user.username, key.prefix, key.expires_at, key.project_id)
 
 
 def load_usable_keys() -> dict[str, KeyInfo]:

@@ -141,10 +141,10 @@ class Pipeline:
         return facade
 
     def check_budgets(self, call: Call) -> None:
-        budgets = self.gateway.budgets
-        if not budgets.applies_to(call.key.user_id):
+        budgets, key = self.gateway.budgets, call.key
+        if not budgets.applies_to(key.user_id, key.key_id, key.project_id):
             return
-        verdict = budgets.check(call.key.user_id, datetime.now(UTC))
+        verdict = budgets.check(key.user_id, datetime.now(UTC), key.key_id, key.project_id)
         if verdict is NO_BUDGET:
             return
         call.extra_headers += [(name.encode(), value.encode()) for name, value in verdict.headers]
@@ -349,4 +349,4 @@ class Pipeline:
         )
         await self.gateway.store.record(delta)
         self.gateway.metrics.recorded(facade.name, delta)
-        self.gateway.budgets.add_spend(key.user_id, now, call.cost)
+        self.gateway.budgets.add_spend(key.user_id, now, call.cost, key.key_id, key.project_id)

@@ -44,18 +44,24 @@ def test_periods_follow_local_calendar_boundaries(period, now, tz, start, reset)
 
 def test_a_users_own_budget_wins_and_defaults_fill_the_periods_they_lack():
     rules = [
-        BudgetRule(1, None, "daily", 10, None),
-        BudgetRule(2, None, "monthly", 100, None),
-        BudgetRule(3, 7, "daily", 50, None),
-        BudgetRule(4, 8, "total", 5, None),
+        BudgetRule(1, "default", None, "daily", 10, None),
+        BudgetRule(2, "default", None, "monthly", 100, None),
+        BudgetRule(3, "user", 7, "daily", 50, None),
+        BudgetRule(4, "user", 8, "total", 5, None),
+        BudgetRule(5, "key", 7, "daily", 5, None),  # key 7, not user 7: a key budget never replaces a default
+        BudgetRule(6, "project", 2, "daily", 5, None),
+        BudgetRule(7, "project", 3, "monthly", 5, None),
     ]
     assert [r.budget_id for r in applicable(rules, 7)] == [3, 2]
     assert [r.budget_id for r in applicable(rules, 8)] == [1, 2, 4]
     assert [r.budget_id for r in applicable(rules, 9)] == [1, 2]
+    # Key and project budgets apply on top of the user's (or the defaults), each to its own subject only.
+    assert [r.budget_id for r in applicable(rules, 9, key_id=7, project_id=2)] == [1, 2, 5, 6]
+    assert [r.budget_id for r in applicable(rules, 7, key_id=8, project_id=3)] == [3, 2, 7]
 
 
 def test_thresholds_are_exact_integer_comparisons():
-    rule = BudgetRule(1, 1, "daily", limit_nanos=1_000_000_000, warn_percent=80)
+    rule = BudgetRule(1, "user", 1, "daily", limit_nanos=1_000_000_000, warn_percent=80)
     below = BudgetState(rule, 799_999_999, None, None)
     at_warn = BudgetState(rule, 800_000_000, None, None)
     at_cap = BudgetState(rule, 1_000_000_000, None, None)

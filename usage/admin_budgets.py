@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html
 
-from usage.budgets import budget_period_bounds, state_of
+from usage.budgets import alert_percents_error, budget_period_bounds, state_of
 from usage.money import nanos_to_usd, usd_for_people, usd_to_nanos
 from usage.models import Budget
 
@@ -15,54 +15,76 @@ class BudgetForm(forms.ModelForm):
     """The cap is edited in USD and stored as integer nanodollars."""
 
     limit_usd = forms.DecimalField(label="Cap (USD)", min_value=0, max_digits=30, decimal_places=9)
+    alert_percents = forms.CharField(
+        label="Alert at (%)", required=False,
+        help_text="Percents of the cap at which an alert is sent once per period, such as 50, 80, 100. Empty: none.")
 
     class Meta:
         model = Budget
-        fields = ["user", "period", "limit_usd", "warn_percent", "is_active"]
+        fields = ["scope", "user", "key", "project", "period", "limit_usd", "warn_percent", "alert_percents",
+                  "is_active"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fields["scope"].required = False
+        self.fields["scope"].help_text = "Blank: follows from the user, key or project chosen (none: the default)."
         if self.instance.pk:
             self.initial["limit_usd"] = self.instance.limit_usd
+            self.initial["alert_percents"] = ", ".join(str(p) for p in self.instance.alert_percents)
+
+    def clean_alert_percents(self):
+        text = self.cleaned_data["alert_percents"].replace(" ", "")
+        try:
+            percents = [int(p) for p in text.split(",")] if text else []
+        except ValueError:
+            raise forms.ValidationError("Whole percents separated by commas, such as 50, 80.") from None
+        if error := alert_percents_error(percents):
+            raise forms.ValidationError(error[:1].upper() + error[1:] + ".")
+        return sorted(percents)
 
     def clean(self):
         cleaned = super().clean()
-        clash = Budget.objects.filter(user=cleaned.get("user"), period=cleaned.get("period"))
-        if self.instance.pk:
-            clash = clash.exclude(pk=self.instance.pk)
-        if clash.exists():
-            raise forms.ValidationError("There is already a budget for this user (or default) and period.")
+        if not cleaned.get("scope"):
+            cleaned["scope"] = next((scope for scope, field in Budget.SUBJECT_FIELDS.items() if cleaned.get(field)),
+                                    Budget.Scope.DEFAULT)
         if cleaned.get("warn_percent") is not None and not 1 <= cleaned["warn_percent"] <= 100:
             self.add_error("warn_percent", "A percent from 1 to 100.")
         return cleaned
 
-    def save(self, commit=True):
-        self.instance.limit_nanos = usd_to_nanos(self.cleaned_data["limit_usd"])
-        return super().save(commit)
+    def _post_clean(self):
+        if "limit_usd" in self.cleaned_data:  # before the model's checks (the cap is not negative)
+            self.instance.limit_nanos = usd_to_nanos(self.cleaned_data["limit_usd"])
+        super()._post_clean()
 
 
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
     form = BudgetForm
-    list_display = ["who", "period", "cap", "warn_percent", "is_active", "spend", "progress", "resets", "status"]
-    list_filter = ["period", "is_active"]
-    search_fields = ["user__username"]
-    list_select_related = ["user"]
-    autocomplete_fields = ["user"]
+    list_display = ["who", "scope", "period", "cap", "warn_percent", "alerts", "is_active", "spend", "progress",
+                    "resets", "status"]
+    list_filter = ["scope", "period", "is_active"]
+    search_fields = ["user__username", "key__prefix", "project__public_id", "project__name"]
+    list_select_related = ["user", "key", "project"]
+    autocomplete_fields = ["user", "key", "project"]
     readonly_fields = ["current_state"]
 
     def get_fields(self, request, obj=None):
-        fields = ["user", "period", "limit_usd", "warn_percent", "is_active"]
+        fields = ["scope", "user", "key", "project", "period", "limit_usd", "warn_percent", "alert_percents",
+                  "is_active"]
         return fields + ["current_state"] if obj else fields
 
     def _state(self, obj):
         if not hasattr(obj, "_budget_state"):
-            obj._budget_state = state_of(obj) if obj.user_id else None
+            obj._budget_state = None if obj.is_default else state_of(obj)
         return obj._budget_state
 
-    @admin.display(description="User", ordering="user__username")
+    @admin.display(description="For")
     def who(self, obj):
-        return obj.user.username if obj.user_id else "default (every user without their own)"
+        return "default (every user without their own)" if obj.is_default else obj.subject_label
+
+    @admin.display(description="Alerts at")
+    def alerts(self, obj):
+        return ", ".join(f"{p}%" for p in obj.alert_percents) or "—"
 
     @admin.display(description="Cap", ordering="limit_nanos")
     def cap(self, obj):

@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from usage.counters import COUNTER_DEFINITIONS
@@ -148,7 +149,17 @@ class BufferEvent(models.Model):
 
 
 class Budget(models.Model):
-    """A spend cap for one user, or the default of its period for every user without their own."""
+    """A spend cap for one user, one API key, one project, or the default of its period for every
+    user without their own. `scope` says which; exactly the matching subject is set.
+
+    A user's own budget of a period replaces the default of that period for them; key and project
+    budgets apply on top of those. A request is refused when any budget that applies is exhausted."""
+
+    class Scope(models.TextChoices):
+        USER = "user", "user"
+        KEY = "key", "API key"
+        PROJECT = "project", "project"
+        DEFAULT = "default", "default (every user without their own)"
 
     class Period(models.TextChoices):
         DAILY = "daily", "daily"
@@ -156,35 +167,84 @@ class Budget(models.Model):
         MONTHLY = "monthly", "monthly (calendar month)"
         TOTAL = "total", "total (never resets)"
 
+    scope = models.CharField(max_length=10, choices=Scope.choices)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True,
-                             related_name="budgets", help_text="Leave empty for the default of this period.")
+                             related_name="budgets", help_text="For a user budget.")
+    # Keys and projects are the gateway's (usage refers to them by name, never imports gateway).
+    key = models.ForeignKey("gateway.ApiKey", on_delete=models.CASCADE, null=True, blank=True,
+                            related_name="budgets", help_text="For an API key budget.")
+    project = models.ForeignKey("gateway.Project", on_delete=models.CASCADE, null=True, blank=True,
+                                related_name="budgets", help_text="For a project budget.")
     period = models.CharField(max_length=10, choices=Period.choices)
     limit_nanos = models.BigIntegerField(help_text="The cap, in integer nanodollars.")
     warn_percent = models.PositiveSmallIntegerField(null=True, blank=True,
                                                     help_text="Warn once spend passes this share of the cap.")
+    # Percentages of the cap at which an alert is sent, once per budget period (usage.alerts); empty: none.
+    alert_percents = models.JSONField(default=list, blank=True,
+                                      help_text="Alert when spend reaches these percents of the cap, e.g. [50, 80].")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    SUBJECT_FIELDS = {Scope.USER: "user", Scope.KEY: "key", Scope.PROJECT: "project"}
+
     class Meta:
         db_table = "usage_budget"
-        ordering = ["user__username", "period"]
+        ordering = ["scope", "period", "id"]
         constraints = [
-            models.UniqueConstraint(fields=["user", "period"], name="usage_budget_one_per_user_period"),
-            models.UniqueConstraint(fields=["period"], condition=models.Q(user__isnull=True),
-                                    name="usage_budget_one_default_per_period"),
+            models.UniqueConstraint(fields=["user", "period"], condition=models.Q(scope="user"),
+                                    name="usage_budget_one_per_user_period",
+                                    violation_error_message="There is already a budget for this user and period."),
+            models.UniqueConstraint(fields=["key", "period"], condition=models.Q(scope="key"),
+                                    name="usage_budget_one_per_key_period",
+                                    violation_error_message="There is already a budget for this API key and period."),
+            models.UniqueConstraint(fields=["project", "period"], condition=models.Q(scope="project"),
+                                    name="usage_budget_one_per_project_period",
+                                    violation_error_message="There is already a budget for this project and period."),
+            models.UniqueConstraint(fields=["period"], condition=models.Q(scope="default"),
+                                    name="usage_budget_one_default_per_period",
+                                    violation_error_message="There is already a default budget for this period."),
+            models.CheckConstraint(
+                condition=(models.Q(scope="user", user__isnull=False, key__isnull=True, project__isnull=True)
+                           | models.Q(scope="key", user__isnull=True, key__isnull=False, project__isnull=True)
+                           | models.Q(scope="project", user__isnull=True, key__isnull=True, project__isnull=False)
+                           | models.Q(scope="default", user__isnull=True, key__isnull=True, project__isnull=True)),
+                name="usage_budget_scope_names_its_subject"),
             models.CheckConstraint(condition=models.Q(limit_nanos__gte=0), name="usage_budget_limit_not_negative"),
             models.CheckConstraint(condition=models.Q(warn_percent__isnull=True) | models.Q(warn_percent__lte=100),
                                    name="usage_budget_warn_percent_at_most_100"),
         ]
 
     def __str__(self):
-        who = self.user.username if self.user_id else "default"
-        return f"{who} {self.period} budget"
+        return f"{self.subject_label} {self.period} budget"
 
     @property
     def is_default(self) -> bool:
-        return self.user_id is None
+        return self.scope == self.Scope.DEFAULT
+
+    def clean(self):
+        """The scope names exactly its subject (the admin's form; the API and set_budget say the same)."""
+        super().clean()
+        subject_field = self.SUBJECT_FIELDS.get(self.scope)
+        errors = {}
+        if subject_field and getattr(self, f"{subject_field}_id") is None:
+            errors[subject_field] = f"A {self.get_scope_display()} budget names its {subject_field}."
+        for field in self.SUBJECT_FIELDS.values():
+            if field != subject_field and getattr(self, f"{field}_id") is not None:
+                errors[field] = f"Leave this empty for a {self.get_scope_display()} budget."
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def subject_label(self) -> str:
+        """How the budget's subject is named: a username, a key prefix, a project's public id, "default"."""
+        if self.scope == self.Scope.USER:
+            return self.user.get_username()
+        if self.scope == self.Scope.KEY:
+            return self.key.prefix
+        if self.scope == self.Scope.PROJECT:
+            return self.project.public_id
+        return "default"
 
     @property
     def limit_usd(self):
