@@ -10,16 +10,19 @@ from one `random.Random(seed)`, so a seed and a day give the same history.
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from gateway.models import ModelFacade
+from gateway.models import ModelFacade, Project, ProjectMember
 from gateway.price_catalog import facade_price_fields
 from usage import ledger, rollups
+from usage.budgets import budget_period_bounds, set_budget
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
 from usage.calendar import local_date, local_midnight, zone
+from usage.queries import spend_by_project
 from usage.pricing import cost_nanos
 
 DEMO_FACADES = [
@@ -79,6 +82,15 @@ WORK_HOURS = list(range(7, 22))
 HOUR_WEIGHTS = [1, 3, 6, 8, 8, 5, 6, 8, 7, 6, 4, 3, 2, 2, 1]
 REQUESTS_PER_DAY = 45  # for a user of weight 1, on a weekday, at the end of the history
 
+# The demo's teams: (name, description, the monthly budget as a multiple of this month's spend so far,
+# alert thresholds). Users join them in turn (the first of each is its owner); every key of a user
+# goes to their team. One team is near its cap, one past its first alert, one far from both.
+DEMO_PROJECTS = [
+    ("Support assistant", "The customer-support chatbot and its evaluation runs.", "1.15", [50, 80, 100]),
+    ("Search", "Query understanding and document embeddings for site search.", "1.6", [50, 80]),
+    ("Data platform", "Batch enrichment jobs and the analysts' notebooks.", "4", [80]),
+]
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -113,7 +125,8 @@ def seed_demo(*, days: int = 90, users: int = 25, seed: int = 0, force: bool = F
     now = now or timezone.now()
     facades = ensure_demo_facades(mock_url)
     result = SeedResult()
-    demo_users = ensure_demo_users(users, result)
+    projects = ensure_demo_projects()
+    demo_users = ensure_demo_users(users, result, projects)
     rng = random.Random(seed)
     profiles = make_profiles(rng, demo_users, len(facades), days)
     deltas = list(generate_history(rng, profiles, facades, days, now, seed))
@@ -122,13 +135,34 @@ def seed_demo(*, days: int = 90, users: int = 25, seed: int = 0, force: bool = F
     result.requests = sum(d.requests for d in deltas)
     result.cost_nanos = sum(d.cost_nanos for d in deltas)
     rollups.roll_up()
+    ensure_demo_budgets(projects, now)
     return result
 
 
 @transaction.atomic
-def ensure_demo_users(count: int, result: SeedResult) -> list:
+def ensure_demo_projects() -> list[Project]:
+    """The demo teams (existing ones, and an admin's edits of them, are kept)."""
+    return [Project.objects.get_or_create(name=name, defaults={"description": description})[0]
+            for name, description, *_ in DEMO_PROJECTS]
+
+
+def ensure_demo_budgets(projects: list[Project], now: datetime) -> None:
+    """A monthly budget per demo team, sized from this month's spend so far (whole dollars), with
+    alerts; created once (an admin's changes are kept)."""
+    start, _ = budget_period_bounds("monthly", now)
+    spent = spend_by_project(start, now, {p.pk for p in projects})
+    for project, (_, _, multiple, alerts) in zip(projects, DEMO_PROJECTS):
+        if project.budgets.exists():
+            continue
+        cap = max(Decimal(1), (Decimal(spent.get(project.pk, 0)) * Decimal(multiple) / 10**9).quantize(Decimal(1)))
+        set_budget(project_id=project.public_id, period="monthly", amount_usd=cap, warn_percent=80, active=True,
+                   alert_percents=alerts)
+
+
+@transaction.atomic
+def ensure_demo_users(count: int, result: SeedResult, projects: list[Project]) -> list:
     """The first `count` demo users, created with keys where missing (unusable passwords: demo
-    users never log in; their keys are never shown)."""
+    users never log in; their keys are never shown), each in one of the demo teams, where their keys go."""
     User = get_user_model()
     users = []
     for index in range(count):
@@ -141,8 +175,11 @@ def ensure_demo_users(count: int, result: SeedResult) -> list:
             user.set_unusable_password()
             user.save(update_fields=["password"])
             result.users_created += 1
+            project = projects[index % len(projects)]
+            role = ProjectMember.Role.OWNER if index < len(projects) else ProjectMember.Role.MEMBER
+            ProjectMember.objects.get_or_create(project=project, user=user, defaults={"role": role})
             for name in ["laptop", "ci"] if index % 4 == 0 else ["laptop"]:
-                user.api_keys.model.objects.create_key(user, name=f"demo {name}")
+                user.api_keys.model.objects.create_key(user, name=f"demo {name}", project=project)
                 result.keys_created += 1
         users.append(user)
     result.usernames = [u.username for u in users]

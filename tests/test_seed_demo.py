@@ -186,3 +186,30 @@ def test_the_command_reports_what_it_did_and_then_that_it_skipped():
 def test_the_command_refuses_nonsense():
     with pytest.raises(CommandError, match="at least 1"):
         call_command("seed_demo", "--days", "0")
+
+
+@pytest.mark.django_db
+def test_the_demo_has_three_teams_with_monthly_budgets_and_alerts():
+    """Every demo key is in its user's team; each team's budget is its multiple of the month's spend."""
+    from decimal import Decimal
+
+    from gateway.models import Project, ProjectMember
+    from usage.budgets import state_of
+    from usage.models import Budget
+
+    seed_demo(days=20, users=7, seed=4, now=NOW)
+    teams = {p.name: p for p in Project.objects.exclude(public_id="proj_default")}
+    assert sorted(teams) == ["Data platform", "Search", "Support assistant"]
+    demo_keys = ApiKey.objects.filter(user__email__endswith=DEMO_EMAIL_DOMAIN).select_related("user")
+    members = {(m.project_id, m.user_id): m.role for m in ProjectMember.objects.all()}
+    assert all((key.project_id, key.user_id) in members for key in demo_keys)
+    assert sorted(members.values()).count("owner") == 3
+    budgets = {b.project.name: b for b in Budget.objects.select_related("project")}
+    assert {name: (b.scope, b.period, b.alert_percents) for name, b in budgets.items()} == {
+        "Support assistant": ("project", "monthly", [50, 80, 100]), "Search": ("project", "monthly", [50, 80]),
+        "Data platform": ("project", "monthly", [80])}
+    for name, multiple in (("Support assistant", "1.15"), ("Search", "1.6"), ("Data platform", "4")):
+        state = state_of(budgets[name], NOW)
+        assert state.spend_nanos > 0
+        assert budgets[name].limit_nanos == max(10**9, int((Decimal(state.spend_nanos) * Decimal(multiple) / 10**9)
+                                                             .quantize(Decimal(1))) * 10**9)
