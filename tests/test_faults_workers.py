@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -108,28 +109,34 @@ def wait_for_workers(gateway, count: int, seconds: float = 30.0) -> list[int]:
     return wait_until(ready, seconds, f"{count} started gunicorn workers")
 
 
-def established_connections(pid: int, port: int) -> int:
-    """Established TCP connections to `port` that process `pid` holds (what it is serving now)."""
-    inodes = set()
+def client_ports(pid: int, port: int) -> set[int]:
+    """The peer ports of the established TCP connections to `port` that process `pid` holds: the
+    local ports of the clients it is serving now."""
+    peers = {}
     with open("/proc/net/tcp") as table:
         next(table)
         for line in table:
             fields = line.split()
             local_port = int(fields[1].split(":")[1], 16)
             if local_port == port and fields[3] == "01":
-                inodes.add(fields[9])
-    count = 0
+                peers[fields[9]] = int(fields[2].split(":")[1], 16)
+    ports = set()
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
             except OSError:
                 continue
-            if target.startswith("socket:[") and target[8:-1] in inodes:
-                count += 1
+            if target.startswith("socket:[") and target[8:-1] in peers:
+                ports.add(peers[target[8:-1]])
     except FileNotFoundError:
-        return 0
-    return count
+        return set()
+    return ports
+
+
+def established_connections(pid: int, port: int) -> int:
+    """Established TCP connections to `port` that process `pid` holds (what it is serving now)."""
+    return len(client_ports(pid, port))
 
 
 def port_of(base_url: str) -> int:
@@ -154,6 +161,7 @@ class Answer:
     error_type: str | None = None
     error: str | None = None
     body: bytes = b""  # the body of an answer other than 200
+    port: int | None = None  # the client's local port (own_connection), which the serving worker sees
 
     @property
     def process(self) -> str | None:
@@ -192,6 +200,25 @@ def _parse(answer: Answer, data: bytes) -> None:
 def new_session() -> aiohttp.ClientSession:
     # A connection of its own per request: no keep-alive connection to be closed under a request.
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
+
+
+async def on_own_connection(base_url: str, key: str, index: int, **kwargs) -> Answer:
+    """`chat` on a session and connection of its own, whose local port is known before a byte is
+    sent (bound by the socket factory): the gateway worker serving it holds a connection from it."""
+    ports = []
+
+    def socket_factory(addr_info):
+        family, kind, proto, _, _ = addr_info
+        sock = socket.socket(family, kind, proto)
+        sock.bind(("127.0.0.1", 0))
+        ports.append(sock.getsockname()[1])
+        return sock
+
+    connector = aiohttp.TCPConnector(force_close=True, limit=0, socket_factory=socket_factory)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        answer = await chat(session, base_url, key, index, **kwargs)
+    [answer.port] = ports
+    return answer
 
 
 async def chat(session, base_url: str, key: str, index: int, *, stream: bool, prompt: str,
@@ -241,45 +268,108 @@ def stream_prompt(index: int) -> str:
 # --- 1. SIGKILL under load -----------------------------------------------------------------------------
 
 
+def make_keys(url: str, count: int) -> list[str]:
+    """`count` more keys of the world's user, named r0, r1, ...: one per request, so the ledger's
+    rows by key say which requests were counted, and with what."""
+    return manage(url, "shell", "-c", "\n".join([
+        "from django.contrib.auth.models import User",
+        "from gateway.models import ApiKey",
+        "user = User.objects.get(username='dave')",
+        f"for i in range({count}): print(ApiKey.objects.create_key(user, name=f'r{{i}}')[1])",
+    ])).strip().splitlines()[-count:]
+
+
+def totals_by_key_name(url) -> dict[str, tuple[int, int]]:
+    """{key name: (requests, output tokens)} over the whole ledger."""
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        rows = conn.execute("SELECT k.name, sum(b.requests), sum(b.output_tokens) FROM usage_bucket_5min b "
+                            "JOIN gateway_apikey k ON k.id = b.key_id GROUP BY k.name").fetchall()
+    return {name: (int(requests), int(output)) for name, requests, output in rows}
+
+
+def full_replies(mock_url: str, prompts: dict[int, str]) -> dict[int, int]:
+    """{index: the output tokens of the whole reply the upstream gives that prompt}, asked of the mock
+    directly with the body the gateway forwards (its upstream model, not streamed)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{mock_url}/_mock/requests", timeout=10) as response:
+        model = json.loads(response.read())[0]["body"]["model"]
+
+    async def ask():
+        async with aiohttp.ClientSession() as session:
+            async def one(prompt):
+                body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+                async with session.post(f"{mock_url}/v1/chat/completions", json=body) as response:
+                    return (await response.json())["usage"]["completion_tokens"]
+
+            indexes = list(prompts)
+            tokens = await asyncio.gather(*(one(prompts[i]) for i in indexes))
+            return dict(zip(indexes, tokens))
+
+    return asyncio.run(ask())
+
+
 @pytest.mark.timeout(120)
 def test_sigkill_of_a_worker_under_load_loses_no_whole_answer_and_its_replacement_serves(cluster, tmp_path):
+    """Breaks caught: a whole answer not counted, or counted with other tokens (the per-key rows); a
+    request counted for more than its upstream's whole reply; a request of the surviving worker cut
+    or counted as cut (a kill that reaches beyond the victim)."""
     url, key, mock, mock_url = make_world(cluster, tmp_path, "--delay-ms", "100", "--stream-chunk-delay-ms", "20")
+    count = 40
+    keys = make_keys(url, count)
     gateway, base_url = start_gateway(url, tmp_path, workers=2)
     port = port_of(base_url)
+    prompts = {i: stream_prompt(i) if i % 2 else f"plain {i}" for i in range(count)}
     try:
         original = wait_for_workers(gateway, 2)
 
         async def load():
-            async with new_session() as session:
-                tasks = []
-                for i in range(40):  # a few ms apart, so both workers take some
-                    tasks.append(asyncio.create_task(chat(session, base_url, key, i, stream=bool(i % 2),
-                                                          prompt=stream_prompt(i) if i % 2 else f"plain {i}")))
-                    await asyncio.sleep(0.004)
-                # Kill once answers flow, the worker holding the most requests in flight right then.
-                deadline = time.monotonic() + 20
-                while not any(t.done() and t.result().whole for t in tasks):
-                    assert time.monotonic() < deadline, "no answer came back"
-                    await asyncio.sleep(0.01)
-                busy = {pid: established_connections(pid, port) for pid in original}
-                victim = max(busy, key=busy.get)
-                os.kill(victim, signal.SIGKILL)
-                return await asyncio.wait_for(asyncio.gather(*tasks), 60), victim, busy
+            tasks = []
+            for i in range(count):  # a few ms apart, so both workers take some
+                tasks.append(asyncio.create_task(on_own_connection(base_url, keys[i], i, stream=bool(i % 2),
+                                                                   prompt=prompts[i])))
+                await asyncio.sleep(0.004)
+            # Kill once answers flow, the worker holding the most requests in flight right then.
+            deadline = time.monotonic() + 20
+            while not any(t.done() and t.result().whole for t in tasks):
+                assert time.monotonic() < deadline, "no answer came back"
+                await asyncio.sleep(0.01)
+            busy = {pid: established_connections(pid, port) for pid in original}
+            victim = max(busy, key=busy.get)
+            # Stopped first, so it accepts nothing more: the connections it holds now are all it
+            # will ever have, and the kill cuts exactly those.
+            os.kill(victim, signal.SIGSTOP)
+            victims_clients = client_ports(victim, port)
+            os.kill(victim, signal.SIGKILL)
+            return await asyncio.wait_for(asyncio.gather(*tasks), 60), victim, busy, victims_clients
 
-        answers, victim, busy = asyncio.run(load())
-        assert busy[victim] > 0, f"the killed worker served nothing at the time: {busy}"
+        answers, victim, busy, victims_clients = asyncio.run(load())
+        assert busy[victim] > 0 and victims_clients, f"the killed worker served nothing at the time: {busy}"
         whole = [a for a in answers if a.whole]
         cut = [a for a in answers if not a.whole]
         assert whole and cut, f"the kill should cut some requests and spare others: {len(whole)} whole, {len(cut)} cut"
-        # Streams cut mid-body all came from one process (the killed one): the other finished its own.
-        assert len({a.process for a in answers if a.status == 200 and not a.whole}) <= 1
+        # Every cut request was the killed worker's: the other finished all of its own.
+        assert [a.index for a in cut if a.port not in victims_clients] == []
         # Nothing answered is anything but a whole 200: a cut request got no status, or a 200 cut mid-stream.
         assert all(a.status in (None, 200) for a in answers), [(a.status, a.error) for a in answers]
 
         requests, output_tokens, _ = totals(url)
-        # Every whole answer was counted before it ended; a request the kill cut may or may not be.
-        assert len(whole) <= requests <= forwarded(mock_url) <= len(answers)
-        assert output_tokens >= sum(a.output_tokens for a in whole)
+        by_key = totals_by_key_name(url)
+        upstream_seen = forwarded(mock_url)  # before the test asks the mock itself
+        replies = full_replies(mock_url, {a.index: prompts[a.index] for a in cut})
+        # Every whole answer was counted before it ended, once, with the tokens its client was told.
+        assert {f"r{a.index}": by_key.get(f"r{a.index}") for a in whole} == {
+            f"r{a.index}": (1, a.output_tokens) for a in whole}
+        # A request the kill cut may or may not have been counted (the window the README names), once
+        # at most and never for more than its upstream's whole reply; each one counted was the killed
+        # worker's.
+        counted_cut = {a.index: by_key[f"r{a.index}"] for a in cut if f"r{a.index}" in by_key}
+        assert all(n == 1 and tokens <= replies[index] for index, (n, tokens) in counted_cut.items()), \
+            (counted_cut, replies)
+        assert all(a.port in victims_clients for a in cut if a.index in counted_cut)
+        assert requests == len(whole) + len(counted_cut) <= upstream_seen <= len(answers)
+        assert sum(a.output_tokens for a in whole) <= output_tokens <= (
+            sum(a.output_tokens for a in whole) + sum(replies.values()))
 
         # gunicorn replaces the worker; the replacement alone serves the next request (the surviving
         # original worker is stopped meanwhile, so it cannot take the connection).
