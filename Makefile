@@ -83,6 +83,13 @@ test-tools:
 test: install browser test-tools
 	tests/run.sh
 
+# The mutation check (tests/mutate.py, not part of make test): each deliberate break of a guarantee,
+# applied alone to a scratch copy of the tree, must fail the tests named for it. PostgreSQL from
+# MUTATE_DATABASE_URL, else 127.0.0.1:5432; MUTATE_ARGS passes options (-k budget, --list, --keep).
+.PHONY: mutate
+mutate: $(VENV)/.installed
+	$(PY) tests/mutate.py $(MUTATE_ARGS)
+
 # The gateway bench drives wrk (Debian's package) and profiles with py-spy (PyPI) when asked.
 bench-tools: install
 	@command -v wrk >/dev/null 2>&1 || { \
