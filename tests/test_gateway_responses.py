@@ -4,8 +4,10 @@ URL. The ledger holds exactly what the answers reported: tokens, reasoning token
 
 import asyncio
 import http.client
+import http.server
 import json
 import math
+import threading
 import time
 from decimal import Decimal
 
@@ -13,6 +15,8 @@ import openai
 import pytest
 
 from gateway.mock_upstream import REASONING_TOKENS, counts
+from gateway.models import ModelFacade
+from tests.support.fixtures import raw
 from tests.test_gateway_app import GPT, LONG_PROMPT, chat, expected, gw, ledger, post  # noqa: F401 (gw)
 from usage.budgets import set_budget
 from usage.money import usd_exact
@@ -42,8 +46,7 @@ def test_a_response_is_proxied_renamed_and_counted_with_its_reasoning_tokens(gw)
     assert response.model == "gpt-test" and response.output_text.startswith("Mock reply")
     assert response.usage.input_tokens_details.cached_tokens > 0
     assert response.usage.output_tokens_details.reasoning_tokens == REASONING_TOKENS
-    assert ledger() == responses_expected(response.usage)
-    assert ledger()["reasoning_tokens"] == REASONING_TOKENS
+    assert ledger() == responses_expected(response.usage)  # so the ledger holds the 16 reasoning tokens too
     assert raw.headers["x-codevector-cost-usd"] == usd_exact(ledger()["cost_nanos"])
     sent = gw.mock.seen[-1]
     assert sent["path"] == "/v1/responses" and sent["body"]["model"] == "gpt-4o-mini"
@@ -51,10 +54,14 @@ def test_a_response_is_proxied_renamed_and_counted_with_its_reasoning_tokens(gw)
 
 
 def test_cached_input_is_priced_apart_so_ignoring_the_details_would_cost_more(gw):
+    """Catches: cached reads billed at another price (the cache-write price, 0 on this facade, or the
+    input price). The prices are whole nanodollars a token, so the cost is exact without rounding."""
     response = gw.openai.responses.create(model="gpt-test", input=LONG_PROMPT)
     usage = response.usage
-    naive = (usage.input_tokens * GPT.input_micros + usage.output_tokens * GPT.output_micros) // 1000
-    assert ledger()["cost_nanos"] < naive
+    cached = usage.input_tokens_details.cached_tokens
+    assert cached > 0
+    # $0.15, $0.075 cached, $0.60 out per million tokens: 150, 75 and 600 nanodollars a token.
+    assert ledger()["cost_nanos"] == (usage.input_tokens - cached) * 150 + cached * 75 + usage.output_tokens * 600
 
 
 def test_a_stream_renames_only_the_response_objects_and_counts_the_final_usage(gw):
@@ -206,10 +213,55 @@ def test_anthropic_count_tokens_is_forwarded_renamed_never_billed_nor_refused_by
     assert nothing_recorded()
 
 
-def test_chat_completions_read_cache_writes_and_reasoning_from_the_details(gw):
-    response = gw.openai.chat.completions.create(model="gpt-test", messages=chat())
-    details = response.usage.completion_tokens_details
-    assert ledger()["reasoning_tokens"] == details.reasoning_tokens == 0  # the chat mock reports none
+@pytest.fixture
+def details_upstream():
+    """An upstream that answers every chat completion with the wire fixture's answer (20,000 prompt
+    tokens, 8,000 of them cached reads; 3,000 output tokens, 2,000 of them reasoning) and 4,000
+    cache writes among the prompt's tokens: the mock upstream's chat answers report neither."""
+    answer = json.loads(raw("openai-chat-flex.json"))
+    answer["usage"]["prompt_tokens_details"]["cache_write_tokens"] = 4000
+    answer["service_tier"] = "default"
+    body = json.dumps(answer).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_chat_completions_read_cache_writes_and_reasoning_from_the_details(gw, details_upstream):
+    """Catches: the reasoning tokens or the cache writes of a chat completion's usage details ignored."""
+    ModelFacade.objects.create(name="gpt-details", provider="openai", base_url=details_upstream,
+                               upstream_model="gpt-5", input_price_micros=1_250_000,
+                               cached_input_price_micros=125_000, cache_write_price_micros=2_000_000,
+                               output_price_micros=10_000_000)
+    gw.server.refresh()
+    response = gw.openai.chat.completions.create(model="gpt-details", messages=chat())
+    assert response.model == "gpt-details"
+    assert (response.usage.completion_tokens_details.reasoning_tokens,
+            response.usage.prompt_tokens_details.cache_write_tokens) == (2000, 4000)  # passed on
+    assert ledger() == {
+        "requests": 1, "error_requests": 0, "estimated_requests": 0, "input_tokens": 20_000,
+        "cached_input_tokens": 8000, "cache_write_tokens": 4000, "cache_write_extended_tokens": 0,
+        "output_tokens": 3000, "reasoning_tokens": 2000, "web_search_calls": 0, "file_search_calls": 0,
+        # 8,000 uncached x $1.25 + 8,000 cached x $0.125 + 4,000 writes x $2 + 3,000 out x $10, per million.
+        "cost_nanos": 10_000_000 + 1_000_000 + 8_000_000 + 30_000_000}
 
 
 def test_an_agent_run_through_the_gateway_counts_every_model_call(gw):
