@@ -3,6 +3,7 @@ imports `codevector`, and no two modules import each other in a loop. Read from 
 `ast`, so an import inside a function counts as much as one at the top."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,88 @@ def test_no_two_modules_import_each_other_in_a_loop():
         if name not in state:
             visit(name, [name])
     assert cycles == []
+
+
+# --- the dependencies that imports do not show ---------------------------------------------------
+#
+# `usage` never imports `gateway`, yet it depends on gateway's models: through string foreign keys
+# (the sanctioned way, DESIGN) and by reaching through a foreign key's `related_model` to the model
+# at its other end. Both are invisible to the import graph above, so each is listed here by name with
+# the reason it exists. A new one fails these tests until it is added with its reason; one that is
+# gone fails them until it is removed, so the lists stay the whole truth.
+
+# (module, "app_label.Model"): why the module names that model.
+STRING_MODEL_REFERENCES = {
+    ("usage.models", "gateway.ApiKey"):
+        "the bucket tables' key column (usage is counted per API key) and a budget's key (a key may have a cap)",
+    ("usage.models", "gateway.ModelFacade"): "the bucket tables' facade column: every usage row points at a facade",
+    ("usage.models", "gateway.Project"): "a budget's project (a project may have a cap)",
+    ("gateway.apps", "gateway.Project"):
+        "the post_migrate handler asks the migrated state for Project, so a database migrated back to before "
+        "projects is left alone",
+}
+
+# (module, the expression that ends in `.related_model`): what the module needs from the model there.
+RELATED_MODEL_REACHES = {
+    ("usage.api_budgets", "Budget._meta.get_field(field).related_model"):
+        "the API's key and project fields of a budget choose among gateway's keys and projects",
+    ("usage.budgets", "Budget._meta.get_field('key').related_model"):
+        "set_budget finds a budget's key by its prefix",
+    ("usage.budgets", "Budget._meta.get_field('project').related_model"):
+        "set_budget finds a budget's project by its public id",
+    ("usage.queries", "FiveMinuteUsage._meta.get_field('key').related_model"):
+        "reads per key and per project join the keys' table (its name, its project column)",
+    ("usage.queries", "_key_model()._meta.get_field('project').related_model"):
+        "reads per project name each project (public id, name) from the projects' table",
+    ("usage.queries", "FiveMinuteUsage._meta.get_field('facade').related_model"):
+        "reads per model join the facades' table for the facade's name",
+    ("usage.ledger", "FiveMinuteUsage._meta.get_field('key').related_model"):
+        "the ledger makes each user's reserved key (usage without a key) in the keys' table, by raw SQL",
+    ("usage.permissions", "FiveMinuteUsage._meta.get_field('key').related_model"):
+        "the way to gateway's Project, through the key of the usage rows",
+    ("usage.permissions",
+     "FiveMinuteUsage._meta.get_field('key').related_model._meta.get_field('project').related_model"):
+        "project_model(): the projects whose usage the API and the OpenAI-shaped API read, and who may read them",
+    ("usage.openai_usage", "FiveMinuteUsage._meta.get_field('facade').related_model"):
+        "the costs' line items price each model's quantities at its facade's prices",
+}
+
+# A model's name, not a system check's id (codevector.E003).
+MODEL_REFERENCE = re.compile(r"(auth|contenttypes|admin|sessions|django_q|codevector|gateway|usage)\.[A-Z][a-z]\w*")
+
+
+def string_model_references() -> set[tuple[str, str]]:
+    """Every "app_label.Model" string in the apps' code (migrations aside), and every
+    get_model("app_label", "Model") call, as (module, "app_label.Model")."""
+    found = set()
+    for name, path in project_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and MODEL_REFERENCE.fullmatch(node.value):
+                found.add((name, node.value))
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get_model"
+                  and len(node.args) == 2 and all(isinstance(a, ast.Constant) and isinstance(a.value, str)
+                                                  for a in node.args)):
+                found.add((name, f"{node.args[0].value}.{node.args[1].value}"))
+    return found
+
+
+def related_model_reaches() -> set[tuple[str, str]]:
+    """Every expression ending in `.related_model` in the apps' code (migrations aside), as
+    (module, the expression's source)."""
+    return {(name, ast.unparse(node)) for name, path in project_modules().items()
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+            if isinstance(node, ast.Attribute) and node.attr == "related_model"}
+
+
+def test_every_string_model_reference_is_listed_with_its_reason():
+    found = string_model_references()
+    assert sorted(found - STRING_MODEL_REFERENCES.keys()) == [], "new: list each in STRING_MODEL_REFERENCES, with why"
+    assert sorted(STRING_MODEL_REFERENCES.keys() - found) == [], "gone: remove each from STRING_MODEL_REFERENCES"
+    assert all(reason.strip() for reason in STRING_MODEL_REFERENCES.values())
+
+
+def test_every_related_model_reach_through_is_listed_with_its_reason():
+    found = related_model_reaches()
+    assert sorted(found - RELATED_MODEL_REACHES.keys()) == [], "new: list each in RELATED_MODEL_REACHES, with why"
+    assert sorted(RELATED_MODEL_REACHES.keys() - found) == [], "gone: remove each from RELATED_MODEL_REACHES"
+    assert all(reason.strip() for reason in RELATED_MODEL_REACHES.values())
