@@ -1,5 +1,7 @@
-"""Migrations that change the ledger keep every existing total: a database with history, migrated
-forward, holds the same numbers at every level, and the new counters start at zero."""
+"""Migrations that change the ledger keep every existing row: a database with history, migrated
+forward, holds the same numbers in the same bucket for the same user at every level (compared row by
+row, so usage moved between users or buckets is caught, not only usage lost), and the new counters
+start at zero."""
 
 import pytest
 from django.db import connection
@@ -17,10 +19,14 @@ def migrate(targets):
     executor.migrate(targets)
 
 
-def totals(table, names):
+def rows(table, names, key=("bucket_start", "user_id")):
+    """{(bucket start as text, user, ...): (counters...)}: one entry per row (no two rows share a key here)."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {', '.join(f'SUM({n})' for n in names)}, COUNT(*) FROM {table}")
-        return cursor.fetchone()
+        cursor.execute(f"SELECT {', '.join(key)}, {', '.join(names)} FROM {table}")
+        found = cursor.fetchall()
+    as_text = {row[: len(key)]: row[len(key):] for row in found}
+    assert len(as_text) == len(found)
+    return {(str(k[0])[:19], *k[1:]): v for k, v in as_text.items()}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -31,22 +37,23 @@ def test_adding_reasoning_tokens_keeps_every_total_and_adds_zeros():
     user = old.get_model("auth", "User").objects.create(username="ada")
     facade = old.get_model("gateway", "ModelFacade").objects.create(
         name="gpt-old", provider="openai", base_url="http://127.0.0.1:9/v1", upstream_model="gpt-4o-mini")
+    inserted = {table: {} for table in TABLES}
     with connection.cursor() as cursor:
         for level, table in enumerate(TABLES):
             for row in range(3):
-                values = [1000 * level + 10 * row + i for i in range(len(OLD_COUNTERS))]
+                values = tuple(1000 * level + 10 * row + i for i in range(len(OLD_COUNTERS)))
                 cursor.execute(
                     f"INSERT INTO {table} (bucket_start, user_id, facade_id, {', '.join(OLD_COUNTERS)}) "
                     f"VALUES (%s, %s, %s, {', '.join(['%s'] * len(OLD_COUNTERS))})",
                     [f"2026-0{row + 1}-01 00:00:00+00:00" if connection.vendor == "postgresql"
                      else f"2026-0{row + 1}-01 00:00:00", user.pk, facade.pk, *values])
-    before = {table: totals(table, OLD_COUNTERS) for table in TABLES}
-    assert before["usage_bucket_day"] == (*(3 * (2000 + 10 + i) for i in range(len(OLD_COUNTERS))), 3)
+                inserted[table][(f"2026-0{row + 1}-01 00:00:00", user.pk)] = values
+    assert {table: rows(table, OLD_COUNTERS) for table in TABLES} == inserted
 
     migrate(latest)
     for table in TABLES:
-        assert totals(table, OLD_COUNTERS) == before[table]
-        assert totals(table, ("reasoning_tokens",)) == (0, 3)
+        assert rows(table, OLD_COUNTERS) == inserted[table]
+        assert rows(table, ("reasoning_tokens",)) == {key: (0,) for key in inserted[table]}
 
 
 BEFORE_KEYS = [("usage", "0006_reasoning_tokens"), ("gateway", "0001_initial")]
@@ -63,17 +70,19 @@ def test_per_key_accounting_moves_history_to_a_reserved_key_per_user_keeping_eve
         name="gpt-old", provider="openai", base_url="http://127.0.0.1:9/v1", upstream_model="gpt-4o-mini")
     old.get_model("gateway", "ApiKey").objects.create(user=users[0], name="laptop", prefix="cvk_abcdefgh",
                                                       digest="d" * 64)
+    inserted = {table: {} for table in TABLES}
     with connection.cursor() as cursor:
         for level, table in enumerate(TABLES):
             for row in range(4):
-                values = [1000 * level + 10 * row + i for i in range(len(COUNTERS_WITH_REASONING))]
+                values = tuple(1000 * level + 10 * row + i for i in range(len(COUNTERS_WITH_REASONING)))
                 day = f"2026-0{row // 2 + 1}-0{row % 2 + 1} 00:00:00"
                 cursor.execute(
                     f"INSERT INTO {table} (bucket_start, user_id, facade_id, {', '.join(COUNTERS_WITH_REASONING)}) "
                     f"VALUES (%s, %s, %s, {', '.join(['%s'] * len(COUNTERS_WITH_REASONING))})",
                     [day + ("+00:00" if connection.vendor == "postgresql" else ""), users[row % 2].pk, facade.pk,
                      *values])
-    before = {table: totals(table, COUNTERS_WITH_REASONING) for table in TABLES}
+                inserted[table][(day, users[row % 2].pk)] = values
+    assert {table: rows(table, COUNTERS_WITH_REASONING) for table in TABLES} == inserted
 
     migrate(latest)
     from gateway.models import ApiKey
@@ -84,11 +93,9 @@ def test_per_key_accounting_moves_history_to_a_reserved_key_per_user_keeping_eve
                for key in reserved.values())
     assert not ApiKey.objects.usable().filter(pk__in=[k.pk for k in reserved.values()]).exists()
     for table in TABLES:
-        assert totals(table, COUNTERS_WITH_REASONING) == before[table]
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT user_id, key_id FROM {table}")
-            assert {(user_id, key_id) for user_id, key_id in cursor.fetchall()} == {
-                (u.pk, reserved[u.pk].pk) for u in users}
+        # Each row kept, in its bucket, with its user, now on that user's reserved key.
+        assert rows(table, COUNTERS_WITH_REASONING, key=("bucket_start", "user_id", "key_id")) == {
+            (day, user_id, reserved[user_id].pk): values for (day, user_id), values in inserted[table].items()}
     # The key is NOT NULL now: a NULL key could never conflict, so a row without one is refused.
     from django.db import IntegrityError, transaction
 
