@@ -277,3 +277,42 @@ def test_my_budgets_lists_every_budget_that_applies_to_the_calling_key(db, alice
         ("key", key.prefix, "weekly", "5.000000000", "0.000000000"),  # the other key's spend is not this key's
         ("project", atlas.public_id, "total", "50.000000000", "2.000000000"),  # the project's is
     ]
+
+
+def test_concurrent_keys_of_a_project_overshoot_its_cap_by_at_most_the_requests_in_flight(teams):
+    """The user budget's bound, for a project budget spent by two users' keys at once: one process
+    adds each request's spend to the project as it records it, so once the cap is crossed only the
+    requests already in flight can still pass."""
+    import asyncio
+
+    erin, finn, atlas, borealis, keys, server = teams
+    cap = Decimal("0.05")
+    set_budget(project_id=atlas.public_id, period="daily", amount_usd=cap, warn_percent=None, active=True)
+    server.refresh()
+
+    async def hammer():
+        clients = [openai.AsyncOpenAI(base_url=keys[name][1].base_url, api_key=keys[name][1].api_key, max_retries=0,
+                                      timeout=20) for name in ("a1", "f1")]
+        costs, refused = [], 0
+
+        async def one_client(client):
+            nonlocal refused
+            for _ in range(20):
+                try:
+                    raw = await client.chat.completions.with_raw_response.create(model="gpt-p", messages=PROMPT)
+                    costs.append(int(Decimal(raw.headers["x-codevector-cost-usd"]) * 10**9))
+                except openai.RateLimitError:
+                    refused += 1
+                    return
+
+        await asyncio.gather(*(one_client(clients[i % 2]) for i in range(50)))
+        for client in clients:
+            await client.close()
+        return costs, refused
+
+    costs, refused = asyncio.run(hammer())
+    total = spend_of(keys["a1"][0]) + spend_of(keys["f1"][0])
+    cap_nanos = int(cap * 10**9)
+    assert total == sum(costs) and refused == 50
+    assert cap_nanos <= total <= cap_nanos + 50 * max(costs)
+    assert spend_of(keys["a1"][0]) > 0 and spend_of(keys["f1"][0]) > 0
