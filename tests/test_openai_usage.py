@@ -1,8 +1,9 @@
 """OpenAI-shaped organization usage and costs (usage.openai_usage), read over real HTTP
 (pytest-django's live_server) by the official openai SDK, unmodified but for its base URL and admin
 key. The oracle is independent: the deltas the test records through usage.ledger.record_many, added
-up here per local day or hour. Every bucket is exact, and the buckets of a range add up to
-usage.queries.totals_between over it."""
+up here per local day or hour, the days and hours found with zoneinfo (not usage.calendar, which
+the code under test uses), and the costs' line items split here with fractions. Every bucket and
+every line item is exact, and the buckets of a range add up to usage.queries.totals_between over it."""
 
 import json
 import urllib.error
@@ -10,6 +11,9 @@ import urllib.request
 from collections import defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
+from math import floor
+from zoneinfo import ZoneInfo
 
 import openai
 import pytest
@@ -18,11 +22,11 @@ from django.utils import timezone
 
 from gateway.models import ApiKey, ModelFacade
 from usage import ledger, queries, rollups
-from usage.calendar import day_bounds, hour_start, local_date, local_midnight, zone
 from usage.openai_usage import apportion
 from usage.pricing import Prices, cost_nanos
 
 ZONE = "Asia/Kolkata"  # +5:30: local days and hours that are not UTC's
+TZ = ZoneInfo(ZONE)
 GPT = Prices(input_micros=150_000, cached_input_micros=75_000, output_micros=600_000)
 SONNET = Prices(input_micros=3_000_000, cached_input_micros=300_000, cache_write_micros=3_750_000,
                 output_micros=15_000_000)
@@ -67,7 +71,7 @@ class World:
         for d in self.deltas:
             if kind and self.kind[d.facade_id] != kind:
                 continue
-            if since and ledger.five_minute_start(d.at) < since or until and ledger.five_minute_start(d.at) >= until:
+            if since and d.at < since or until and d.at >= until:  # since and until: local midnights
                 continue
             values = {"user_id": self.username[d.user_id], "api_key_id": self.prefix[d.key_id],
                       "model": self.model[d.facade_id]}
@@ -78,11 +82,13 @@ class World:
 
 
 def day_of(at):
-    return day_bounds(at, zone())[0]
+    """The local midnight that starts the day holding `at`."""
+    local = at.astimezone(TZ)
+    return datetime(local.year, local.month, local.day, tzinfo=TZ)
 
 
 def hour_of(at):
-    return hour_start(at, zone())
+    return at.astimezone(TZ).replace(minute=0, second=0, microsecond=0)
 
 
 @pytest.fixture
@@ -107,10 +113,9 @@ def world(live_server, settings, transactional_db):
         w.prefix[k.pk], w.username[k.pk] = k.prefix, k.user.username
     w.username.update({alice.pk: "alice", bob.pk: "bob"})
 
-    tz = zone()
     now = timezone.now()
-    w.today = local_midnight(local_date(now, tz), tz)
-    w.first_day = local_midnight(local_date(now, tz) - timedelta(days=6), tz)
+    w.today = day_of(now)
+    w.first_day = w.today - timedelta(days=6)  # wall-clock arithmetic: a local midnight
     number = 0
 
     def delta(key, facade, at, requests=1, inp=0, cached=0, writes=0, out=0):
@@ -180,7 +185,7 @@ def test_completions_by_key_and_model_per_local_day_paged_are_exact(world):
     assert pages == 4  # seven local days (six past and today), two per page
     assert [b.start_time for b in buckets] == [int((world.first_day + timedelta(days=i)).timestamp())
                                                for i in range(7)]
-    assert all(b.end_time == int(day_bounds(datetime.fromtimestamp(b.start_time, zone()))[1].timestamp())
+    assert all(b.end_time == int((datetime.fromtimestamp(b.start_time, TZ) + timedelta(days=1)).timestamp())
                for b in buckets)
     got = {}
     for b in buckets:
@@ -219,7 +224,7 @@ def test_the_buckets_add_up_to_the_usage_api_totals(world):
     completions, _ = all_pages(client.admin.organization.usage.completions, start_time=start, limit=31)
     embeddings, _ = all_pages(client.admin.organization.usage.embeddings, start_time=start, limit=31)
     costs, _ = all_pages(_raw_costs(world), start_time=start, limit=31)
-    end = datetime.fromtimestamp(completions[-1].end_time, zone())
+    end = datetime.fromtimestamp(completions[-1].end_time, TZ)
     totals = queries.totals_between(world.first_day, end)
     requests = sum(r.num_model_requests for b in completions + embeddings for r in b.results)
     prompt = sum(r.input_tokens for b in completions + embeddings for r in b.results)
@@ -324,28 +329,42 @@ def test_costs_by_key_add_up_to_the_day(world):
     assert got == {k: v["cost_nanos"] for k, v in world.sums(day_of, ("api_key_id", "user_id")).items()}
 
 
+def largest_remainder(total: int, weights: list[int]) -> list[int]:
+    """The oracle's split (independent of usage.openai_usage.apportion): each share an exact fraction,
+    floored; the nanodollars left go one each to the largest fractional parts, ties to the earlier."""
+    shares = [Fraction(total * w, sum(weights)) for w in weights]
+    parts = [floor(share) for share in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: (parts[i] - shares[i], i))
+    for i in by_remainder[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
 def test_line_items_split_each_models_exact_cost_over_its_token_classes(world):
+    """Each model's recorded cost of a day is shared over its token classes (uncached input, cached
+    reads, cache writes, output: the order ties go by) in proportion to quantity x base price: every
+    item exactly, and each model's items add up to its recorded cost."""
     start = int(world.first_day.timestamp())
     buckets, _ = all_pages(_raw_costs(world), start_time=start, group_by=["line_item"], limit=7)
-    per_model = world.sums(day_of, ("model",))
-    seen = defaultdict(int)
+    got = {}
     for b in buckets:
         for r in b["results"]:
-            model, token_class = r["line_item"].split(", ")
             assert r["quantity_unit"] == "tokens"
-            seen[(b["start_time"], model)] += _nanos(r)
-            sums = per_model[(b["start_time"], model)]
-            uncached = sums["input_tokens"] - sums["cached_input_tokens"] - sums["cache_write_tokens"]
-            quantity = {"input_tokens": uncached, "cached_input_tokens": sums["cached_input_tokens"],
-                        "cache_write_tokens": sums["cache_write_tokens"],
-                        "output_tokens": sums["output_tokens"]}[token_class]
-            assert r["quantity"] == quantity
-            price = world.prices[ModelFacade.objects.get(name=model).pk]
-            micros = {"input_tokens": price.input_micros, "cached_input_tokens": price.cached_input_micros,
-                      "cache_write_tokens": price.cache_write_micros, "output_tokens": price.output_micros}
-            # within the requests' roundings (half a nanodollar each) of tokens x price
-            assert abs(Decimal(_nanos(r)) - Decimal(quantity * micros[token_class]) / 1000) <= sums["requests"]
-    assert dict(seen) == {k: v["cost_nanos"] for k, v in per_model.items()}  # each model's items: exact
+            got[(b["start_time"], r["line_item"])] = (r["quantity"], _nanos(r))
+    prices = {world.model[pk]: p for pk, p in world.prices.items()}
+    expected = {}
+    for (day, model), sums in world.sums(day_of, ("model",)).items():
+        p = prices[model]
+        quantities = {"input_tokens": sums["input_tokens"] - sums["cached_input_tokens"] - sums["cache_write_tokens"],
+                      "cached_input_tokens": sums["cached_input_tokens"],
+                      "cache_write_tokens": sums["cache_write_tokens"], "output_tokens": sums["output_tokens"]}
+        micros = [p.input_micros, p.cached_input_micros, p.cache_write_micros, p.output_micros]
+        split = largest_remainder(sums["cost_nanos"], [q * m for q, m in zip(quantities.values(), micros)])
+        assert sum(split) == sums["cost_nanos"]
+        for (name, quantity), nanos in zip(quantities.items(), split):
+            if quantity or nanos:
+                expected[(day, f"{model}, {name}")] = (quantity, nanos)
+    assert got == expected
 
 
 def test_line_items_of_one_rounded_request(world):
