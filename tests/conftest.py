@@ -8,13 +8,45 @@ from gateway.models import ModelFacade
 from tests.support.servers import listening_socket, port_of
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only: SQLite's own behaviour; not collected on a PostgreSQL run")
+
+
 def pytest_collection_modifyitems(config, items):
+    group_for_xdist(config, items)
     if connection.vendor == "postgresql":
+        # Deselected, not skipped: under CI=true a skip is a failure (tests/support/ci.py), and a
+        # SQLite-only test has nothing to run on PostgreSQL.
+        kept = [item for item in items if "sqlite_only" not in item.keywords]
+        if len(kept) != len(items):
+            config.hook.pytest_deselected(items=[item for item in items if "sqlite_only" in item.keywords])
+            items[:] = kept
         return
     skip = pytest.mark.skip(reason="needs PostgreSQL (this run is on SQLite)")
     for item in items:
         if "postgres_only" in item.keywords:
             item.add_marker(skip)
+
+
+def group_for_xdist(config, items):
+    """`--dist loadgroup` (tests/run.sh) sends tests of one `xdist_group` to one worker, by a
+    `@<group>` suffix pytest-xdist 3.8 adds to each node id on the worker. It writes `item._nodeid`,
+    which pytest 9 no longer reads (the id lives in `item._id`): the suffix was lost, and the fault
+    tests that start clusters and gunicorns ran two at once. Added here where xdist's did not take."""
+    if not config.getoption("loadgroup", default=False):
+        return
+    for item in items:
+        groups = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                         for mark in item.iter_markers("xdist_group")})
+        suffix = "@" + "_".join(groups)
+        if not groups or item.nodeid.endswith(suffix):
+            continue
+        if hasattr(item, "_id"):
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(item.nodeid + suffix)
+        else:
+            item._nodeid = item.nodeid + suffix
 
 
 @pytest.fixture

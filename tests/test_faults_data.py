@@ -17,6 +17,7 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
 
+from tests.support.ci import cannot_run
 from tests.support.pg_proxy import PgProxy
 from tests.test_gateway_app import chat, gw, ledger  # noqa: F401 (gw)
 from usage.buffer import SEALED_SUFFIX, BufferWriter, decode
@@ -217,16 +218,18 @@ def test_a_rollup_whose_sum_passes_2_63_dead_letters_that_group_and_moves_on(tmp
 
 @pytest.fixture
 def full_disk(tmp_path):
-    """A 64 KiB tmpfs, mounted for the test (CI runs as root). Anything else is a loud skip:
-    RLIMIT_FSIZE is no full disk (it raises EFBIG and signals the process)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a real full disk needs root to mount a small tmpfs: run the tests as root (CI does)")
+    """A 64 KiB tmpfs, mounted for the test (CI runs as root). Anything else is a loud skip, and a
+    failure under CI=true: RLIMIT_FSIZE is no full disk (it raises EFBIG and signals the process)."""
+    if os.geteuid() != 0:
+        cannot_run("root, to mount a small tmpfs as a real full disk (run the tests as root, as CI does)")
+    if shutil.which("mount") is None:
+        cannot_run("the mount command (util-linux), to mount a small tmpfs as a real full disk")
     mount = tmp_path / "tmpfs"
     mount.mkdir()
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True,
                             text=True)
     if result.returncode:
-        pytest.skip(f"could not mount a tmpfs here ({result.stderr.strip()}): the full-disk tests need it")
+        cannot_run(f"a tmpfs mount for the full-disk tests (mount said: {result.stderr.strip()})")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
 
@@ -281,6 +284,7 @@ def test_database_down_and_disk_full_refuses_or_logs_and_loses_nothing_silently(
 
     logged = deltas_from_log(caplog.text.splitlines())
     assert status.buffer_writable is False and status.lost >= 1
+    assert status.lost == len(logged)  # each delta the store counts as lost is in the log, once
     assert status.accepting is fail_open
     if not fail_open:
         assert len(sent) < 2000  # refused once nothing could record

@@ -6,7 +6,6 @@ own config and log), and TLS with a private CA and client certificates (a test C
 import base64
 import datetime
 import ipaddress
-import os
 import shutil
 import socket
 import ssl
@@ -23,6 +22,7 @@ from gateway.http_client import (
     _Proxy,
     tls_context,
 )
+from tests.support.ci import cannot_run
 from tests.test_http_client import Upstream, answer, answer_body, answering, client, scenario, within
 
 pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
@@ -102,10 +102,7 @@ class Tinyproxy:
 def tinyproxy(tmp_path):
     binary = shutil.which("tinyproxy")
     if binary is None:
-        message = "tinyproxy is not installed (apt-get install -y tinyproxy): the proxy tests need it"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        cannot_run("tinyproxy, which the proxy tests need (apt-get install -y tinyproxy)")
     log = tmp_path / "tinyproxy.log"
     for _ in range(3):  # the free port found here may be taken by another process before tinyproxy binds it
         port, process = start_tinyproxy(binary, tmp_path, log)

@@ -10,7 +10,7 @@ import urllib.request
 
 import openai
 import pytest
-from django.db import connection, connections
+from django.db import connections
 
 from gateway.models import ModelFacade
 from tests.test_gateway_app import GPT, chat, expected, facade, gw, ledger, post  # noqa: F401 (gw)
@@ -125,14 +125,12 @@ def test_a_price_change_applies_to_later_requests_only(gw):
 # --- SQLite's durability ------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # deselected on a PostgreSQL run (tests/conftest.py), never skipped
 @pytest.mark.django_db(transaction=True)
 def test_sqlites_ledger_connection_runs_wal_with_synchronous_normal():
     """What SQLite promises (codevector/settings.py): WAL with synchronous=NORMAL. A committed
     ledger write survives an application crash; after a power loss or an OS crash, the last
     transactions before the WAL's checkpoint may be rolled back (FULL would fsync every commit)."""
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite only")
-
     def pragmas():
         try:
             with connections["default"].cursor() as cursor:
