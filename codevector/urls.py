@@ -17,6 +17,8 @@ urlpatterns = [
     path("api/usage/models/", api.ModelsView.as_view(), name="api-usage-models"),
     path("api/usage/leaderboard/", api.LeaderboardView.as_view(), name="api-usage-leaderboard"),
     path("api/usage/keys/", api.KeysView.as_view(), name="api-usage-keys"),
+    path("api/usage/projects/", api.ProjectsView.as_view(), name="api-usage-projects"),
+    path("api/projects/<str:public_id>/usage/", api.ProjectUsageView.as_view(), name="api-project-usage"),
     path("api/me/usage/", api.MyUsageView.as_view(), name="api-my-usage"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

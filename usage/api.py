@@ -1,8 +1,9 @@
 """The usage API (Django REST framework): the numbers of the usage pages, as JSON or CSV.
 
 Staff with usage.view_usage_dashboard (and superusers) see everyone, by session or by their own
-API key; anyone else sees only themself. Money is a decimal string with 9 digits after the
-point; times are ISO 8601 with offset.
+API key; anyone else sees only themself, and a project's owners their project
+(/api/projects/<public id>/usage/: every member's keys in it). Money is a decimal string with 9
+digits after the point; times are ISO 8601 with offset.
 """
 
 import csv
@@ -10,9 +11,9 @@ import io
 
 from django.contrib.auth import get_user_model
 from drf_spectacular.extensions import OpenApiSerializerExtension
-from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
@@ -23,7 +24,7 @@ from rest_framework.views import APIView
 from usage import queries
 from usage.calendar import zone
 from usage.counters import COUNTERS
-from usage.permissions import SeesEveryone, sees_everyone
+from usage.permissions import ReadsProject, SeesEveryone, project_model, sees_everyone
 
 COUNTER_FIELDS = tuple(name for name in COUNTERS if name != "cost_nanos")  # cost is shown as spend_usd
 
@@ -36,7 +37,7 @@ class CSVRenderer(BaseRenderer):
     media_type = "text/csv"
     format = "csv"
     charset = "utf-8"
-    ROW_KEYS = ("series", "models", "keys", "results")
+    ROW_KEYS = ("series", "models", "keys", "projects", "results")
 
     def render(self, data, accepted_media_type=None, renderer_context=None):
         context = renderer_context or {}
@@ -137,6 +138,34 @@ class KeysOut(FrameOut):
     keys = KeyRowOut(many=True)
 
 
+def project_fields() -> dict[str, serializers.Field]:
+    return {"project_id": serializers.CharField(source="public_id", help_text="The project's public id (proj_...)."),
+            "name": serializers.CharField()}
+
+
+ProjectRowOut = type("ProjectRowOut", (serializers.Serializer,), {
+    **project_fields(), **counter_fields("totals."), "share": share_field("the period's spend")})
+
+
+class ProjectsOut(FrameOut):
+    projects = ProjectRowOut(many=True, help_text="Projects with usage in the period (their keys' usage), by spend.")
+
+
+class ProjectOut(serializers.Serializer):
+    project_id = serializers.CharField(source="public_id")
+    name = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    active = serializers.BooleanField(source="is_active")
+
+
+class ProjectUsageOut(serializers.Serializer):
+    project = ProjectOut()
+    summary = SummaryOut()
+    series = DayOut(many=True)
+    models = ModelRowOut(many=True)
+    keys = KeyRowOut(many=True, help_text="The project's API keys, every member's, by spend.")
+
+
 class ClosedRow(serializers.Serializer):
     """A row whose schema allows no other properties, so that `oneOf` tells a user's row from a key's."""
 
@@ -167,6 +196,10 @@ def rank_fields() -> dict[str, serializers.Field]:
 LeaderRowOut = type("LeaderRowOut", (ClosedRow,), {
     **rank_fields(), "user_id": serializers.IntegerField(), "username": serializers.CharField(), **leader_numbers()})
 KeyLeaderRowOut = type("KeyLeaderRowOut", (ClosedRow,), {**rank_fields(), **key_fields(), **leader_numbers()})
+ProjectLeaderRowOut = type("ProjectLeaderRowOut", (ClosedRow,), {**rank_fields(), **project_fields(),
+                                                                 **leader_numbers()})
+LEADER_ROWS = {"user": (LeaderRowOut, "leaderboard"), "key": (KeyLeaderRowOut, "leaderboard-keys"),
+               "project": (ProjectLeaderRowOut, "leaderboard-projects")}
 
 
 class LeaderboardOut(serializers.Serializer):
@@ -174,8 +207,9 @@ class LeaderboardOut(serializers.Serializer):
     next = serializers.URLField(allow_null=True)
     previous = serializers.URLField(allow_null=True)
     results = PolymorphicProxySerializer(
-        component_name="LeaderboardRow", serializers=[LeaderRowOut, KeyLeaderRowOut], resource_type_field_name=None,
-        many=True, help_text="Users (group=user) or API keys with their owner (group=key).")
+        component_name="LeaderboardRow", serializers=[LeaderRowOut, KeyLeaderRowOut, ProjectLeaderRowOut],
+        resource_type_field_name=None, many=True,
+        help_text="Users (group=user), API keys with their owner (group=key) or projects (group=project).")
 
 
 class MyUsageOut(serializers.Serializer):
@@ -197,11 +231,15 @@ class UsageParams(serializers.Serializer):
     user = serializers.IntegerField(required=False, min_value=1)
 
 
+class PeriodParams(serializers.Serializer):
+    period = serializers.ChoiceField(choices=list(queries.WINDOWS), default="7d")
+
+
 class LeaderboardParams(serializers.Serializer):
     period = serializers.ChoiceField(choices=list(queries.WINDOWS), default="7d")
     by = serializers.ChoiceField(choices=list(queries.LEADERBOARD_METRICS), default="tokens")
     group = serializers.ChoiceField(choices=list(queries.LEADERBOARD_GROUPS), default="user",
-                                    help_text="Rank users, or API keys (each with its owner).")
+                                    help_text="Rank users, API keys (each with its owner) or projects.")
 
 
 class UsageView(APIView):
@@ -222,6 +260,12 @@ class UsageView(APIView):
         if user is not None and user != request.user.pk:  # 403 whether or not that id exists: no probing
             raise PermissionDenied("You may see only your own usage.")
         return window, request.user.pk
+
+    @staticmethod
+    def period(request) -> queries.Window:
+        params = PeriodParams(data={"period": request.query_params.get("period", "7d")})
+        params.is_valid(raise_exception=True)
+        return queries.resolve_window(params.validated_data["period"])
 
     @staticmethod
     def frame(window: queries.Window, **rows) -> dict:
@@ -273,9 +317,8 @@ class LeaderboardView(UsageView):
         window = queries.resolve_window(params.validated_data["period"])
         group = params.validated_data["group"]
         board = queries.leaderboard(window, params.validated_data["by"], group=group)
-        rows = KeyLeaderRowOut if group == "key" else LeaderRowOut
-        if group == "key":
-            self.csv_name, self.csv_fields = "leaderboard-keys", csv_columns(KeyLeaderRowOut)
+        rows, self.csv_name = LEADER_ROWS[group]
+        self.csv_fields = csv_columns(rows)
         if request.accepted_renderer.format == "csv":  # a download is the whole board, not its first page
             return Response({"period": window.key, "results": rows(board, many=True).data})
         paginator = LeaderboardPagination()
@@ -300,11 +343,49 @@ class KeysView(UsageView):
                responses=MyUsageOut)
 class MyUsageView(UsageView):
     def get(self, request):
-        params = UsageParams(data={"period": request.query_params.get("period", "7d")})
-        params.is_valid(raise_exception=True)
-        window = queries.resolve_window(params.validated_data["period"])
+        window = self.period(request)
         return Response(MyUsageOut({
             "summary": self.frame(window, totals=queries.summary(window, request.user.pk).totals),
             "series": queries.daily_series(window, request.user.pk),
             "keys": queries.by_key(window, request.user.pk),
+        }).data)
+
+
+@extend_schema(parameters=[PeriodParams], responses=ProjectsOut)
+class ProjectsView(UsageView):
+    """Usage per project (its keys' usage): staff with the usage permission only."""
+
+    permission_classes = [SeesEveryone]
+    renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
+    csv_name, csv_fields = "projects", csv_columns(ProjectRowOut)
+
+    def get(self, request):
+        window = self.period(request)
+        return Response(ProjectsOut(self.frame(window, projects=queries.by_project(window))).data)
+
+
+@extend_schema(
+    parameters=[OpenApiParameter("public_id", str, OpenApiParameter.PATH, description="The project's public id."),
+                PeriodParams],
+    responses={200: ProjectUsageOut,
+               403: OpenApiResponse(description="Neither an owner of the project nor staff with the usage permission."),
+               404: OpenApiResponse(description="No project has this id.")})
+class ProjectUsageView(UsageView):
+    """One project's usage (every member's keys in it): for its owners, by their own API key, and for
+    staff with the usage permission."""
+
+    permission_classes = [IsAuthenticated, ReadsProject]
+
+    def get(self, request, public_id: str):
+        project = project_model().objects.filter(public_id=public_id).first()
+        if project is None:
+            raise NotFound(f"No project has the id {public_id!r}.")
+        self.check_object_permissions(request, project)
+        window = self.period(request)
+        return Response(ProjectUsageOut({
+            "project": project,
+            "summary": self.frame(window, totals=queries.summary(window, project_id=project.pk).totals),
+            "series": queries.daily_series(window, project_id=project.pk),
+            "models": queries.by_facade(window, project_id=project.pk),
+            "keys": queries.by_key(window, project_id=project.pk),
         }).data)

@@ -84,7 +84,7 @@ from usage import queries
 from usage.calendar import day_bounds, hour_start, next_hour, zone
 from usage.models import FiveMinuteUsage
 from usage.money import nanos_to_usd
-from usage.permissions import sees_everyone
+from usage.permissions import project_model, sees_everyone
 from usage.pricing import Prices
 from usage.rollups import watermark
 
@@ -255,8 +255,7 @@ def int_param(request, name: str, *, required: bool = False, minimum: int | None
 def check_projects(public_ids: list[str]) -> None:
     """Refuse project ids that name no project: a mistyped id would otherwise read as a project
     without usage."""
-    project_model = FiveMinuteUsage._meta.get_field("key").related_model._meta.get_field("project").related_model
-    known = set(project_model.objects.filter(public_id__in=public_ids).values_list("public_id", flat=True))
+    known = set(project_model().objects.filter(public_id__in=public_ids).values_list("public_id", flat=True))
     unknown = [p for p in dict.fromkeys(public_ids) if p not in known]
     if unknown:
         names = ", ".join(repr(p) for p in unknown)

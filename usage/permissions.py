@@ -2,6 +2,8 @@
 
 from rest_framework.permissions import BasePermission, DjangoModelPermissions
 
+from usage.models import FiveMinuteUsage
+
 DASHBOARD_PERMISSION = "usage.view_usage_dashboard"
 
 
@@ -16,6 +18,29 @@ class SeesEveryone(BasePermission):
 
     def has_permission(self, request, view):
         return sees_everyone(request.user)
+
+
+def project_model():
+    """gateway.Project, reached through the usage rows' key (usage never imports gateway)."""
+    return FiveMinuteUsage._meta.get_field("key").related_model._meta.get_field("project").related_model
+
+
+def reads_project(user, project) -> bool:
+    """Whoever sees everyone reads every project's usage; an active owner of a project reads that
+    project's (every member's keys), whether or not they are staff. A member who is not an owner
+    reads only their own usage (/api/me/usage/)."""
+    if not (user and user.is_authenticated and user.is_active):
+        return False
+    owner = project.members.model.Role.OWNER
+    return sees_everyone(user) or project.members.filter(user_id=user.pk, role=owner).exists()
+
+
+class ReadsProject(BasePermission):
+    message = ("Only the project's owners and staff with the usage.view_usage_dashboard permission may read a "
+               "project's usage; a member reads their own at /api/me/usage/.")
+
+    def has_object_permission(self, request, view, obj):
+        return reads_project(request.user, obj)
 
 
 class ManagesBudgets(DjangoModelPermissions):
