@@ -24,6 +24,14 @@ CANVAS_PIXELS = """(id) => {
 }"""
 
 
+def wait_for_charts(page, ids=("activity-trend", "token-consumption"), pixels: int = 100) -> None:
+    """Wait until Chart.js has drawn each canvas (more than `pixels` painted), not for a fixed time:
+    a loaded machine drew later than a 300 ms pause allowed, an idle one sooner."""
+    page.wait_for_function("() => window.Chart !== undefined")
+    page.wait_for_function(f"([ids, pixels]) => ids.every(id => ({CANVAS_PIXELS})(id) > pixels)",
+                           arg=[list(ids), pixels], timeout=15_000)
+
+
 @pytest.fixture
 def browser_page(monkeypatch):
     from playwright.sync_api import sync_playwright
@@ -59,8 +67,7 @@ def test_the_usage_pages_render_exact_numbers_and_draw_their_charts(live_server,
         assert Decimal(values["spend"]) == totals.spend_usd
         assert (int(values["requests"]), int(values["input_tokens"]), int(values["output_tokens"])) == (
             totals.requests, totals.input_tokens, totals.output_tokens)
-        page.wait_for_function("() => window.Chart !== undefined")
-        page.wait_for_timeout(300)
+        wait_for_charts(page)
         assert page.evaluate(CANVAS_PIXELS, "activity-trend") > 100
         assert page.evaluate(CANVAS_PIXELS, "token-consumption") > 100
         page.screenshot(path=str(SCREENSHOTS / f"usage-{key}.png"), full_page=True)

@@ -189,6 +189,20 @@ async def within(awaitable, seconds: float = 2.0):
     return await asyncio.wait_for(awaitable, seconds)
 
 
+async def until(predicate, what: str, seconds: float = 2.0) -> None:
+    """Wait for `predicate()` to hold, checked at every turn of the loop, at most `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not predicate():
+        assert loop.time() < deadline, f"timed out after {seconds} s waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+def slot_waiters(http: HttpClient) -> int:
+    """Requests waiting for a connection slot (the client's or an origin's)."""
+    return len(http._slots.waiters) + sum(len(slots.waiters) for slots in http._origin_slots.values())
+
+
 def fake_dns(http: HttpClient, addresses: list[tuple[int, tuple]]) -> list[tuple[str, int]]:
     """Make `http` resolve every name to `addresses`; returns the lookups made."""
     lookups = []
@@ -364,7 +378,7 @@ async def test_max_connections_bounds_connections_in_use():
         async with client(max_connections=1) as http:
             first = await within(http.post(upstream.url(), b"1", {}))
             second = asyncio.create_task(http.post(upstream.url(), b"2", {}))
-            await asyncio.sleep(0.1)
+            await until(lambda: slot_waiters(http) == 1, "the second request to wait for a slot")
             assert not second.done()  # waits for the only connection
             assert len(upstream.requests) == 1
             assert await within(first.read()) == b"ok"
@@ -408,7 +422,9 @@ async def test_an_answer_larger_than_the_pause_threshold_read_after_it_arrived_l
     async with Upstream(answering(answer(big), answer(b"small"))) as upstream:
         async with client(read_timeout=1.0) as http:
             response = await within(http.post(upstream.url(), b"", {}))
-            await asyncio.sleep(0.2)  # all of the answer is in before the body is read
+            # All of the answer the client takes before the body is read: all of it, or the reads
+            # paused past the threshold.
+            await until(lambda: response._conn.done or response._conn.paused, "the answer to be taken in")
             assert await within(response.read()) == big
             response.release()
             assert http.idle_connections() == 1
@@ -736,7 +752,7 @@ async def test_read_timeout_is_between_bytes_not_for_the_whole_body():
 
 @scenario
 async def test_a_connection_the_server_closed_while_idle_is_not_used_again():
-    close_now = asyncio.Event()
+    close_now, closed = asyncio.Event(), asyncio.Event()
 
     async def handler(conn: Conn):
         if upstream.conns.index(conn) == 0:
@@ -744,6 +760,8 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used_again():
             await conn.send(answer(b"first"))
             await within(close_now.wait())
             conn.close()  # the server ends the idle keep-alive connection
+            await conn.writer.wait_closed()
+            closed.set()
             return
         await answering(answer(b"second"))(conn)
 
@@ -752,7 +770,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used_again():
             assert await answer_body(http, upstream.url()) == b"first"
             assert http.idle_connections() == 1
             close_now.set()
-            await asyncio.sleep(0.1)  # the FIN reaches the client
+            await within(closed.wait())  # the FIN is out (on loopback, in the client's kernel)
 
             response = await within(http.post(upstream.url(), b"again", {}))
             assert response.status == 200

@@ -32,6 +32,8 @@ from tests.test_http_client import (
     fake_dns,
     scenario,
     silent,
+    slot_waiters,
+    until,
     within,
 )
 
@@ -109,10 +111,12 @@ async def serve_once(raw: RawServer, reply: bytes) -> socket.socket:
     return sock
 
 
-def kernel_catches_up() -> None:
-    """Wait without letting the loop run: what the server did reaches the client's kernel, while the
-    client's loop has not yet seen any of it."""
-    time.sleep(0.05)
+def kernel_catches_up(http: HttpClient) -> None:
+    """Wait without letting the loop run until what the server did (a FIN, a reset, stray bytes) has
+    reached the client's kernel: its idle connection's socket reads as ready, while the client's
+    loop has not yet seen any of it."""
+    [conn] = [conn for pool in http._idle.values() for conn in pool]
+    assert conn.poller.poll(2000), "what the server did never reached the client's socket"
 
 
 # --- only live connections are reused ---
@@ -134,7 +138,7 @@ async def test_a_pooled_connection_closed_just_before_reuse_is_not_used(raw, how
             raw.reset(sock)
         else:
             sock.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
-        kernel_catches_up()
+        kernel_catches_up(http)
         # Awaited directly: within() would run it as a task, letting the loop see the close first.
         response = await http.post(raw.url(), b"2", {})
         assert (response.status, await within(response.read())) == (200, b"second")
@@ -164,7 +168,7 @@ async def test_a_request_whose_first_write_fails_is_sent_once_more_on_a_fresh_co
 
         second = asyncio.create_task(serve_once(raw, answer(b"second")))
         raw.reset(sock)
-        kernel_catches_up()
+        kernel_catches_up(http)
         response = await http.post(raw.url(), b"2", {})  # directly, as above
         assert (response.status, await within(response.read())) == (200, b"second")
         response.release()
@@ -182,13 +186,13 @@ async def test_a_request_written_to_a_connection_the_server_half_closed_is_not_s
         assert await answer_body(http, raw.url(), b"1") == b"first"
         sock = await within(first)
         sock.shutdown(socket.SHUT_WR)
-        kernel_catches_up()
+        kernel_catches_up(http)
         reader = asyncio.create_task(raw.request(sock))
+        connects = count_connects(http)
         with pytest.raises(UpstreamDropped):
             await http.post(raw.url(), b"2", {})  # directly, as above
         assert await within(reader) == b"2"  # it did arrive
-        await asyncio.sleep(0.1)
-        assert len(raw.socks) == 1  # and was not sent again
+        assert connects == []  # and was not sent again: no other connection was opened for it
         assert raw.requests == [(0, b"1"), (0, b"2")]
 
 
@@ -200,9 +204,10 @@ async def test_a_connection_the_server_closes_after_reading_a_request_is_not_ret
 
     async with Upstream(handler) as upstream:
         async with client() as http:
+            connects = count_connects(http)
             with pytest.raises(UpstreamDropped):
                 await within(http.post(upstream.url(), b"once", {}))
-            await asyncio.sleep(0.1)
+            assert len(connects) == 1  # counted as the client connects: no wait for a retry
             assert upstream.connections == 1
             assert [request.body for request in upstream.requests] == [b"once"]
             assert http.idle_connections() == 0
@@ -326,7 +331,7 @@ async def test_a_slot_freed_while_waiting_is_taken_within_the_timeout():
         async with client(max_connections_per_origin=1, connect_timeout=1.0) as http:
             held = await within(http.post(upstream.url(), b"", {}))
             waiting = asyncio.create_task(answer_body(http, upstream.url()))
-            await asyncio.sleep(0.2)
+            await until(lambda: slot_waiters(http) == 1, "the second request to wait for a slot")
             assert not waiting.done()
             await within(held.read())
             held.release()
@@ -341,7 +346,7 @@ async def test_a_waiter_cancelled_while_waiting_for_a_slot_leaves_the_slot_to_th
             held = await within(http.post(upstream.url(), b"", {}))
             gone = asyncio.create_task(http.post(upstream.url(), b"", {}))
             waiting = asyncio.create_task(answer_body(http, upstream.url()))
-            await asyncio.sleep(0.05)
+            await until(lambda: slot_waiters(http) == 2, "both requests to wait for the slot")
             await within(held.read())
             held.release()  # hands the slot to `gone`, which is cancelled before it runs
             gone.cancel()
@@ -357,7 +362,7 @@ async def test_one_origin_at_its_cap_does_not_block_another():
         async with client(max_connections=4, max_connections_per_origin=2, connect_timeout=0.5,
                           read_timeout=5.0) as http:
             hung = [asyncio.create_task(http.post(stuck.url(), b"", {})) for _ in range(4)]
-            await asyncio.sleep(0.1)
+            await until(lambda: slot_waiters(http) == 2 and stuck.connections >= 2, "two requests in, two waiting")
             assert stuck.connections == 2  # two in flight, two waiting for the origin's slots
             started = time.monotonic()
             for _ in range(3):
@@ -483,17 +488,20 @@ async def test_a_name_is_resolved_by_the_loop():
 
 @scenario
 async def test_a_close_delimited_answer_ended_by_a_reset_is_dropped_not_complete(raw):
+    head_in = asyncio.Event()
+
     async def serve():
         sock = await raw.accept()
         await raw.request(sock)
         await raw.send(sock, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart of the answer")
-        await asyncio.sleep(0.1)
+        await within(head_in.wait())  # reset once the client has read what came before it
         raw.reset(sock)
 
     server = asyncio.create_task(serve())
     async with client() as http:
         response = await within(http.post(raw.url(), b"", {}))
         assert response.status == 200
+        head_in.set()
         with pytest.raises(UpstreamDropped):
             await within(response.read())
         response.release()
@@ -503,11 +511,13 @@ async def test_a_close_delimited_answer_ended_by_a_reset_is_dropped_not_complete
 
 @scenario
 async def test_a_close_delimited_stream_ended_by_a_reset_raises_from_iter_chunks(raw):
+    first_in = asyncio.Event()
+
     async def serve():
         sock = await raw.accept()
         await raw.request(sock)
         await raw.send(sock, b"HTTP/1.1 200 OK\r\n\r\ndata: 1\n\n")
-        await asyncio.sleep(0.1)
+        await within(first_in.wait())  # reset once the client has the event sent before it
         raw.reset(sock)
 
     server = asyncio.create_task(serve())
@@ -517,6 +527,7 @@ async def test_a_close_delimited_stream_ended_by_a_reset_raises_from_iter_chunks
         with pytest.raises(UpstreamDropped):
             async for chunk in response.iter_chunks():
                 received.append(chunk)
+                first_in.set()
         assert b"".join(received) == b"data: 1\n\n"
         response.release()
     await within(server)

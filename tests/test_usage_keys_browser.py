@@ -8,7 +8,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from gateway.models import ApiKey
-from tests.test_admin_browser import CANVAS_PIXELS, SCREENSHOTS, browser_page  # noqa: F401  (a fixture)
+from tests.test_admin_browser import CANVAS_PIXELS, SCREENSHOTS, browser_page, wait_for_charts  # noqa: F401  (a fixture)
 from usage.ledger import UsageDelta, record_many
 from usage.sql import RESERVED_KEY_NAME
 
@@ -43,8 +43,7 @@ def test_a_keys_page_is_reached_from_its_owners_page_and_draws_its_charts(live_s
                       "requests": str(sum(d.requests for d in mine)),
                       "input_tokens": str(sum(d.input_tokens for d in mine)),
                       "output_tokens": str(sum(d.output_tokens for d in mine))}
-    page.wait_for_function("() => window.Chart !== undefined")
-    page.wait_for_timeout(300)
+    wait_for_charts(page)
     assert page.evaluate(CANVAS_PIXELS, "activity-trend") > 100
     assert page.evaluate(CANVAS_PIXELS, "token-consumption") > 100
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
