@@ -236,6 +236,54 @@ USAGE_ROLLUP_GRACE_SECONDS = env_int("USAGE_ROLLUP_GRACE_SECONDS", 120)
 USAGE_5MIN_RETENTION_DAYS = env_int("USAGE_5MIN_RETENTION_DAYS", 3, minimum=1)
 USAGE_HOUR_RETENTION_DAYS = env_int("USAGE_HOUR_RETENTION_DAYS", 400, minimum=1)
 
+# --- Email (Django's backend: budget alerts) ----------------------------------------------
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)  # STARTTLS, usually port 587
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)  # TLS from the start, usually port 465
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive: set one of them (STARTTLS or TLS)")
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, minimum=0.1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "codevector@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+# --- Budget alerts (usage.alerts) ---------------------------------------------------------
+# Every alert is also emailed to these addresses, beside its user or its project's owners.
+USAGE_ALERT_EMAILS = env_list("USAGE_ALERT_EMAILS", [])
+# Every alert is also POSTed here, signed with the secret (a project may have a webhook of its own).
+USAGE_ALERT_WEBHOOK_URL = env_str("USAGE_ALERT_WEBHOOK_URL", "")
+USAGE_ALERT_WEBHOOK_SECRET = env_str("USAGE_ALERT_WEBHOOK_SECRET", "")
+if USAGE_ALERT_WEBHOOK_URL and not USAGE_ALERT_WEBHOOK_SECRET:
+    raise ImproperlyConfigured("USAGE_ALERT_WEBHOOK_URL is set without USAGE_ALERT_WEBHOOK_SECRET: set a long random "
+                               "secret, which signs each alert (receivers check X-CodeVector-Signature with it)")
+USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+
+
+def env_seconds_list(name: str, default: list[int]) -> list[int]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    values = [item.strip() for item in raw.split(",")]
+    if not all(value.isdigit() and int(value) >= 1 for value in values):
+        raise ImproperlyConfigured(f"{name} must be whole seconds of at least 1 separated by commas, such as "
+                                   f"60,300,1800, not {raw!r}")
+    return [int(value) for value in values]
+
+
+# Seconds before the next try of a delivery that failed: the n-th failure waits the n-th value, the
+# last value repeats (a delivery is retried until it succeeds: none is dropped).
+USAGE_ALERT_RETRY_SECONDS = env_seconds_list("USAGE_ALERT_RETRY_SECONDS", [60, 300, 1800, 7200])
+# A sweeper that dies while sending leaves its delivery to be retried once this lease ends. It must
+# outlast any one send (a connect and a read, each bounded by its timeout), or a slow send could be
+# taken over and sent twice.
+USAGE_ALERT_LEASE_SECONDS = env_int("USAGE_ALERT_LEASE_SECONDS", 120, minimum=1)
+if USAGE_ALERT_LEASE_SECONDS < 2 * max(USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS, EMAIL_TIMEOUT):
+    raise ImproperlyConfigured("USAGE_ALERT_LEASE_SECONDS must be at least twice the longer of "
+                               "USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS and EMAIL_TIMEOUT (a send connects, then reads)")
+
 # --- Gateway --------------------------------------------------------------------------
 GATEWAY_CACHE_SECONDS = env_float("GATEWAY_CACHE_SECONDS", 5.0, minimum=0.1)
 GATEWAY_NEGATIVE_CACHE_SECONDS = env_float("GATEWAY_NEGATIVE_CACHE_SECONDS", 2.0)

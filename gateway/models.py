@@ -289,6 +289,14 @@ class Project(models.Model):
     is_active = models.BooleanField("active", default=True,
                                     help_text="An inactive project gets no new keys; its keys and usage stay.")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Budget alerts of this project and of its keys are also posted here (usage.alerts), signed with
+    # the secret (HMAC-SHA256 of the body). The secret is write-only: never shown once saved, never logged.
+    alert_webhook_url = models.URLField(
+        "alert webhook URL", max_length=500, blank=True,
+        help_text="Budget alerts of this project and its keys are POSTed here as signed JSON. Empty: none.")
+    alert_webhook_secret = models.CharField(
+        "alert webhook secret", max_length=200, blank=True,
+        help_text="Signs each alert (X-CodeVector-Signature: sha256=HMAC-SHA256 of the body). Needed with a URL.")
 
     objects = ProjectManager()
 

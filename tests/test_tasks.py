@@ -20,13 +20,15 @@ def run(*args):
 
 
 def test_setup_schedules_twice_leaves_the_same_schedules_and_keeps_hand_made_ones(db):
+    Schedule.objects.all().delete()  # `migrate` made ours (usage.apps): start from none
     Schedule.objects.create(name="someone-elses", func="math.floor", schedule_type="D")
     Schedule.objects.create(name="codevector:retired-task", func="usage.tasks.nothing", schedule_type="D")
-    assert "2 created, 0 updated, 1 removed" in run("setup_schedules")
+    assert "3 created, 0 updated, 1 removed" in run("setup_schedules")
     first = sorted(Schedule.objects.values_list("name", "func", "schedule_type", "minutes"))
     assert "0 created, 0 updated, 0 removed" in run("setup_schedules")
     assert sorted(Schedule.objects.values_list("name", "func", "schedule_type", "minutes")) == first
-    assert first == [("codevector:rollup-usage", "usage.tasks.roll_up_usage", "I", 1),
+    assert first == [("codevector:budget-alerts", "usage.tasks.send_budget_alerts", "I", 1),
+                     ("codevector:rollup-usage", "usage.tasks.roll_up_usage", "I", 1),
                      ("codevector:usage-retention", "usage.tasks.apply_retention", "D", None),
                      ("someone-elses", "math.floor", "D", None)]
     Schedule.objects.filter(name="codevector:rollup-usage").update(minutes=5)

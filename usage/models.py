@@ -263,3 +263,96 @@ class RollupState(models.Model):
 
     class Meta:
         db_table = "usage_rollup_state"
+
+
+def new_alert_id() -> str:
+    import uuid
+
+    return f"alrt_{uuid.uuid4().hex}"
+
+
+class BudgetAlert(models.Model):
+    """A budget's alert threshold crossed by one subject in one period: decided once (usage.alerts),
+    with its deliveries (AlertDelivery, the outbox) written in the same transaction.
+
+    Once per (budget, subject, period, threshold) is the unique constraint below, so two deciders
+    racing cannot both decide it. Every column in it is NOT NULL (a NULL would make each row
+    distinct): `subject_pk` is an id even for a default budget, and `period_key` is a string even
+    for a `total` budget, which has no start."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    # What was crossed, as it stood at the decision (the budget may be edited afterwards).
+    scope = models.CharField(max_length=10, choices=Budget.Scope.choices)
+    # The id of the budget's user, key or project; for a default budget, of the user it alerts
+    # (a default budget applies to each user alone, so it alerts per user).
+    subject_pk = models.BigIntegerField("subject's id")
+    subject = models.CharField(max_length=150, help_text="Username, key prefix or project id, as alerts name it.")
+    period = models.CharField(max_length=10, choices=Budget.Period.choices)
+    period_start = models.DateTimeField(null=True, blank=True, help_text="Empty for a total budget.")
+    period_key = models.CharField(max_length=40, help_text="The period's start in UTC, or \"total\".")
+    threshold_percent = models.PositiveSmallIntegerField()
+    spend_nanos = models.BigIntegerField(help_text="The period's spend when the alert was decided.")
+    limit_nanos = models.BigIntegerField(help_text="The cap when the alert was decided.")
+    decided_at = models.DateTimeField()
+    # Sent with every delivery: receivers drop repeats by it.
+    event_id = models.CharField("idempotency id", max_length=40, unique=True, default=new_alert_id, editable=False)
+
+    class Meta:
+        db_table = "usage_budget_alert"
+        ordering = ["-decided_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["budget", "subject_pk", "period_key", "threshold_percent"],
+                                               name="usage_budget_alert_once_per_period")]
+
+    def __str__(self):
+        return f"{self.subject} {self.period} budget at {self.threshold_percent}%"
+
+    @property
+    def spend_usd(self):
+        return nanos_to_usd(self.spend_nanos)
+
+    @property
+    def limit_usd(self):
+        return nanos_to_usd(self.limit_nanos)
+
+
+class AlertDelivery(models.Model):
+    """One way an alert goes out (an email address, a webhook URL): the outbox, swept by
+    usage.alerts.sweep. A sweeper claims a row by moving `next_attempt_at` one lease ahead under
+    its `claim_token`; a sweeper that dies mid-send leaves the row due again once the lease ends."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "email"
+        WEBHOOK = "webhook", "webhook"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        SENT = "sent", "sent"
+        FAILING = "failing", "failing (retried)"
+
+    alert = models.ForeignKey(BudgetAlert, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    target = models.CharField(max_length=500, help_text="The email address or the webhook URL.")
+    # The project whose webhook this is (its secret signs the body); empty: an email or the global webhook.
+    project = models.ForeignKey("gateway.Project", on_delete=models.CASCADE, null=True, blank=True,
+                                related_name="+")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    claim_token = models.CharField(max_length=32, blank=True, default="", editable=False)
+    last_error = models.TextField(blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "usage_alert_delivery"
+        ordering = ["-created_at", "-id"]
+        verbose_name = "alert delivery"
+        verbose_name_plural = "alert deliveries"
+        constraints = [models.UniqueConstraint(fields=["alert", "channel", "target"],
+                                               name="usage_alert_delivery_once_per_target")]
+        # The sweep's question: which rows not yet sent are due (sent rows stay out of the index).
+        indexes = [models.Index(fields=["next_attempt_at"], condition=models.Q(status__in=["pending", "failing"]),
+                                name="usage_alert_delivery_due")]
+
+    def __str__(self):
+        return f"{self.channel} to {self.target} ({self.status})"
