@@ -114,8 +114,9 @@ def test_a_commit_still_in_progress_is_buffered_with_its_txid_and_drained_only_o
             # The drainer's question, asked directly: not yet known.
             with pytest.raises(OutcomeNotYetKnown):
                 await in_thread(landed_writes, {held.id: txid})
-            # The store's own drain runs every 0.2 s meanwhile: the file stays, nothing is applied.
-            await asyncio.sleep(1.0)
+            # The store's own drain runs every 0.2 s meanwhile: twice it finds the transaction still
+            # open, and the file stays, nothing applied.
+            await wait_until(lambda: caplog.text.count("still in progress; retrying later") >= 2)
             assert store.status().pending_files == 1 and store.status().drained == 0
             assert await in_thread(totals) == (0, 0, 0)
             assert await in_thread(applied_ids) == set()

@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 from gateway.http_client import UpstreamError, UpstreamTooLarge
-from tests.test_http_client import Conn, Upstream, answer, answer_body, answering, client, scenario, within
+from tests.test_http_client import Conn, Upstream, answer, answer_body, answering, client, scenario, until, within
 
 pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
 
@@ -46,11 +46,13 @@ async def test_bytes_after_a_complete_answer_in_the_same_write_close_the_connect
 
 @scenario
 async def test_bytes_after_a_complete_answer_arriving_before_release_close_the_connection():
+    first_read = asyncio.Event()
+
     async def handler(conn: Conn):
         if upstream.conns.index(conn) == 0:
             await conn.request()
             await conn.send(answer(b"first"))
-            await asyncio.sleep(0.05)
+            await within(first_read.wait())  # a write of its own, after the answer was read
             await conn.send(answer(b"stray"))
             await conn.until_eof()
             return
@@ -60,7 +62,9 @@ async def test_bytes_after_a_complete_answer_arriving_before_release_close_the_c
         async with client() as http:
             response = await within(http.post(upstream.url(), b"", {}))
             assert await within(response.read()) == b"first"
-            await asyncio.sleep(0.2)  # the stray answer reaches the client while the answer is held
+            first_read.set()
+            # The stray answer reaches the client while the answer is held.
+            await until(lambda: not response._conn.keep_alive, "the stray bytes to reach the client")
             response.release()
             assert http.idle_connections() == 0
             assert await answer_body(http, upstream.url()) == b"fresh"
@@ -112,7 +116,7 @@ async def test_a_content_length_at_the_limit_is_read():
             assert http.idle_connections() == 1
         async with client(max_response_bytes=2047) as http:
             response = await within(http.post(upstream.url(), b"", {}))
-            await asyncio.sleep(0.1)  # all of it in: the fast path of read() checks it too
+            await until(lambda: response._conn.done, "all of the answer")  # the fast path of read() checks it too
             with pytest.raises(UpstreamTooLarge):
                 await within(response.read())
             response.release()

@@ -141,7 +141,8 @@ class PgProxy:
                     if mode == "cut_after_commit":
                         server_writer.write(data)
                         await server_writer.drain()
-                        await asyncio.sleep(0.2)  # let the server commit before its socket goes
+                        # The server's answer to the COMMIT (which the client never sees): it committed.
+                        await asyncio.wait_for(answered.wait(), 10)
                     elif mode == "drop_commit":
                         server_writer.transport.abort()  # the server reads a reset: it aborts
                     else:
