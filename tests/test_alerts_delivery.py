@@ -439,7 +439,7 @@ def test_the_admin_shows_deliveries_and_retries_failing_ones_now(alice, gpt, set
     alerts.decide(NOW)
     alerts.sweep(NOW)
     delivery = AlertDelivery.objects.get()
-    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    client.force_login(User.objects.create_superuser("root", "root@example.com", None))
     page = client.get("/admin/usage/alertdelivery/").content.decode()
     assert "failing (retried)" in page and "ConnectionRefusedError" in page and "alice@example.com" in page
     assert "0.500000000" in client.get(f"/admin/usage/budgetalert/{delivery.alert_id}/change/").content.decode()

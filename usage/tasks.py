@@ -37,9 +37,11 @@ def apply_retention() -> str:
 
 
 def send_budget_alerts() -> str:
-    decided = alerts.decide()
-    swept = alerts.sweep()
-    return f"Decided {len(decided)} budget alert(s); {swept.sent} delivery(ies) sent, {swept.failed} failed."
+    try:
+        decided = len(alerts.decide())
+    finally:  # what was decided before goes out even when deciding fails this time
+        swept = alerts.sweep()
+    return f"Decided {decided} budget alert(s); {swept.sent} delivery(ies) sent, {swept.failed} failed."
 
 
 def sync_schedules(using: str = "default") -> tuple[list[str], list[str], list[str]]:
