@@ -18,7 +18,7 @@ from django.core.management import call_command
 from django.db import connection
 from django_q.models import Schedule
 
-from gateway.models import ApiKey, Project, ProjectMember
+from gateway.models import ApiKey, Project
 from tests.support.pg_proxy import PgProxy
 from tests.support.servers import ROOT
 from usage import alerts

@@ -24,7 +24,7 @@ from django.core.mail import get_connection, send_mail
 from django.db import connection
 from django.utils import timezone
 
-from gateway.models import Project
+from gateway.models import ApiKey, Project
 from tests.conftest import ThreadServer
 from tests.support.servers import ROOT, listening_socket, port_of
 from usage import alerts
@@ -236,8 +236,6 @@ def test_the_50_and_80_percent_alerts_arrive_exactly_once_each(atlas, bob, gpt, 
     again, the project's webhook signed with the global secret (its receiver refuses it), a body
     not exactly as documented, a secret in the logs."""
     project, global_hook, project_hook = atlas
-    from gateway.models import ApiKey
-
     key, _ = ApiKey.objects.create_key(bob, project=project)
     set_budget(project_id=project.public_id, period="total", amount_usd=Decimal(2), warn_percent=None, active=True,
                alert_percents=[50, 80])
