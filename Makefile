@@ -41,6 +41,7 @@ run: migrate
 	$(WITH_KEY) $(PY) manage.py collectstatic --no-input -v0
 	$(WITH_KEY) $(PY) manage.py setup_local --mock-url http://127.0.0.1:$(MOCK_PORT) --url http://127.0.0.1:$(PORT)
 	@export $(WITH_KEY); trap 'kill 0' INT TERM EXIT; \
+	export EMAIL_BACKEND=$${EMAIL_BACKEND:-django.core.mail.backends.console.EmailBackend}; \
 	$(PY) manage.py mock_upstream --port $(MOCK_PORT) & \
 	$(PY) manage.py qcluster & \
 	$(BIN)/gunicorn codevector.asgi:application -k uvicorn_worker.UvicornWorker \
