@@ -1,14 +1,14 @@
 """Read times over a 90-day history equal to 10 million requests (2,000 users with 1-3 API keys
-each, 50 facades, a few heavy users and models), filled in SQL with generate_series and rolled up,
+each, the keys spread over 50 projects, 50 facades, a few heavy users and models), filled in SQL with generate_series and rolled up,
 with the current hour's 5-minute rows un-rolled; plus the time to roll up one day. Reads are timed
 as of now and as of the same time on last month's last day (the most day rows); prints one table
 with each goal and PASS/MISS, and the machine it ran on.
 
 Run: .venv/bin/python bench/dashboard.py [--requests 10000000] [--keep] [--repeat 9]
 Uses the database codevector_bench_dash on BENCH_DATABASE_URL's server (recreated unless --keep
-finds it filled already). Goals: network-wide 90-day summary + series + breakdown + leaderboard
-together at most 100 ms p50; one user's summary + series + by-model + by-key at most 20 ms p50;
-one day's rollup at most 10 s. The filled database is ~1.9 GB: drop it when done
+finds it filled already). Goals: network-wide 90-day summary + series + breakdown + per-project
+table + leaderboard together at most 100 ms p50; one user's, and one project's, summary + series +
+by-model + by-key at most 20 ms p50; one day's rollup at most 10 s. The filled database is ~1.9 GB: drop it when done
 (DROP DATABASE codevector_bench_dash); a fresh run recreates it in ~6 minutes.
 """
 
@@ -30,14 +30,22 @@ os.environ.setdefault("USAGE_BUFFER_DIR", str(ROOT / "var" / "bench-buffer"))
 
 # Each bench user gets 1-3 API keys (unique prefix and digest; not revoked); the fill spreads each
 # user's rows across them (one key per 5-minute row, so row counts match the keyless fill of before).
-# Run without parameters: a single % is the modulo operator here.
-KEYS = """
-INSERT INTO gateway_apikey (user_id, name, prefix, digest, created_at, revoked_at, expires_at, last_used_at)
-SELECT u.id, 'bench key ' || k, 'bnch' || lpad(u.id::text, 6, '0') || k,
+# Each key is in one of the bench's projects (a user's keys in different ones), and its user is a
+# member of it. Run without parameters: a single % is the modulo operator here.
+PROJECTS = 50
+KEYS = f"""
+INSERT INTO gateway_apikey (user_id, project_id, name, prefix, digest, created_at, revoked_at, expires_at,
+                            last_used_at)
+SELECT u.id, p.ids[1 + (u.id * 3 + k) % {PROJECTS}], 'bench key ' || k, 'bnch' || lpad(u.id::text, 6, '0') || k,
        md5('bench-key-' || u.id || '-' || k) || md5('bench-key-2-' || u.id || '-' || k), now(), NULL, NULL, NULL
 FROM auth_user u
 CROSS JOIN LATERAL generate_series(1, 1 + u.id % 3) AS k
+CROSS JOIN (SELECT array_agg(id ORDER BY id) AS ids FROM gateway_project WHERE name LIKE 'bench-project-%') p
 WHERE u.username LIKE 'bench-user-%'
+"""
+MEMBERS = """
+INSERT INTO gateway_projectmember (project_id, user_id, role)
+SELECT DISTINCT project_id, user_id, 'member' FROM gateway_apikey WHERE prefix LIKE 'bnch%'
 """
 
 FILL = """
@@ -106,7 +114,7 @@ def main():
     from django.db import connection
     from django.utils import timezone
 
-    from gateway.models import ModelFacade
+    from gateway.models import ModelFacade, Project
     from usage import queries, rollups
     from usage.models import RollupState
     from usage.calendar import day_bounds, local_date, local_midnight, zone
@@ -118,6 +126,8 @@ def main():
         ModelFacade.objects.bulk_create([ModelFacade(name=f"bench-model-{i:02d}", provider="openai",
                                                      base_url="http://127.0.0.1:9/v1", upstream_model=f"m{i}")
                                          for i in range(50)])
+        Project.objects.bulk_create([Project(name=f"bench-project-{i:02d}")
+                                     for i in range(PROJECTS)])
         start = day_bounds(now - timedelta(days=97))[0]  # 90 days plus the previous period's week
         # Calibrate the activity scale on one day, then fill every day. The busiest pairs saturate
         # (activity capped at 1), so requests grow less than linearly with the scale and each
@@ -129,6 +139,7 @@ def main():
         scale = 0.02
         with connection.cursor() as cursor:
             cursor.execute(KEYS)
+            cursor.execute(MEMBERS)
             for _ in range(20):
                 cursor.execute(FILL, {"scale": scale, "start": start, "end": start + timedelta(days=1) - timedelta(minutes=5)})
                 cursor.execute("SELECT coalesce(sum(requests), 0) FROM usage_bucket_5min")
@@ -165,6 +176,9 @@ def main():
     rollups.roll_up(now=now)
     heavy = User.objects.get(username="bench-user-0000").pk
     typical = User.objects.get(username="bench-user-1000").pk
+    # The busiest project and a middling one (by requests over the last 90 days).
+    projects = sorted(queries.by_project(queries.resolve_window("90d", now)), key=lambda r: -r.totals.requests)
+    heavy_project, typical_project = projects[0].project_id, projects[len(projects) // 2].project_id
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('server_version')")
         server_version = cursor.fetchone()[0]
@@ -189,6 +203,7 @@ def main():
             "summary": lambda: queries.summary(period),
             "series": lambda: queries.daily_series(period),
             "by model": lambda: queries.by_facade(period),
+            "by project": lambda: queries.by_project(period),
             "leaderboard": lambda: queries.leaderboard(period, "tokens", limit=100),
         }
         network = lambda: [part() for part in parts.values()]  # noqa: E731
@@ -205,6 +220,17 @@ def main():
             together = lambda user_parts=user_parts: [part() for part in user_parts.values()]  # noqa: E731
             together()  # warm-up
             detail = ", ".join(f"{n} {timed(part, args.repeat):.1f}" for n, part in user_parts.items())
+            table.append((f"{key} {name}", detail, timed(together, args.repeat), 20))
+        for name, pid in (("heavy project", heavy_project), ("typical project", typical_project)):
+            project_parts = {
+                "summary": lambda pid=pid: queries.summary(period, project_id=pid),
+                "series": lambda pid=pid: queries.daily_series(period, project_id=pid),
+                "by model": lambda pid=pid: queries.by_facade(period, project_id=pid),
+                "by key": lambda pid=pid: queries.by_key(period, project_id=pid),
+            }
+            together = lambda project_parts=project_parts: [part() for part in project_parts.values()]  # noqa: E731
+            together()  # warm-up
+            detail = ", ".join(f"{n} {timed(part, args.repeat):.1f}" for n, part in project_parts.items())
             table.append((f"{key} {name}", detail, timed(together, args.repeat), 20))
     print(f"\nas of now ({now:%Y-%m-%d %H:%M} UTC) and end-of-month ({as_of[1][1]:%Y-%m-%d %H:%M} UTC)")
     print(f"\n{'read':<30} {'median ms':>10} {'goal ms':>8}  result  parts (ms)")

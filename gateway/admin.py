@@ -299,6 +299,30 @@ class ProjectAdmin(admin.ModelAdmin):
     fields = ["name", "public_id", "description", "is_active", "created_at"]
     readonly_fields = ["public_id", "created_at"]
     inlines = [ProjectMemberInline]
+    change_form_template = "admin/usage/project_change_form.html"
+
+    def get_urls(self):
+        # `<id>/usage/`: the project's usage page (usage.views), as ApiKeyAdmin adds a key's.
+        return [
+            path("<int:id>/usage/", self.admin_site.admin_view(self.usage_view), name="gateway_project_usage"),
+            *super().get_urls(),
+        ]
+
+    def usage_view(self, request, id):
+        project = get_object_or_404(Project.objects.all(), pk=id)
+        return usage_views.project_usage_view(request, self.admin_site, project, self.opts)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "shows_usage": sees_everyone(request.user)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_list_display(self, request):
+        columns = super().get_list_display(request)
+        return [*columns, "usage_link"] if sees_everyone(request.user) else columns
+
+    @admin.display(description="Usage")
+    def usage_link(self, obj):
+        return format_html('<a href="{}">usage</a>', reverse("admin:gateway_project_usage", args=[obj.pk]))
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(key_count=Count("api_keys")).prefetch_related("members__user")

@@ -8,16 +8,16 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.core.paginator import Paginator
 
-from usage import queries
+from usage import budgets, queries
 from usage.display import compact
-from usage.models import BufferEvent
+from usage.models import Budget, BufferEvent
 from usage.money import usd_for_people
 from usage.sql import reserved_key_digest
 
 DEFAULT_WINDOW = "7d"
 WINDOW_LABELS = {"7d": "Last 7 days", "30d": "Last 30 days", "90d": "Last 90 days"}
 LEADERBOARD_ORDERS = {"tokens": "Tokens", "spend": "Spend", "requests": "Requests"}
-LEADERBOARD_GROUPS = {"user": "Users", "key": "API keys"}
+LEADERBOARD_GROUPS = {"user": "Users", "key": "API keys", "project": "Projects"}
 LEADERBOARD_PAGE_SIZE = 100
 
 
@@ -115,15 +115,17 @@ def call_columns(rows: list["queries.FacadeRow"]) -> dict[str, bool]:
             "with_file_searches": any(row.totals.file_search_calls for row in rows)}
 
 
-def panel(window: "queries.Window", user_id: int | None = None, key_id: int | None = None) -> dict:
-    """Cards, charts and the per-model table, network-wide, for one user or for one API key."""
-    summary = queries.summary(window, user_id=user_id, key_id=key_id)
-    facades = queries.by_facade(window, user_id=user_id, key_id=key_id)
+def panel(window: "queries.Window", user_id: int | None = None, key_id: int | None = None,
+          project_id: int | None = None) -> dict:
+    """Cards, charts and the per-model table, network-wide, for one user, one API key or one project."""
+    scope = {"user_id": user_id, "key_id": key_id, "project_id": project_id}
+    summary = queries.summary(window, **scope)
+    facades = queries.by_facade(window, **scope)
     return {
         "window": window,
         "summary": summary,
         "cards": cards(summary),
-        "chart_data": chart_data(queries.daily_series(window, user_id=user_id, key_id=key_id)),
+        "chart_data": chart_data(queries.daily_series(window, **scope)),
         "facades": facades,
         **call_columns(facades),
         "complete_through": summary.complete_through,
@@ -151,6 +153,18 @@ def user_key_rows(window: "queries.Window", user) -> list[KeyListRow]:
             for k in user.api_keys.order_by("-created_at", "-pk") if k.digest != reserved]
     rows += [KeyListRow(r.key_id, r.prefix, r.label, None, r.totals) for r in used.values() if r.reserved]
     return rows
+
+
+def project_members(project) -> list:
+    """A project's members, owners first, then by username."""
+    members = project.members.select_related("user")
+    return sorted(members, key=lambda m: (m.role != "owner", m.user.get_username()))
+
+
+def project_budgets(project_id: int, now) -> list["budgets.BudgetState"]:
+    """A project's own active budgets, with their spend in the current period."""
+    own = Budget.objects.filter(scope=Budget.Scope.PROJECT, project_id=project_id, is_active=True)
+    return [budgets.state_of(budget, now) for budget in own.order_by("period", "pk")]
 
 
 class LeaderboardRows:

@@ -168,7 +168,7 @@ def _sums(spans: list[tuple[datetime, datetime]], group_by: tuple[str, ...], rol
         raise ValueError("per_project sums rows grouped by key_id alone")
     adapt = connection.ops.adapt_datetimefield_value
     where, where_params = sql.segment_filters(user_id, key_id, user_ids, project_id,
-                                              _project_keys() if project_id is not None else None)
+                                              _project_keys() if project_id is not None else None, connection.vendor)
     parts, params = [], []
     for index, (start, end) in enumerate(spans):
         for model, a, b in segments(start, end, rolled_through, coarsest):

@@ -110,8 +110,21 @@ def _identifier(name: str) -> str:
     return name
 
 
+# A project's rows are its keys' rows (a key never changes project: no project column in the
+# buckets), picked in the read's own statement. On PostgreSQL `key_id IN (SELECT ...)` is planned as
+# a semi-join: every row of the segment's range is read, then matched against the keys, as costly as
+# a network-wide read; an array of the keys (an InitPlan, run once per segment) is an index condition
+# on (key_id, bucket_start), so only the project's rows are read (bench/dashboard.py). SQLite has no
+# arrays, and looks up each key of an IN list in that index anyway.
+PROJECT_KEYS_FILTER = {
+    "postgresql": " AND key_id = ANY(ARRAY(SELECT id FROM {table} WHERE {column} = %s))",
+    "sqlite": " AND key_id IN (SELECT id FROM {table} WHERE {column} = %s)",
+}
+
+
 def segment_filters(user_id: int | None, key_id: int | None, user_ids: set[int] | None,
-                    project_id: int | None = None, project_keys: tuple[str, str] | None = None) -> tuple[str, list]:
+                    project_id: int | None = None, project_keys: tuple[str, str] | None = None,
+                    vendor: str = "postgresql") -> tuple[str, list]:
     """The WHERE conditions a read adds to every segment, and their parameters. `project_id` keeps
     the rows of the project's keys; `project_keys` names the key table and its project column."""
     where, params = "", []
@@ -122,10 +135,8 @@ def segment_filters(user_id: int | None, key_id: int | None, user_ids: set[int] 
     if user_ids is not None:  # integers written inline: a long list must not exhaust SQLite's parameters
         where += f" AND user_id IN ({', '.join(str(int(uid)) for uid in sorted(user_ids))})"
     if project_id is not None:
-        # A key never changes project, so a project's rows are exactly its keys' rows: no project
-        # column in the buckets. The subquery, not a list of ids read first, keeps the read one statement.
         table, column = (_identifier(name) for name in project_keys)
-        where += f" AND key_id IN (SELECT id FROM {table} WHERE {column} = %s)"
+        where += PROJECT_KEYS_FILTER[vendor].format(table=table, column=column)
         params = params + [project_id]
     return where, params
 

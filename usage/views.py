@@ -1,4 +1,4 @@
-"""The usage pages of the admin: network-wide, per user, and the leaderboard.
+"""The usage pages of the admin: network-wide, per user, per API key, per project, and the leaderboard.
 
 Wired by the admin site (codevector.admin, usage.admin) through `admin_view`, which already
 requires an active staff member; each page also asks for the one usage permission.
@@ -8,7 +8,7 @@ from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from usage import budgets, dashboard
+from usage import budgets, dashboard, queries
 from usage.permissions import sees_everyone
 from usage.sql import RESERVED_KEY_NAME, reserved_key_digest
 from usage.store import buffer_overview
@@ -26,6 +26,7 @@ def dashboard_view(request, site):
         **site.each_context(request),
         **dashboard.panel(window),
         "title": "Usage",
+        "projects": queries.by_project(window),
         "tabs": dashboard.window_tabs(request.GET, window.key),
         "degraded": dashboard.degraded_events(window),
         "buffer": buffer_overview(since=window.start),
@@ -43,7 +44,7 @@ def leaderboard_view(request, site):
     page = dashboard.leaderboard_page(window, by, request.GET.get("page"), group)
     ctx = {
         **site.each_context(request),
-        "title": "Leaderboard" if group == "user" else "Leaderboard of API keys",
+        "title": {"user": "Leaderboard", "key": "Leaderboard of API keys", "project": "Leaderboard of projects"}[group],
         "window": window,
         "by": by,
         "group": group,
@@ -90,3 +91,22 @@ def key_usage_view(request, site, key, opts):
         "tabs": dashboard.window_tabs(request.GET, window.key),
     }
     return TemplateResponse(request, "admin/usage/key.html", ctx)
+
+
+def project_usage_view(request, site, project, opts):
+    """One project's usage (wired by gateway.admin.ProjectAdmin): its keys' usage, in the user page's
+    panel, with the usage per key and the members."""
+    _require_permission(request)
+    window = dashboard.window_from(request.GET)
+    ctx = {
+        **site.each_context(request),
+        **dashboard.panel(window, project_id=project.pk),
+        "title": f"Usage of the project {project.name}",
+        "opts": opts,
+        "original": project,
+        "tabs": dashboard.window_tabs(request.GET, window.key),
+        "keys": queries.by_key(window, project_id=project.pk),
+        "members": dashboard.project_members(project),
+        "budgets": dashboard.project_budgets(project.pk, timezone.now()),
+    }
+    return TemplateResponse(request, "admin/usage/project.html", ctx)
