@@ -17,7 +17,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             return None  # not ours: let session authentication answer
         key = ApiKey.objects.find_usable(hash_key(raw))
         if key is None:
-            raise exceptions.AuthenticationFailed("Invalid API key: it is unknown, revoked or expired.")
+            raise exceptions.AuthenticationFailed("Invalid API key: it is unknown, revoked or expired, or its user or project is inactive.")
         return key.user, key
 
     def authenticate_header(self, request):

@@ -213,7 +213,7 @@ def hash_key(raw_key: str) -> str:
 class ApiKeyQuerySet(models.QuerySet):
     def usable(self, now=None):
         now = now or timezone.now()
-        return self.filter(revoked_at__isnull=True, user__is_active=True).filter(
+        return self.filter(revoked_at__isnull=True, user__is_active=True, project__is_active=True).filter(
             models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
         )
 
@@ -287,7 +287,8 @@ class Project(models.Model):
                                  default=new_project_public_id)
     description = models.TextField(blank=True)
     is_active = models.BooleanField("active", default=True,
-                                    help_text="An inactive project gets no new keys; its keys and usage stay.")
+                                    help_text="An inactive project gets no new keys and its keys are refused, as revoked ones "
+                                              "are, until it is active again; its usage stays.")
     created_at = models.DateTimeField(auto_now_add=True)
     # Budget alerts of this project and of its keys are also posted here (usage.alerts), signed with
     # the secret (HMAC-SHA256 of the body). The secret is write-only: never shown once saved, never logged.
@@ -415,10 +416,24 @@ class ApiKey(models.Model):
         super().save(*args, **kwargs)
         self._project_id_loaded = self.project_id  # a key just created is held to its project too
 
+    def status(self, now=None) -> str:
+        """Why the key works or not, as the admin and the usage pages name it."""
+        now = now or timezone.now()
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        if not self.user.is_active:
+            return "user inactive"
+        if not self.project.is_active:
+            return "project inactive"
+        return "active"
+
     def is_usable(self, now=None) -> bool:
         now = now or timezone.now()
         return (
             self.revoked_at is None
             and self.user.is_active
+            and self.project.is_active
             and (self.expires_at is None or self.expires_at > now)
         )

@@ -74,7 +74,7 @@ class Pipeline:
                 logger.warning("key lookup failed: %s", exc or type(exc).__name__)
             keys.learn(found.digest, info)
         if info is None:
-            raise Refusal(401, "Invalid API key: it is unknown, revoked or expired.", code="invalid_api_key")
+            raise Refusal(401, "Invalid API key: it is unknown, revoked or expired, or its user or project is inactive.", code="invalid_api_key")
         call.key = info
         keys.mark_used(info.key_id)
 

@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from gateway.models import DEFAULT_PROJECT_ID, ApiKey, Project, ProjectMember
+from gateway.models import DEFAULT_PROJECT_ID, ApiKey, ModelFacade, Project, ProjectMember
 from usage import sql
 from usage.buffer import BufferWriter
 from usage.drain import drain
@@ -22,6 +22,8 @@ from usage.models import FiveMinuteUsage
 
 AT = datetime(2026, 5, 4, 10, 2, tzinfo=UTC)
 BEFORE_PROJECTS = ("gateway", "0006_facade_transport")
+# The usage app's last migration before any that names projects (budget scopes do): the old state.
+USAGE_BEFORE_PROJECTS = ("usage", "0013_billed_quantities")
 TABLES = ("usage_bucket_5min", "usage_bucket_hour", "usage_bucket_day", "usage_bucket_month")
 SOME_COUNTERS = ("requests", "input_tokens", "output_tokens", "cost_nanos")
 
@@ -68,9 +70,8 @@ def totals_per_user_and_bucket(table):
 @pytest.mark.django_db(transaction=True)
 def test_the_migration_puts_every_key_in_the_default_project_and_moves_no_total(tmp_path):
     latest = MigrationExecutor(connection).loader.graph.leaf_nodes()
-    migrate([BEFORE_PROJECTS])
-    old = MigrationExecutor(connection).loader.project_state(
-        [BEFORE_PROJECTS, *[node for node in latest if node[0] != "gateway"]]).apps
+    migrate([BEFORE_PROJECTS, USAGE_BEFORE_PROJECTS])
+    old = MigrationExecutor(connection).loader.project_state([BEFORE_PROJECTS, USAGE_BEFORE_PROJECTS]).apps
     ada, grace = (old.get_model("auth", "User").objects.create(username=name) for name in ("ada", "grace"))
     facade = old.get_model("gateway", "ModelFacade").objects.create(
         name="gpt-old", provider="openai", base_url="http://127.0.0.1:9/v1", upstream_model="gpt-4o-mini")
@@ -285,8 +286,8 @@ def test_the_project_list_shows_ids_keys_and_members(admin_client, alice, bob, a
         [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r'<t[hd] class="field-[a-z_]+"[^>]*>(.*?)</t[hd]>',
                                                                 row, re.S)]
         for row in re.findall(r"<tr>(.*?)</tr>", page, re.S)) if cells}
-    assert rows["Apollo"][0] == apollo.public_id and rows["Apollo"][2:] == ["2", "alice (owner), bob"]
-    assert rows["Default project"][0] == "proj_default" and rows["Default project"][2:] == ["0", "everyone"]
+    assert rows["Apollo"][0] == apollo.public_id and rows["Apollo"][2:4] == ["2", "alice (owner), bob"]
+    assert rows["Default project"][0] == "proj_default" and rows["Default project"][2:4] == ["0", "everyone"]
 
 
 def test_a_project_is_created_in_the_admin_with_its_members(admin_client, alice):
@@ -298,3 +299,47 @@ def test_a_project_is_created_in_the_admin_with_its_members(admin_client, alice)
     project = Project.objects.get(name="Gemini")
     assert project.public_id.startswith("proj_") and project.has_member(alice)
     assert list(project.members.values_list("user__username", "role")) == [("alice", "owner")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_inactive_projects_keys_are_refused_until_it_is_active_again(gateway_server, mock_upstream, alice):
+    """Deactivating a team's project shuts its keys off at the gateway's next refresh, and in the
+    usage API at once; its other keys and its usage stay. Catches: usable() ignoring the project."""
+    import openai
+    from rest_framework.test import APIClient
+
+    apollo = Project.objects.create_project("Apollo", members=[alice])
+    _, in_apollo = ApiKey.objects.create_key(alice, project=apollo)
+    elsewhere, in_default = ApiKey.objects.create_key(alice)
+    ModelFacade.objects.create(name="gpt-x", provider="openai", base_url=f"{mock_upstream.url}/v1",
+                               upstream_model="gpt-4o-mini")
+    gateway_server.refresh()
+
+    def gateway_status(raw):
+        client = openai.OpenAI(base_url=f"{gateway_server.url}/v1", api_key=raw, max_retries=0, timeout=20)
+        try:
+            client.chat.completions.create(model="gpt-x", messages=[{"role": "user", "content": "Hi"}])
+            return 200
+        except openai.AuthenticationError as error:
+            assert "project is inactive" in error.body["message"]
+            return 401
+        finally:
+            client.close()
+
+    def api_status(raw):
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        return api.get("/api/me/usage/?period=7d").status_code
+
+    assert (gateway_status(in_apollo), api_status(in_apollo)) == (200, 200)
+    apollo.is_active = False
+    apollo.save()
+    gateway_server.refresh()
+    assert (gateway_status(in_apollo), api_status(in_apollo)) == (401, 401)
+    assert (gateway_status(in_default), api_status(in_default)) == (200, 200)
+    key = ApiKey.objects.get(project=apollo)
+    assert (key.status(), key.is_usable(), elsewhere.status()) == ("project inactive", False, "active")
+    apollo.is_active = True
+    apollo.save()
+    gateway_server.refresh()
+    assert (gateway_status(in_apollo), api_status(in_apollo)) == (200, 200)
