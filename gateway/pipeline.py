@@ -71,7 +71,11 @@ class Pipeline:
                 info = await asyncio.wait_for(self.gateway.in_db_thread(load_key, found.digest),
                                               settings.USAGE_DB_TIMEOUT_SECONDS)
             except Exception as exc:
+                # Not "unknown": the key may be valid (made since the last refresh). Nothing is
+                # remembered, so it works as soon as the database answers again.
                 logger.warning("key lookup failed: %s", exc or type(exc).__name__)
+                raise Refusal(503, "The gateway cannot check this API key right now: its database is unavailable. "
+                                   "Retry shortly.", code="gateway_unavailable") from None
             keys.learn(found.digest, info)
         if info is None:
             raise Refusal(401, "Invalid API key: it is unknown, revoked or expired, or its user or project is inactive.", code="invalid_api_key")
