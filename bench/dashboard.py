@@ -199,10 +199,11 @@ def main():
     for (label, at), key in [(a, k) for a in as_of for k in ("7d", "30d", "90d")]:
         period = queries.resolve_window(key, at)
         key = label + key
+        # The reads of each page (usage.dashboard.panel): the summary and the per-model table come
+        # from one statement (queries.summary_and_facades).
         parts = {
-            "summary": lambda: queries.summary(period),
+            "summary+by model": lambda: queries.summary_and_facades(period),
             "series": lambda: queries.daily_series(period),
-            "by model": lambda: queries.by_facade(period),
             "by project": lambda: queries.by_project(period),
             "leaderboard": lambda: queries.leaderboard(period, "tokens", limit=100),
         }
@@ -212,9 +213,8 @@ def main():
         table.append((f"{key} network page", detail, timed(network, args.repeat), 100))
         for name, uid in (("heavy user", heavy), ("typical user", typical)):
             user_parts = {
-                "summary": lambda uid=uid: queries.summary(period, uid),
+                "summary+by model": lambda uid=uid: queries.summary_and_facades(period, uid),
                 "series": lambda uid=uid: queries.daily_series(period, uid),
-                "by model": lambda uid=uid: queries.by_facade(period, uid),
                 "by key": lambda uid=uid: queries.by_key(period, uid),
             }
             together = lambda user_parts=user_parts: [part() for part in user_parts.values()]  # noqa: E731
@@ -223,9 +223,8 @@ def main():
             table.append((f"{key} {name}", detail, timed(together, args.repeat), 20))
         for name, pid in (("heavy project", heavy_project), ("typical project", typical_project)):
             project_parts = {
-                "summary": lambda pid=pid: queries.summary(period, project_id=pid),
+                "summary+by model": lambda pid=pid: queries.summary_and_facades(period, project_id=pid),
                 "series": lambda pid=pid: queries.daily_series(period, project_id=pid),
-                "by model": lambda pid=pid: queries.by_facade(period, project_id=pid),
                 "by key": lambda pid=pid: queries.by_key(period, project_id=pid),
             }
             together = lambda project_parts=project_parts: [part() for part in project_parts.values()]  # noqa: E731

@@ -119,8 +119,7 @@ def panel(window: "queries.Window", user_id: int | None = None, key_id: int | No
           project_id: int | None = None) -> dict:
     """Cards, charts and the per-model table, network-wide, for one user, one API key or one project."""
     scope = {"user_id": user_id, "key_id": key_id, "project_id": project_id}
-    summary = queries.summary(window, **scope)
-    facades = queries.by_facade(window, **scope)
+    summary, facades = queries.summary_and_facades(window, **scope)
     return {
         "window": window,
         "summary": summary,

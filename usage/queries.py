@@ -303,18 +303,38 @@ def _share(part: int, whole: int) -> Decimal:
 def by_facade(window: Window, user_id: int | None = None, key_id: int | None = None,
               project_id: int | None = None) -> list[FacadeRow]:
     """Per facade, by spend (then name); share of spend, or of requests when nothing was spent."""
+    rows = _sums([(window.start, window.end)], ("facade_id",), watermark(), user_id=user_id, key_id=key_id,
+                 facade_names=True, project_id=project_id)
+    return _facade_rows(rows)
+
+
+def _facade_rows(rows: list[dict]) -> list[FacadeRow]:
+    """FacadeRows of _sums rows grouped by facade_id (with facade names), span 0's."""
     per: dict[int, Totals] = {}
     names: dict[int, str] = {}
-    for row in _sums([(window.start, window.end)], ("facade_id",), watermark(), user_id=user_id, key_id=key_id,
-                     facade_names=True, project_id=project_id):
-        per[row["facade_id"]] = per.get(row["facade_id"], Totals()) + Totals.of(row)
-        names[row["facade_id"]] = row["facade_name"]
+    for row in rows:
+        if row["span"] == 0:
+            per[row["facade_id"]] = per.get(row["facade_id"], Totals()) + Totals.of(row)
+            names[row["facade_id"]] = row["facade_name"]
     total_cost = sum(t.cost_nanos for t in per.values())
     total_requests = sum(t.requests for t in per.values())
     rows = [FacadeRow(fid, names[fid], t,
                       _share(t.cost_nanos, total_cost) if total_cost else _share(t.requests, total_requests))
             for fid, t in per.items() if t.requests or t.cost_nanos]
     return sorted(rows, key=lambda r: (-r.totals.cost_nanos, r.facade_name))
+
+
+def summary_and_facades(window: Window, user_id: int | None = None, key_id: int | None = None,
+                        project_id: int | None = None) -> tuple[Summary, list[FacadeRow]]:
+    """summary() and by_facade() together, from one statement: both windows summed per facade (a
+    summary is the sum of its facades' rows), one read fewer for every usage page."""
+    rolled = watermark()
+    rows = _sums([(window.start, window.end), (window.previous_start, window.previous_end)], ("facade_id",), rolled,
+                 user_id=user_id, key_id=key_id, facade_names=True, project_id=project_id)
+    totals = [Totals(), Totals()]
+    for row in rows:
+        totals[row["span"]] += Totals.of(row)
+    return Summary(window, totals[0], totals[1], rolled), _facade_rows(rows)
 
 
 @dataclass(frozen=True)
