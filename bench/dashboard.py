@@ -200,7 +200,8 @@ def main():
         period = queries.resolve_window(key, at)
         key = label + key
         # The reads of each page (usage.dashboard.panel): the summary and the per-model table come
-        # from one statement (queries.summary_and_facades).
+        # from one statement (queries.summary_and_facades); a user's and a project's page read their
+        # per-key table in that statement too (queries.page_sums with_keys).
         parts = {
             "summary+by model": lambda: queries.summary_and_facades(period),
             "series": lambda: queries.daily_series(period),
@@ -213,9 +214,8 @@ def main():
         table.append((f"{key} network page", detail, timed(network, args.repeat), 100))
         for name, uid in (("heavy user", heavy), ("typical user", typical)):
             user_parts = {
-                "summary+by model": lambda uid=uid: queries.summary_and_facades(period, uid),
+                "summary+by model+by key": lambda uid=uid: queries.page_sums(period, uid, with_keys=True),
                 "series": lambda uid=uid: queries.daily_series(period, uid),
-                "by key": lambda uid=uid: queries.by_key(period, uid),
             }
             together = lambda user_parts=user_parts: [part() for part in user_parts.values()]  # noqa: E731
             together()  # warm-up
@@ -223,9 +223,9 @@ def main():
             table.append((f"{key} {name}", detail, timed(together, args.repeat), 20))
         for name, pid in (("heavy project", heavy_project), ("typical project", typical_project)):
             project_parts = {
-                "summary+by model": lambda pid=pid: queries.summary_and_facades(period, project_id=pid),
+                "summary+by model+by key": lambda pid=pid: queries.page_sums(period, project_id=pid,
+                                                                              with_keys=True),
                 "series": lambda pid=pid: queries.daily_series(period, project_id=pid),
-                "by key": lambda pid=pid: queries.by_key(period, project_id=pid),
             }
             together = lambda project_parts=project_parts: [part() for part in project_parts.values()]  # noqa: E731
             together()  # warm-up

@@ -116,11 +116,13 @@ def call_columns(rows: list["queries.FacadeRow"]) -> dict[str, bool]:
 
 
 def panel(window: "queries.Window", user_id: int | None = None, key_id: int | None = None,
-          project_id: int | None = None) -> dict:
-    """Cards, charts and the per-model table, network-wide, for one user, one API key or one project."""
+          project_id: int | None = None, with_keys: bool = False) -> dict:
+    """Cards, charts and the per-model table, network-wide, for one user, one API key or one project;
+    `with_keys`, the per-key rows too ("key_rows", read in the same statement as the cards)."""
     scope = {"user_id": user_id, "key_id": key_id, "project_id": project_id}
-    summary, facades = queries.summary_and_facades(window, **scope)
+    summary, facades, key_rows = queries.page_sums(window, **scope, with_keys=with_keys)
     return {
+        "key_rows": key_rows,
         "window": window,
         "summary": summary,
         "cards": cards(summary),
@@ -143,10 +145,10 @@ class KeyListRow:
     totals: "queries.Totals"
 
 
-def user_key_rows(window: "queries.Window", user) -> list[KeyListRow]:
-    """A user's keys, newest first, with their usage in the window; then their reserved key, only
-    when it has usage in the window."""
-    used = {row.key_id: row for row in queries.by_key(window, user_id=user.pk)}
+def user_key_rows(used_keys: list["queries.KeyRow"], user) -> list[KeyListRow]:
+    """A user's keys, newest first, with their usage in the window (`used_keys`: by_key's rows of
+    the user); then their reserved key, only when it has usage in the window."""
+    used = {row.key_id: row for row in used_keys}
     reserved = reserved_key_digest(user.pk)
     rows = [KeyListRow(k.pk, k.prefix, k.name, k, used[k.pk].totals if k.pk in used else queries.Totals())
             for k in user.api_keys.order_by("-created_at", "-pk") if k.digest != reserved]

@@ -328,13 +328,30 @@ def summary_and_facades(window: Window, user_id: int | None = None, key_id: int 
                         project_id: int | None = None) -> tuple[Summary, list[FacadeRow]]:
     """summary() and by_facade() together, from one statement: both windows summed per facade (a
     summary is the sum of its facades' rows), one read fewer for every usage page."""
+    summary, facades, _ = page_sums(window, user_id, key_id, project_id)
+    return summary, facades
+
+
+def page_sums(window: Window, user_id: int | None = None, key_id: int | None = None, project_id: int | None = None,
+              with_keys: bool = False) -> tuple[Summary, list[FacadeRow], list["KeyRow"] | None]:
+    """What a usage page reads but its series, in one statement: the summary (both windows), the
+    per-model table and, `with_keys`, the per-key table (by_key's rows) — the rows summed per facade,
+    or per facade and key, then added up here (a user's or a project's few keys and models)."""
     rolled = watermark()
-    rows = _sums([(window.start, window.end), (window.previous_start, window.previous_end)], ("facade_id",), rolled,
+    group = ("facade_id", "key_id") if with_keys else ("facade_id",)
+    rows = _sums([(window.start, window.end), (window.previous_start, window.previous_end)], group, rolled,
                  user_id=user_id, key_id=key_id, facade_names=True, project_id=project_id)
     totals = [Totals(), Totals()]
     for row in rows:
         totals[row["span"]] += Totals.of(row)
-    return Summary(window, totals[0], totals[1], rolled), _facade_rows(rows)
+    keys = None
+    if with_keys:
+        per: dict[int, Totals] = {}
+        for row in rows:
+            if row["span"] == 0:
+                per[row["key_id"]] = per.get(row["key_id"], Totals()) + Totals.of(row)
+        keys = _key_rows(_used(per))
+    return Summary(window, totals[0], totals[1], rolled), _facade_rows(rows), keys
 
 
 @dataclass(frozen=True)
@@ -387,7 +404,10 @@ def by_key(window: Window, user_id: int | None = None, project_id: int | None = 
     """Per API key (of one user, of one project, or everyone's), by spend then prefix; share of
     spend, or of requests when nothing was spent. The reserved key of a user holds their usage from
     before per-key accounting (it is in the Default project)."""
-    per = _per_key(window.start, window.end, watermark(), user_id, project_id)
+    return _key_rows(_per_key(window.start, window.end, watermark(), user_id, project_id))
+
+
+def _key_rows(per: dict[int, Totals]) -> list[KeyRow]:
     infos = key_infos(per)
     total_cost = sum(t.cost_nanos for t in per.values())
     total_requests = sum(t.requests for t in per.values())

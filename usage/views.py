@@ -61,14 +61,15 @@ def leaderboard_view(request, site):
 def user_usage_view(request, site, user, opts):
     _require_permission(request)
     window = dashboard.window_from(request.GET)
+    panel = dashboard.panel(window, user_id=user.pk, with_keys=True)
     ctx = {
         **site.each_context(request),
-        **dashboard.panel(window, user_id=user.pk),
+        **panel,
         "title": f"Usage of {user.get_username()}",
         "opts": opts,
         "original": user,
         "tabs": dashboard.window_tabs(request.GET, window.key),
-        "api_keys": dashboard.user_key_rows(window, user),
+        "api_keys": dashboard.user_key_rows(panel["key_rows"], user),
         "budgets": budgets.states_for(user.pk, timezone.now()),
     }
     return TemplateResponse(request, "admin/usage/user.html", ctx)
@@ -98,14 +99,15 @@ def project_usage_view(request, site, project, opts):
     panel, with the usage per key and the members."""
     _require_permission(request)
     window = dashboard.window_from(request.GET)
+    panel = dashboard.panel(window, project_id=project.pk, with_keys=True)
     ctx = {
         **site.each_context(request),
-        **dashboard.panel(window, project_id=project.pk),
+        **panel,
         "title": f"Usage of the project {project.name}",
         "opts": opts,
         "original": project,
         "tabs": dashboard.window_tabs(request.GET, window.key),
-        "keys": queries.by_key(window, project_id=project.pk),
+        "keys": panel["key_rows"],
         "members": dashboard.project_members(project),
         "budgets": dashboard.project_budgets(project.pk, timezone.now()),
     }
