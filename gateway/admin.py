@@ -291,14 +291,45 @@ class ProjectMemberInline(admin.TabularInline):
     autocomplete_fields = ["user"]
 
 
+class ProjectForm(forms.ModelForm):
+    """The alert webhook's secret is write-only: never rendered back, kept when left empty."""
+
+    alert_webhook_secret = forms.CharField(
+        label="Alert webhook secret", required=False, strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Signs each alert (X-CodeVector-Signature: sha256=HMAC-SHA256 of the body). Write-only: "
+                  "leave empty to keep the current one.")
+    clear_alert_webhook_secret = forms.BooleanField(label="Remove the secret", required=False)
+
+    class Meta:
+        model = Project
+        fields = ["name", "description", "is_active", "alert_webhook_url", "alert_webhook_secret"]
+
+    def clean_alert_webhook_secret(self):
+        secret = self.cleaned_data["alert_webhook_secret"]
+        if secret:
+            return secret
+        return "" if self.data.get("clear_alert_webhook_secret") else self.instance.alert_webhook_secret
+
+
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ["name", "public_id", "is_active", "key_count", "member_list"]
+    form = ProjectForm
+    list_display = ["name", "public_id", "is_active", "key_count", "member_list", "webhook"]
     list_filter = ["is_active"]
     search_fields = ["name", "public_id"]
-    fields = ["name", "public_id", "description", "is_active", "created_at"]
-    readonly_fields = ["public_id", "created_at"]
+    fields = ["name", "public_id", "description", "is_active", "alert_webhook_url", "alert_webhook_secret",
+              "clear_alert_webhook_secret", "secret_set", "created_at"]
+    readonly_fields = ["public_id", "created_at", "secret_set"]
     inlines = [ProjectMemberInline]
+
+    @admin.display(description="Alert webhook secret set")
+    def secret_set(self, obj):
+        return "yes" if obj.alert_webhook_secret else "no"  # never the secret itself
+
+    @admin.display(description="Alert webhook")
+    def webhook(self, obj):
+        return "yes" if obj.alert_webhook_url else "—"
     change_form_template = "admin/usage/project_change_form.html"
 
     def get_urls(self):
@@ -404,12 +435,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.display(description="Status")
     def status(self, obj):
-        now = timezone.now()
-        if obj.revoked_at:
-            return "revoked"
-        if obj.expires_at and obj.expires_at <= now:
-            return "expired"
-        return "active"
+        return obj.status()
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):

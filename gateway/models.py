@@ -315,6 +315,8 @@ class Project(models.Model):
         super().clean()
         if self.is_default and not self.is_active:
             raise ValidationError({"is_active": "The Default project stays active: keys without a project go there."})
+        if self.alert_webhook_url and not self.alert_webhook_secret:
+            raise ValidationError({"alert_webhook_secret": "A webhook URL needs a secret: alerts are never sent unsigned."})
 
     def has_member(self, user) -> bool:
         return Project.objects.for_user(user).filter(pk=self.pk).exists()

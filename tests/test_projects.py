@@ -343,3 +343,55 @@ def test_an_inactive_projects_keys_are_refused_until_it_is_active_again(gateway_
     apollo.save()
     gateway_server.refresh()
     assert (gateway_status(in_apollo), api_status(in_apollo)) == (200, 200)
+
+
+def project_form(**fields):
+    return {"name": "Gemini", "description": "", "is_active": "on", "alert_webhook_url": "",
+            "alert_webhook_secret": "", "members-TOTAL_FORMS": "0", "members-INITIAL_FORMS": "0",
+            "members-MIN_NUM_FORMS": "0", "members-MAX_NUM_FORMS": "1000", **fields}
+
+
+def test_the_alert_webhook_secret_is_write_only_in_the_admin(admin_client):
+    """Set once, never rendered back (not even in the page's HTML), kept when the field is left empty,
+    removed only when asked; a URL without a secret is refused (alerts are never sent unsigned)."""
+    secret = "whsec-do-not-show-7f3a"
+    refused = admin_client.post("/admin/gateway/project/add/", project_form(
+        alert_webhook_url="https://hooks.example.com/codevector"))
+    assert refused.status_code == 200 and "never sent unsigned" in refused.content.decode()
+    made = admin_client.post("/admin/gateway/project/add/", project_form(
+        alert_webhook_url="https://hooks.example.com/codevector", alert_webhook_secret=secret))
+    assert made.status_code == 302, made.content.decode()[-1500:]
+    project = Project.objects.get(name="Gemini")
+    assert (project.alert_webhook_url, project.alert_webhook_secret) == ("https://hooks.example.com/codevector", secret)
+    change = f"/admin/gateway/project/{project.pk}/change/"
+    page = admin_client.get(change).content.decode()
+    assert secret not in page and "Alert webhook secret set" in page
+    assert secret not in admin_client.get("/admin/gateway/project/").content.decode()
+    kept = admin_client.post(change, project_form(alert_webhook_url="https://hooks.example.com/v2"))
+    assert kept.status_code == 302
+    project.refresh_from_db()
+    assert (project.alert_webhook_url, project.alert_webhook_secret) == ("https://hooks.example.com/v2", secret)
+    history = admin_client.get(f"/admin/gateway/project/{project.pk}/history/").content.decode()
+    assert secret not in history
+    cleared = admin_client.post(change, project_form(clear_alert_webhook_secret="on"))
+    assert cleared.status_code == 302
+    project.refresh_from_db()
+    assert (project.alert_webhook_url, project.alert_webhook_secret) == ("", "")
+
+
+def test_a_keys_status_names_why_it_does_not_work(alice, apollo):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    key, _ = ApiKey.objects.create_key(alice, project=apollo)  # alice is one of apollo's members
+    assert key.status() == "active"
+    key.expires_at = timezone.now() - timedelta(seconds=1)
+    assert key.status() == "expired"
+    key.revoked_at = timezone.now()
+    assert key.status() == "revoked"
+    fresh, _ = ApiKey.objects.create_key(alice, project=apollo)
+    Project.objects.filter(pk=apollo.pk).update(is_active=False)
+    assert ApiKey.objects.get(pk=fresh.pk).status() == "project inactive"
+    User.objects.filter(pk=alice.pk).update(is_active=False)
+    assert ApiKey.objects.get(pk=fresh.pk).status() == "user inactive"

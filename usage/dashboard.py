@@ -151,7 +151,7 @@ def user_key_rows(used_keys: list["queries.KeyRow"], user) -> list[KeyListRow]:
     used = {row.key_id: row for row in used_keys}
     reserved = reserved_key_digest(user.pk)
     rows = [KeyListRow(k.pk, k.prefix, k.name, k, used[k.pk].totals if k.pk in used else queries.Totals())
-            for k in user.api_keys.order_by("-created_at", "-pk") if k.digest != reserved]
+            for k in user.api_keys.select_related("project").order_by("-created_at", "-pk") if k.digest != reserved]
     rows += [KeyListRow(r.key_id, r.prefix, r.label, None, r.totals) for r in used.values() if r.reserved]
     return rows
 
