@@ -1,4 +1,4 @@
-"""deploy/nginx.conf, started in front of the gateway: what the README's Security section promises.
+"""deploy/nginx.conf, started in front of the gateway: what docs/operations.md's reverse-proxy rules promise.
 
 Real processes on loopback: Debian's nginx serving the file (TLS with a throwaway certificate, the
 listen port, the gateway's port and a short client_header_timeout substituted, nothing else),
@@ -26,6 +26,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
+from tests.support.ci import cannot_run
 from tests.support.servers import ROOT, Process, free_port, start_gateway, wait_for_http, wait_for_port
 
 # django_db: so pytest-django creates the test database, which the module's gateway uses (the rows
@@ -44,11 +45,8 @@ def nginx_binary() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")  # sbin: not on every PATH
     if found:
         return found
-    message = ("nginx is missing: install Debian's `nginx` package (`make test-tools` does, as root; "
+    cannot_run("nginx is missing: install Debian's `nginx` package (`make test-tools` does, as root; "
                "else `sudo apt-get install -y nginx`)")
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + ". CI=true requires it.", pytrace=False)
-    pytest.skip("!!! SKIPPED, " + message)
 
 
 # --- the world: an upstream, the gateway, nginx --------------------------------------------------------

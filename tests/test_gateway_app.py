@@ -511,7 +511,8 @@ def test_a_full_pool_is_a_502_that_says_so_within_the_connect_timeout_and_is_cou
     no longer than the connect timeout, and its 502 says the pool was full."""
     import threading
 
-    hung = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel's backlog), never answers
+    hung = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    held = None
     url = f"http://127.0.0.1:{hung.getsockname()[1]}"
     settings.GATEWAY_CONNECT_TIMEOUT, settings.GATEWAY_READ_TIMEOUT = 0.5, 3
     client = gw.server.app.upstream
@@ -522,13 +523,21 @@ def test_a_full_pool_is_a_502_that_says_so_within_the_connect_timeout_and_is_cou
         body = json.dumps({"model": "gpt-hung", "messages": chat("Hi")}).encode()
         first = threading.Thread(target=post, args=(gw, "/v1/chat/completions", body))
         first.start()
-        time.sleep(0.3)  # the first request holds the origin's one connection, waiting for an answer
+        # The first request holds the origin's one connection, waiting for an answer: the hung
+        # server takes that connection and reads the request's head, then answers nothing.
+        hung.settimeout(10)
+        held, _ = hung.accept()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += held.recv(65536)
         started = time.monotonic()
         status, _, answer = post(gw, "/v1/chat/completions", body)
         waited = time.monotonic() - started
         first.join(10)
     finally:
         client.max_connections_per_origin = cap
+        if held is not None:
+            held.close()
         hung.close()
     assert status == 502 and "UpstreamPoolFull" in json.loads(answer)["error"]["message"]
     assert "in use" in json.loads(answer)["error"]["message"]
