@@ -199,12 +199,11 @@ def main():
     for (label, at), key in [(a, k) for a in as_of for k in ("7d", "30d", "90d")]:
         period = queries.resolve_window(key, at)
         key = label + key
-        # The reads of each page (usage.dashboard.panel): the summary and the per-model table come
-        # from one statement (queries.summary_and_facades); a user's and a project's page read their
-        # per-key table in that statement too (queries.page_sums with_keys).
+        # The reads of each page (usage.dashboard.panel): queries.page_reads, one round trip for the
+        # summary and the per-model table (one statement: with the per-key table on a user's and a
+        # project's page) and the series; the network page adds by project and the leaderboard.
         parts = {
-            "summary+by model": lambda: queries.summary_and_facades(period),
-            "series": lambda: queries.daily_series(period),
+            "summary+by model+series": lambda: queries.page_reads(period),
             "by project": lambda: queries.by_project(period),
             "leaderboard": lambda: queries.leaderboard(period, "tokens", limit=100),
         }
@@ -214,8 +213,7 @@ def main():
         table.append((f"{key} network page", detail, timed(network, args.repeat), 100))
         for name, uid in (("heavy user", heavy), ("typical user", typical)):
             user_parts = {
-                "summary+by model+by key": lambda uid=uid: queries.page_sums(period, uid, with_keys=True),
-                "series": lambda uid=uid: queries.daily_series(period, uid),
+                "page (one round trip)": lambda uid=uid: queries.page_reads(period, uid, with_keys=True),
             }
             together = lambda user_parts=user_parts: [part() for part in user_parts.values()]  # noqa: E731
             together()  # warm-up
@@ -223,9 +221,7 @@ def main():
             table.append((f"{key} {name}", detail, timed(together, args.repeat), 20))
         for name, pid in (("heavy project", heavy_project), ("typical project", typical_project)):
             project_parts = {
-                "summary+by model+by key": lambda pid=pid: queries.page_sums(period, project_id=pid,
-                                                                              with_keys=True),
-                "series": lambda pid=pid: queries.daily_series(period, project_id=pid),
+                "page (one round trip)": lambda pid=pid: queries.page_reads(period, project_id=pid, with_keys=True),
             }
             together = lambda project_parts=project_parts: [part() for part in project_parts.values()]  # noqa: E731
             together()  # warm-up

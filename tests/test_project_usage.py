@@ -137,8 +137,9 @@ def test_a_projects_reads_are_its_keys_deltas_at_every_level(world, gpt, claude)
             facades = {row.facade_name: got(row.totals) for row in queries.by_facade(window, project_id=pid)}
             assert facades == {f.name: sums(d for d in inside if d.facade_id == f.pk) for f in (gpt, claude)
                                if any(d.facade_id == f.pk for d in inside)}, (period, name)
-            assert queries.summary_and_facades(window, project_id=pid) == (
-                summary, queries.by_facade(window, project_id=pid))  # the pages' one statement for both
+            page = queries.page_reads(window, project_id=pid, with_keys=True)  # the pages' one round trip
+            assert (page.summary, page.facades, page.keys, page.series) == (
+                summary, queries.by_facade(window, project_id=pid), queries.by_key(window, project_id=pid), series)
             keys = {row.key_id: got(row.totals) for row in queries.by_key(window, project_id=pid)}
             assert keys == {kid: sums(d for d in inside if d.key_id == kid) for kid, p in world["project_of"].items()
                             if p == pid and any(d.key_id == kid for d in inside)}, (period, name)

@@ -119,14 +119,14 @@ def panel(window: "queries.Window", user_id: int | None = None, key_id: int | No
           project_id: int | None = None, with_keys: bool = False) -> dict:
     """Cards, charts and the per-model table, network-wide, for one user, one API key or one project;
     `with_keys`, the per-key rows too ("key_rows", read in the same statement as the cards)."""
-    scope = {"user_id": user_id, "key_id": key_id, "project_id": project_id}
-    summary, facades, key_rows = queries.page_sums(window, **scope, with_keys=with_keys)
+    page = queries.page_reads(window, user_id, key_id, project_id, with_keys=with_keys)
+    summary, facades = page.summary, page.facades
     return {
-        "key_rows": key_rows,
+        "key_rows": page.keys,
         "window": window,
         "summary": summary,
         "cards": cards(summary),
-        "chart_data": chart_data(queries.daily_series(window, **scope)),
+        "chart_data": chart_data(page.series),
         "facades": facades,
         **call_columns(facades),
         "complete_through": summary.complete_through,

@@ -164,6 +164,31 @@ def _sums(spans: list[tuple[datetime, datetime]], group_by: tuple[str, ...], rol
     overhead, not the database, was most of a page's time). `project_id` keeps the rows of that
     project's keys; `per_project` (group_by ("key_id",)) sums the keys' rows per project instead,
     each row with "project_id", "public_id" and "name"."""
+    read = _sums_read(spans, group_by, rolled_through, coarsest, user_id, key_id, user_ids, facade_names, project_id,
+                      per_project)
+    return read.rows(_fetch_serial(read.statement, read.params)) if read else []
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One _sums statement, its parameters and how to name its rows."""
+
+    statement: str
+    params: list
+    names: list[str]
+    group_by: tuple[str, ...]
+
+    def rows(self, fetched: list[tuple]) -> list[dict]:
+        rows = [dict(zip(self.names, row)) for row in fetched]
+        if "bucket_start" in self.group_by:
+            for row in rows:
+                row["bucket_start"] = as_utc(row["bucket_start"])
+        return rows
+
+
+def _sums_read(spans, group_by, rolled_through, coarsest="month", user_id=None, key_id=None, user_ids=None,
+               facade_names=False, project_id=None, per_project=False) -> _Read | None:
+    """_sums' statement (None: no segment to read)."""
     if per_project and group_by != ("key_id",):
         raise ValueError("per_project sums rows grouped by key_id alone")
     adapt = connection.ops.adapt_datetimefield_value
@@ -175,7 +200,7 @@ def _sums(spans: list[tuple[datetime, datetime]], group_by: tuple[str, ...], rol
             parts.append(sql.segment_sums(index, model._meta.db_table, group_by, where))
             params += [adapt(a), adapt(b), *where_params]
     if not parts:
-        return []
+        return None
     statement = sql.sums_of_segments(parts, group_by)
     names = ["span", *group_by, *COUNTERS]
     if facade_names:
@@ -185,30 +210,36 @@ def _sums(spans: list[tuple[datetime, datetime]], group_by: tuple[str, ...], rol
     if per_project:
         statement = sql.per_project(statement, group_by, *_project_keys(), _project_model()._meta.db_table)
         names = ["span", "project_id", "public_id", "name", *COUNTERS]
-    rows = [dict(zip(names, row)) for row in _fetch_serial(statement, params)]
-    if "bucket_start" in group_by:
-        for row in rows:
-            row["bucket_start"] = as_utc(row["bucket_start"])
-    return rows
+    return _Read(statement, params, names, group_by)
 
 
 def _fetch_serial(statement: str, params: list) -> list[tuple]:
-    """Run a read without parallel workers on PostgreSQL. These reads take milliseconds; the
-    planner still picks a Parallel Append over the segments for network-wide ones, and starting
-    and gathering workers cost more than the scan (EXPLAIN ANALYZE, bench/dashboard.py: 12 ms
-    with 2 workers against ~3 ms without, worse on a busy machine). The setting is transaction-local
-    and put back as it was when the caller's transaction goes on."""
+    """One read without parallel workers on PostgreSQL (see _fetch_serial_many)."""
+    return _fetch_serial_many([(statement, params)])[0]
+
+
+def _fetch_serial_many(reads: list[tuple[str, list]]) -> list[list[tuple]]:
+    """Run reads without parallel workers on PostgreSQL, each read's rows in order. These reads take
+    milliseconds; the planner still picks a Parallel Append over the segments for network-wide
+    ones, and starting and gathering workers cost more than the scan (EXPLAIN ANALYZE,
+    bench/dashboard.py). The setting is transaction-local and put back as it was when the caller's
+    transaction goes on."""
     if connection.vendor != "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute(statement, params)
-            return cursor.fetchall()
+            results = []
+            for statement, params in reads:
+                cursor.execute(statement, params)
+                results.append(cursor.fetchall())
+            return results
     if connection.get_autocommit() and not connection.in_atomic_block:
-        # Outside a transaction (a page, the API): one round trip, not four (BEGIN, the setting, the
-        # read, COMMIT: ~0.5 ms of a 3 ms read). Django's cursors bind parameters on the client, so
-        # the four go as one text; the cursor starts on the BEGIN's result, the read's is the third.
+        # Outside a transaction (a page, the API): one round trip for all of them (BEGIN, the
+        # setting, the reads, COMMIT), not one per statement. Django's cursors bind parameters on the
+        # client, so they go as one text; the cursor starts on the BEGIN's result, the first read's
+        # is the third.
+        text = "; ".join(["BEGIN", sql.NO_PARALLEL_WORKERS_IN_TRANSACTION, *(s for s, _ in reads), "COMMIT"])
         with connection.cursor() as cursor:
             try:
-                cursor.execute(f"BEGIN; {sql.NO_PARALLEL_WORKERS_IN_TRANSACTION}; {statement}; COMMIT", params)
+                cursor.execute(text, [p for _, params in reads for p in params])
             except Exception:
                 # The statements after the failing one, COMMIT too, did not run: end the transaction
                 # (on a connection that broke, the ROLLBACK fails too; the read's own error is raised).
@@ -216,17 +247,22 @@ def _fetch_serial(statement: str, params: list) -> list[tuple]:
                     cursor.execute("ROLLBACK")
                 raise
             cursor.nextset()
-            cursor.nextset()
-            return cursor.fetchall()
+            results = []
+            for _ in reads:
+                cursor.nextset()
+                results.append(cursor.fetchall())
+            return results
     nested = connection.in_atomic_block
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql.NO_PARALLEL_WORKERS)
         previous = cursor.fetchone()[0]
-        cursor.execute(statement, params)
-        rows = cursor.fetchall()
+        results = []
+        for statement, params in reads:
+            cursor.execute(statement, params)
+            results.append(cursor.fetchall())
         if nested:
             cursor.execute(sql.SET_PARALLEL_WORKERS, [previous])
-    return rows
+    return results
 
 
 def _per(rows: list[dict], column: str, span: int = 0) -> dict[int, "Totals"]:
@@ -277,10 +313,14 @@ class DayPoint:
 def daily_series(window: Window, user_id: int | None = None, key_id: int | None = None,
                  project_id: int | None = None) -> list[DayPoint]:
     """One point per local day of the window, oldest first, zeros where empty."""
+    return _day_points(window, _sums([(window.start, window.end)], ("bucket_start",), watermark(), "day", user_id,
+                                     key_id, project_id=project_id))
+
+
+def _day_points(window: Window, rows: list[dict]) -> list[DayPoint]:
     tz = zone()
     by_day: dict[date, list[int]] = {day: [0] * len(COUNTERS) for day in window.dates}
-    for row in _sums([(window.start, window.end)], ("bucket_start",), watermark(), "day", user_id, key_id,
-                     project_id=project_id):
+    for row in rows:
         sums = by_day.get(local_date(row["bucket_start"], tz))
         if sums is not None:  # summed as plain integers, one Totals a day (not one per row)
             for index, name in enumerate(COUNTERS):
@@ -324,23 +364,29 @@ def _facade_rows(rows: list[dict]) -> list[FacadeRow]:
     return sorted(rows, key=lambda r: (-r.totals.cost_nanos, r.facade_name))
 
 
-def summary_and_facades(window: Window, user_id: int | None = None, key_id: int | None = None,
-                        project_id: int | None = None) -> tuple[Summary, list[FacadeRow]]:
-    """summary() and by_facade() together, from one statement: both windows summed per facade (a
-    summary is the sum of its facades' rows), one read fewer for every usage page."""
-    summary, facades, _ = page_sums(window, user_id, key_id, project_id)
-    return summary, facades
+@dataclass(frozen=True)
+class Page:
+    """What a usage page shows, read together (page_reads)."""
+
+    summary: Summary
+    facades: list[FacadeRow]
+    keys: list["KeyRow"] | None
+    series: list[DayPoint]
 
 
-def page_sums(window: Window, user_id: int | None = None, key_id: int | None = None, project_id: int | None = None,
-              with_keys: bool = False) -> tuple[Summary, list[FacadeRow], list["KeyRow"] | None]:
-    """What a usage page reads but its series, in one statement: the summary (both windows), the
-    per-model table and, `with_keys`, the per-key table (by_key's rows) — the rows summed per facade,
-    or per facade and key, then added up here (a user's or a project's few keys and models)."""
+def page_reads(window: Window, user_id: int | None = None, key_id: int | None = None, project_id: int | None = None,
+               with_keys: bool = False) -> Page:
+    """What a usage page reads, in one round trip after one watermark read: the summary (both
+    windows) and the per-model table from one statement (the rows summed per facade — or, `with_keys`,
+    per facade and key, for the per-key table — then added up here), and the daily series from another."""
     rolled = watermark()
     group = ("facade_id", "key_id") if with_keys else ("facade_id",)
-    rows = _sums([(window.start, window.end), (window.previous_start, window.previous_end)], group, rolled,
-                 user_id=user_id, key_id=key_id, facade_names=True, project_id=project_id)
+    scope = {"user_id": user_id, "key_id": key_id, "project_id": project_id}
+    reads = [_sums_read([(window.start, window.end), (window.previous_start, window.previous_end)], group, rolled,
+                        facade_names=True, **scope),
+             _sums_read([(window.start, window.end)], ("bucket_start",), rolled, "day", **scope)]
+    fetched = _fetch_serial_many([(r.statement, r.params) for r in reads])
+    rows = reads[0].rows(fetched[0])
     totals = [Totals(), Totals()]
     for row in rows:
         totals[row["span"]] += Totals.of(row)
@@ -351,7 +397,8 @@ def page_sums(window: Window, user_id: int | None = None, key_id: int | None = N
             if row["span"] == 0:
                 per[row["key_id"]] = per.get(row["key_id"], Totals()) + Totals.of(row)
         keys = _key_rows(_used(per))
-    return Summary(window, totals[0], totals[1], rolled), _facade_rows(rows), keys
+    series = _day_points(window, reads[1].rows(fetched[1]))
+    return Page(Summary(window, totals[0], totals[1], rolled), _facade_rows(rows), keys, series)
 
 
 @dataclass(frozen=True)
