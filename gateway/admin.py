@@ -291,6 +291,25 @@ class ProjectMemberInline(admin.TabularInline):
     autocomplete_fields = ["user"]
 
 
+class UsagePageLinks:
+    """A model admin whose objects have a usage page (`<id>/usage/`, named `usage_url_name`): the
+    change page links to it and the list gains a "usage" column, for staff who see everyone's usage."""
+
+    usage_url_name = ""
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "shows_usage": sees_everyone(request.user)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_list_display(self, request):
+        columns = super().get_list_display(request)
+        return [*columns, "usage_link"] if sees_everyone(request.user) else columns
+
+    @admin.display(description="Usage")
+    def usage_link(self, obj):
+        return format_html('<a href="{}">usage</a>', reverse(f"admin:{self.usage_url_name}", args=[obj.pk]))
+
+
 class ProjectForm(forms.ModelForm):
     """The alert webhook's secret is write-only: never rendered back, kept when left empty."""
 
@@ -313,7 +332,8 @@ class ProjectForm(forms.ModelForm):
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(UsagePageLinks, admin.ModelAdmin):
+    usage_url_name = "gateway_project_usage"
     form = ProjectForm
     list_display = ["name", "public_id", "is_active", "key_count", "member_list", "webhook"]
     list_filter = ["is_active"]
@@ -342,18 +362,6 @@ class ProjectAdmin(admin.ModelAdmin):
     def usage_view(self, request, id):
         project = get_object_or_404(Project.objects.all(), pk=id)
         return usage_views.project_usage_view(request, self.admin_site, project, self.opts)
-
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra_context = {**(extra_context or {}), "shows_usage": sees_everyone(request.user)}
-        return super().change_view(request, object_id, form_url, extra_context)
-
-    def get_list_display(self, request):
-        columns = super().get_list_display(request)
-        return [*columns, "usage_link"] if sees_everyone(request.user) else columns
-
-    @admin.display(description="Usage")
-    def usage_link(self, obj):
-        return format_html('<a href="{}">usage</a>', reverse("admin:gateway_project_usage", args=[obj.pk]))
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(key_count=Count("api_keys")).prefetch_related("members__user")
@@ -394,7 +402,8 @@ class ApiKeyAddForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(UsagePageLinks, admin.ModelAdmin):
+    usage_url_name = "gateway_apikey_usage"
     list_display = ["prefix_display", "name", "user", "project", "created_at", "last_used_at", "expires_at", "status"]
     list_filter = ["revoked_at", "project"]
     search_fields = ["prefix", "name", "user__username", "project__name", "project__public_id"]
@@ -416,18 +425,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def usage_view(self, request, id):
         key = get_object_or_404(self.get_queryset(request).select_related("user"), pk=id)
         return usage_views.key_usage_view(request, self.admin_site, key, self.opts)
-
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra_context = {**(extra_context or {}), "shows_usage": sees_everyone(request.user)}
-        return super().change_view(request, object_id, form_url, extra_context)
-
-    def get_list_display(self, request):
-        columns = super().get_list_display(request)
-        return [*columns, "usage_link"] if sees_everyone(request.user) else columns
-
-    @admin.display(description="Usage")
-    def usage_link(self, obj):
-        return format_html('<a href="{}">usage</a>', reverse("admin:gateway_apikey_usage", args=[obj.pk]))
 
     @admin.display(description="Key", ordering="prefix")
     def prefix_display(self, obj):
