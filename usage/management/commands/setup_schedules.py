@@ -4,7 +4,8 @@ from usage.tasks import sync_schedules
 
 
 class Command(BaseCommand):
-    help = "Create or update CodeVector's django-q2 schedules (rollups every minute, retention daily). Idempotent."
+    help = ("Create or update CodeVector's django-q2 schedules (rollups and budget alerts every minute, retention "
+            "daily; migrate creates them too). Idempotent.")
 
     def handle(self, **options):
         created, updated, removed = sync_schedules()
