@@ -115,7 +115,8 @@ def main():
     from django.utils import timezone
 
     from gateway.models import ModelFacade, Project
-    from usage import queries, rollups
+    from usage.reads import queries
+    from usage import rollups
     from usage.models import RollupState
     from usage.calendar import day_bounds, local_date, local_midnight, zone
 
@@ -199,7 +200,7 @@ def main():
     for (label, at), key in [(a, k) for a in as_of for k in ("7d", "30d", "90d")]:
         period = queries.resolve_window(key, at)
         key = label + key
-        # The reads of each page (usage.dashboard.panel): queries.page_reads, one round trip for the
+        # The reads of each page (usage.web.dashboard.panel): queries.page_reads, one round trip for the
         # summary and the per-model table (one statement: with the per-key table on a user's and a
         # project's page) and the series; the network page adds by project and the leaderboard.
         parts = {

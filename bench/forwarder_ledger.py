@@ -14,7 +14,7 @@ import os
 import psycopg
 
 from bench.forwarder import forwarding_app, start_of
-from usage import pgwire
+from usage.ledger import pgwire
 
 UPSERT = ("INSERT INTO reference_bucket (bucket, requests, bytes) VALUES (1, {requests}, {size}) "
           "ON CONFLICT (bucket) DO UPDATE SET requests = reference_bucket.requests + excluded.requests, "

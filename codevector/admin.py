@@ -9,7 +9,7 @@ class CodeVectorAdminSite(admin.AdminSite):
 
     def get_urls(self):
         # Imported here: this module is loaded while the admin app starts, before the models.
-        from usage import views
+        from usage.web import views
 
         def page(view):
             return self.admin_view(lambda request, **kwargs: view(request, site=self, **kwargs))
@@ -23,7 +23,7 @@ class CodeVectorAdminSite(admin.AdminSite):
 
     def get_app_list(self, request, app_label=None):
         """The usage pages join the navigation (index and sidebar) as the usage app's first rows."""
-        from usage.permissions import sees_everyone  # as above: loaded before the models
+        from usage.web.permissions import sees_everyone  # as above: loaded before the models
 
         app_list = super().get_app_list(request, app_label)
         if app_label not in (None, "usage") or not sees_everyone(request.user):

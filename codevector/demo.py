@@ -18,11 +18,13 @@ from django.utils import timezone
 
 from gateway.models import ModelFacade, Project, ProjectMember
 from gateway.price_catalog import facade_price_fields
-from usage import ledger, rollups
-from usage.budgets import budget_period_bounds, set_budget
+from usage import rollups
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
+from usage.budgets.book import budget_period_bounds, set_budget
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
 from usage.calendar import local_date, local_midnight, zone
-from usage.queries import spend_by_project
+from usage.reads.queries import spend_by_project
 from usage.pricing import cost_nanos
 
 DEMO_FACADES = [
@@ -131,7 +133,7 @@ def seed_demo(*, days: int = 90, users: int = 25, seed: int = 0, force: bool = F
     profiles = make_profiles(rng, demo_users, len(facades), days)
     deltas = list(generate_history(rng, profiles, facades, days, now, seed))
     for offset in range(0, len(deltas), 5_000):
-        ledger.record_many(deltas[offset : offset + 5_000])
+        record_many(deltas[offset : offset + 5_000])
     result.requests = sum(d.requests for d in deltas)
     result.cost_nanos = sum(d.cost_nanos for d in deltas)
     rollups.roll_up()
@@ -229,7 +231,7 @@ def generate_history(rng: random.Random, profiles: list[Profile], facades: list,
                              count)
 
 
-def _delta(rng, delta_id, user_id, key_id, facade, mix, at, requests) -> ledger.UsageDelta:
+def _delta(rng, delta_id, user_id, key_id, facade, mix, at, requests) -> UsageDelta:
     _, mean_in, mean_out, cached_share, write_share = mix
     input_tokens = int(requests * mean_in * rng.lognormvariate(0, 0.3))
     output_tokens = int(requests * mean_out * rng.lognormvariate(0, 0.3))
@@ -239,7 +241,7 @@ def _delta(rng, delta_id, user_id, key_id, facade, mix, at, requests) -> ledger.
     errors = sum(1 for _ in range(min(requests, 50)) if rng.random() < 0.012)
     cost = cost_nanos(facade.prices, input_tokens=input_tokens, cached_input_tokens=cached,
                       cache_write_tokens=written, output_tokens=output_tokens)
-    return ledger.UsageDelta(id=delta_id, user_id=user_id, key_id=key_id, facade_id=facade.pk, at=at, requests=requests,
+    return UsageDelta(id=delta_id, user_id=user_id, key_id=key_id, facade_id=facade.pk, at=at, requests=requests,
                              error_requests=errors, input_tokens=input_tokens, cached_input_tokens=cached,
                              cache_write_tokens=written, output_tokens=output_tokens, cost_nanos=cost)
 

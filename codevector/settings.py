@@ -250,7 +250,7 @@ EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, minimum=0.1)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "codevector@localhost")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
-# --- Budget alerts (usage.alerts) ---------------------------------------------------------
+# --- Budget alerts (usage.budgets.alerts) ---------------------------------------------------------
 # Every alert is also emailed to these addresses, beside its user or its project's owners.
 USAGE_ALERT_EMAILS = env_list("USAGE_ALERT_EMAILS", [])
 # Every alert is also POSTed here, signed with the secret (a project may have a webhook of its own).
@@ -364,7 +364,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"UsagePeriodEnum": "usage.queries.WINDOWS"},
+    "ENUM_NAME_OVERRIDES": {"UsagePeriodEnum": "usage.reads.queries.WINDOWS"},
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

@@ -4,8 +4,8 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from codevector.docs import docs_page
-from usage import api
-from usage.api_budgets import BudgetDetail, BudgetList, MyBudgets
+from usage.web import api
+from usage.web.api_budgets import BudgetDetail, BudgetList, MyBudgets
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
@@ -25,5 +25,5 @@ urlpatterns = [
     path("api/budgets/", BudgetList.as_view(), name="api-budgets"),
     path("api/budgets/<int:pk>/", BudgetDetail.as_view(), name="api-budget"),
     path("api/me/budgets/", MyBudgets.as_view(), name="api-my-budgets"),
-    path("v1/organization/", include("usage.openai_usage")),  # routed here by codevector.asgi, not the gateway
+    path("v1/organization/", include("usage.web.openai_usage")),  # routed here by codevector.asgi, not the gateway
 ]

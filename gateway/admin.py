@@ -18,9 +18,9 @@ from django.utils.html import format_html, json_script
 from gateway.models import ApiKey, ModelFacade, Project, ProjectMember, hash_key, may_route, shown_routing_value
 from gateway.price_catalog import (CatalogError, catalog_prices, catalog_version, differences, facade_price_fields,
                                    list_catalog_models)
-from usage import views as usage_views
+from usage.web import views as usage_views
 from usage.money import micros_to_usd, usd_to_micros
-from usage.permissions import sees_everyone
+from usage.web.permissions import sees_everyone
 
 # form field -> (model field, label). Token prices are USD per million tokens, search prices USD per
 # 1,000 calls; both are stored as integer micro-USD (usage.pricing).
@@ -353,7 +353,7 @@ class ProjectAdmin(UsagePageLinks, admin.ModelAdmin):
     change_form_template = "admin/usage/project_change_form.html"
 
     def get_urls(self):
-        # `<id>/usage/`: the project's usage page (usage.views), as ApiKeyAdmin adds a key's.
+        # `<id>/usage/`: the project's usage page (usage.web.views), as ApiKeyAdmin adds a key's.
         return [
             path("<int:id>/usage/", self.admin_site.admin_view(self.usage_view), name="gateway_project_usage"),
             *super().get_urls(),
@@ -416,7 +416,7 @@ class ApiKeyAdmin(UsagePageLinks, admin.ModelAdmin):
     change_form_template = "admin/gateway/apikey/change_form.html"
 
     def get_urls(self):
-        # `<id>/usage/`: the key's usage page (usage.views), as UsageUserAdmin adds a user's.
+        # `<id>/usage/`: the key's usage page (usage.web.views), as UsageUserAdmin adds a user's.
         return [
             path("<int:id>/usage/", self.admin_site.admin_view(self.usage_view), name="gateway_apikey_usage"),
             *super().get_urls(),

@@ -25,7 +25,7 @@ from gateway.pipeline import Pipeline, Route
 from gateway import providers
 from gateway import metrics
 from gateway.providers import anthropic, openai, responses
-from usage.budgets import BudgetBook, BudgetSnapshot
+from usage.budgets.book import BudgetBook, BudgetSnapshot
 from usage.store import UsageStore
 
 logger = logging.getLogger("codevector.gateway")
@@ -55,7 +55,7 @@ GC_THRESHOLDS = (10_000, 20, 100)
 
 
 # OpenAI-shaped organization usage and costs are database reads for dashboards: Django serves them
-# (usage.openai_usage), not the hot path.
+# (usage.web.openai_usage), not the hot path.
 DJANGO_UNDER_V1 = "/v1/organization/"
 
 
@@ -86,7 +86,7 @@ class GatewayApp:
         self._start_lock: asyncio.Lock | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pipeline = Pipeline(self)
-        self.requests_in_progress = 0  # the commit's spin (usage.ledger.GroupCommitter) reads it
+        self.requests_in_progress = 0  # the commit's spin (usage.ledger.committer.GroupCommitter) reads it
         self.metrics = metrics.NO_METRICS  # gateway.metrics: chosen at start, from settings
 
     # --- lifecycle --------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import choose_encoder
 
 from usage.counters import COUNTERS
-from usage.metrics import PendingHistogram, StoreMetrics, flush_ledger  # and the ledger's metrics, registered
+from usage.ledger.metrics import PendingHistogram, StoreMetrics, flush_ledger  # and the ledger's metrics, registered
 
 logger = logging.getLogger("codevector.gateway")
 

@@ -290,7 +290,7 @@ class Project(models.Model):
                                     help_text="An inactive project gets no new keys and its keys are refused, as revoked ones "
                                               "are, until it is active again; its usage stays.")
     created_at = models.DateTimeField(auto_now_add=True)
-    # Budget alerts of this project and of its keys are also posted here (usage.alerts), signed with
+    # Budget alerts of this project and of its keys are also posted here (usage.budgets.alerts), signed with
     # the secret (HMAC-SHA256 of the body). The secret is write-only: never shown once saved, never logged.
     alert_webhook_url = models.URLField(
         "alert webhook URL", max_length=500, blank=True,

@@ -24,8 +24,8 @@ from gateway.http_client import (Response, UpstreamError, UpstreamPoolFull, Upst
 from gateway.keys import load_key, presented_key
 from gateway.models import credential_variable_allowed
 from gateway.providers import SSEReader, SSETooLong, Unsupported, Usage, anthropic, estimate_tokens, strict_json
-from usage.budgets import NO_BUDGET
-from usage.ledger import UsageDelta
+from usage.budgets.book import NO_BUDGET
+from usage.ledger.delta import UsageDelta
 from usage.pricing import cost_nanos
 
 logger = logging.getLogger("codevector.gateway")

@@ -56,7 +56,7 @@ BREAKS = (
     ),
     Break(
         "the key dropped from a delta's disk format (buffer records and log lines)",
-        "usage/ledger.py",
+        "usage/ledger/delta.py",
         '        data = asdict(self)\n        data["at"] = self.at.isoformat()\n',
         '        data = asdict(self)\n        del data["key_id"]\n        data["at"] = self.at.isoformat()\n',
         ("tests/test_attribution.py::test_buffered_deltas_keep_their_key_through_the_disk_format_and_the_drain",
@@ -72,7 +72,7 @@ BREAKS = (
     ),
     Break(
         "the delta applied twice on replay (the applied-id skip dropped)",
-        "usage/drain.py",
+        "usage/degraded/drain.py",
         "fresh = [d for d in unique if d.id in fresh_ids and d.id not in landed]",
         "fresh = [d for d in unique if d.id not in landed]",
         ("tests/test_drain.py::test_buffered_deltas_are_replayed_once_and_a_second_run_adds_nothing",

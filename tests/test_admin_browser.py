@@ -11,8 +11,9 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from tests.test_docs_browser import ARGS, CHROMIUM
-from usage import queries
-from usage.ledger import UsageDelta, record_many
+from usage.reads import queries
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
 CANVAS_PIXELS = """(id) => {

@@ -10,7 +10,8 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from tests.test_admin_browser import SCREENSHOTS, browser_page  # noqa: F401 (a fixture)
-from usage.ledger import UsageDelta, record_many
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 
 Y_TICKS = """() => Chart.getChart("activity-trend").scales.y.ticks.map((tick) => [tick.value, tick.label])"""
 TOOLTIP = """(y) => Chart.getChart("activity-trend").options.plugins.tooltip.callbacks.label(

@@ -1,4 +1,4 @@
-"""usage.alerts.decide: a budget threshold is decided once per budget, subject and period, when the
+"""usage.budgets.alerts.decide: a budget threshold is decided once per budget, subject and period, when the
 period's spend reaches it (integer arithmetic), with its outbox rows in the same transaction; a
 database outage delays the decision and never loses or duplicates it. The schedule that runs it
 exists after `migrate` alone. (Delivery: tests/test_alerts_delivery.py.)"""
@@ -21,9 +21,10 @@ from django_q.models import Schedule
 from gateway.models import ApiKey, Project
 from tests.support.pg_proxy import PgProxy
 from tests.support.servers import ROOT
-from usage import alerts
-from usage.budgets import set_budget
-from usage.ledger import UsageDelta, record_many
+from usage.budgets import alerts
+from usage.budgets.book import set_budget
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 from usage.models import AlertDelivery, Budget, BudgetAlert
 
 T0 = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
@@ -187,13 +188,13 @@ def run_python(code: str, database_url: str, **kwargs) -> subprocess.Popen:
                             env={**os.environ, "DATABASE_URL": database_url}, **kwargs)
 
 
-DECIDE = "from usage.alerts import decide\nprint(len(decide()))"
+DECIDE = "from usage.budgets.alerts import decide\nprint(len(decide()))"
 # Reads first, then a line on stdin, then the inserts: the proxy's mode applies to the alert's COMMIT
 # (decide() as a whole would meet it at a read's COMMIT first).
 DECIDE_IN_TWO_STEPS = """
 import sys
 from django.utils import timezone
-from usage import alerts
+from usage.budgets import alerts
 from usage.models import Budget
 now = timezone.now()
 due = alerts.crossings(list(Budget.objects.select_related("user")), None, now)

@@ -1,4 +1,4 @@
-"""usage.alerts.sweep: budget alerts delivered through the outbox to a real SMTP server on loopback
+"""usage.budgets.alerts.sweep: budget alerts delivered through the outbox to a real SMTP server on loopback
 (aiosmtpd, through Django's SMTP backend) and to loopback webhook receivers that check the
 signature. Each alert arrives once per destination however often decide and sweep run; failures
 are recorded and retried; a worker killed after deciding, or while sending, sends after restart,
@@ -27,9 +27,10 @@ from django.utils import timezone
 from gateway.models import ApiKey, Project
 from tests.conftest import ThreadServer
 from tests.support.servers import ROOT, listening_socket, port_of
-from usage import alerts
-from usage.budgets import set_budget
-from usage.ledger import UsageDelta, record_many
+from usage.budgets import alerts
+from usage.budgets.book import set_budget
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 from usage.models import AlertDelivery, BudgetAlert
 
 T0 = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)  # when the spend is recorded
@@ -345,7 +346,7 @@ def test_a_worker_killed_between_deciding_and_sending_sends_after_restart_once(t
     set_budget(username="alice", period="total", amount_usd=Decimal(1), warn_percent=None, active=True,
                alert_percents=[50])
     spend(alice, gpt, 500_000_000, at=timezone.now())
-    worker = python("import time\nfrom usage.alerts import decide\nprint(len(decide()), flush=True)\ntime.sleep(60)",
+    worker = python("import time\nfrom usage.budgets.alerts import decide\nprint(len(decide()), flush=True)\ntime.sleep(60)",
                     env)
     assert worker.stdout.readline().strip() == "1"
     worker.send_signal(signal.SIGKILL)
@@ -376,7 +377,7 @@ def test_a_sweeper_killed_mid_send_is_retried_after_its_lease_once(test_database
                alert_percents=[50])
     spend(alice, gpt, 500_000_000, at=timezone.now())
     alerts.decide()
-    sweeper = python("from usage.alerts import sweep\nsweep()", subprocess_env(test_database_url, smtp, hook))
+    sweeper = python("from usage.budgets.alerts import sweep\nsweep()", subprocess_env(test_database_url, smtp, hook))
     assert hook.arrived.wait(30), sweeper.communicate(timeout=5)
     sweeper.send_signal(signal.SIGKILL)
     sweeper.wait(30)

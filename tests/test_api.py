@@ -12,8 +12,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from gateway.models import ApiKey
-from usage import api, queries
-from usage.ledger import UsageDelta, record_many
+from usage.web import api
+from usage.reads import queries
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Projects in the usage API (usage.api): /api/usage/projects/ for staff with the usage permission,
+"""Projects in the usage API (usage.web.api): /api/usage/projects/ for staff with the usage permission,
 /api/projects/<public id>/usage/ for the project's owners (by their own API key) and that staff,
 and the leaderboard by project. Every permission case, exact numbers written out by hand.
 
@@ -18,9 +18,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from gateway.models import DEFAULT_PROJECT_PUBLIC_ID, ApiKey, Project
-from usage import api, rollups
+from usage.web import api
+from usage import rollups
 from usage.calendar import local_date, local_midnight, zone
-from usage.ledger import UsageDelta, record_many
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 
 # (key, facade, days ago, hour, minute, requests, input, output, cost in nanodollars)
 ROLLED = [

@@ -45,7 +45,7 @@ def project_modules() -> dict[str, Path]:
 
 def test_it_finds_the_modules_it_checks():
     modules = project_modules()
-    assert {"gateway.app", "gateway.pipeline", "usage.ledger", "usage.queries", "codevector.asgi"} <= set(modules)
+    assert {"gateway.app", "gateway.pipeline", "usage.ledger", "usage.reads.queries", "codevector.asgi"} <= set(modules)
     assert "usage.ledger" in imports_of(modules["gateway.pipeline"]) | {m.rsplit(".", 1)[0] for m in imports_of(modules["gateway.pipeline"])}
 
 
@@ -106,26 +106,26 @@ STRING_MODEL_REFERENCES = {
 
 # (module, the expression that ends in `.related_model`): what the module needs from the model there.
 RELATED_MODEL_REACHES = {
-    ("usage.api_budgets", "Budget._meta.get_field(field).related_model"):
+    ("usage.web.api_budgets", "Budget._meta.get_field(field).related_model"):
         "the API's key and project fields of a budget choose among gateway's keys and projects",
-    ("usage.budgets", "Budget._meta.get_field('key').related_model"):
+    ("usage.budgets.book", "Budget._meta.get_field('key').related_model"):
         "set_budget finds a budget's key by its prefix",
-    ("usage.budgets", "Budget._meta.get_field('project').related_model"):
+    ("usage.budgets.book", "Budget._meta.get_field('project').related_model"):
         "set_budget finds a budget's project by its public id",
-    ("usage.queries", "FiveMinuteUsage._meta.get_field('key').related_model"):
+    ("usage.reads.queries", "FiveMinuteUsage._meta.get_field('key').related_model"):
         "reads per key and per project join the keys' table (its name, its project column)",
-    ("usage.queries", "_key_model()._meta.get_field('project').related_model"):
+    ("usage.reads.queries", "_key_model()._meta.get_field('project').related_model"):
         "reads per project name each project (public id, name) from the projects' table",
-    ("usage.queries", "FiveMinuteUsage._meta.get_field('facade').related_model"):
+    ("usage.reads.queries", "FiveMinuteUsage._meta.get_field('facade').related_model"):
         "reads per model join the facades' table for the facade's name",
-    ("usage.ledger", "FiveMinuteUsage._meta.get_field('key').related_model"):
+    ("usage.ledger.plan", "FiveMinuteUsage._meta.get_field('key').related_model"):
         "the ledger makes each user's reserved key (usage without a key) in the keys' table, by raw SQL",
-    ("usage.permissions", "FiveMinuteUsage._meta.get_field('key').related_model"):
+    ("usage.web.permissions", "FiveMinuteUsage._meta.get_field('key').related_model"):
         "the way to gateway's Project, through the key of the usage rows",
-    ("usage.permissions",
+    ("usage.web.permissions",
      "FiveMinuteUsage._meta.get_field('key').related_model._meta.get_field('project').related_model"):
         "project_model(): the projects whose usage the API and the OpenAI-shaped API read, and who may read them",
-    ("usage.openai_usage", "FiveMinuteUsage._meta.get_field('facade').related_model"):
+    ("usage.web.openai_usage", "FiveMinuteUsage._meta.get_field('facade').related_model"):
         "the costs' line items price each model's quantities at its facade's prices",
 }
 
@@ -168,3 +168,40 @@ def test_every_related_model_reach_through_is_listed_with_its_reason():
     assert sorted(found - RELATED_MODEL_REACHES.keys()) == [], "new: list each in RELATED_MODEL_REACHES, with why"
     assert sorted(RELATED_MODEL_REACHES.keys() - found) == [], "gone: remove each from RELATED_MODEL_REACHES"
     assert all(reason.strip() for reason in RELATED_MODEL_REACHES.values())
+
+
+# --- inside usage: the write path, the reads and the presentation ------------------------------
+#
+# The write path runs on every request: a delta's way from the store (usage.store) through the
+# ledger (usage.ledger) to the database, or to the disk while it is away (usage.degraded). It
+# imports no read, budget or presentation module, so nothing a page needs can slow or break a
+# request. Presentation (usage.web, usage.admin, the template tags) reads through usage.reads and
+# usage.budgets, never through the write path. Inside the write path the ledger is at the bottom:
+# degraded mode replays through it, the store puts both together.
+
+WRITE_PATH = ("usage.ledger", "usage.degraded", "usage.store")
+READS = ("usage.reads", "usage.budgets")
+PRESENTATION = ("usage.web", "usage.admin", "usage.templatetags")
+NEVER = {
+    WRITE_PATH: READS + PRESENTATION,
+    PRESENTATION: WRITE_PATH,
+    ("usage.ledger",): ("usage.degraded", "usage.store"),
+    ("usage.degraded",): ("usage.store",),
+}
+
+
+def within(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == package or name.startswith(package + ".") for package in packages)
+
+
+@pytest.mark.parametrize("side", list(NEVER), ids=lambda side: "+".join(side))
+def test_the_write_path_and_the_presentation_import_each_other_only_one_way(side):
+    offenders = [f"{name} imports {imported}" for name, path in sorted(project_modules().items()) if within(name, side)
+                 for imported in sorted(imports_of(path)) if within(imported, NEVER[side])]
+    assert offenders == []
+
+
+def test_the_write_path_rule_sees_the_modules_on_each_side():
+    names = set(project_modules())
+    for packages in (*NEVER, *NEVER.values()):
+        assert all(any(within(name, (package,)) for name in names) for package in packages), packages

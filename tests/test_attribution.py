@@ -18,11 +18,13 @@ from django.db.models import Sum
 
 from gateway.models import ApiKey
 from tests.test_gateway_app import chat, gw  # noqa: F401 (gw)
-from usage.buffer import BufferWriter
-from usage.drain import LOST_MARKER, drain
-from usage.ledger import UsageDelta, record_many
+from usage.degraded.buffer import BufferWriter
+from usage.degraded.deadletter import LOST_MARKER
+from usage.degraded.drain import drain
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 from usage.models import FiveMinuteUsage, HourlyUsage
-from usage.sql import RESERVED_KEY_NAME
+from usage.reserved import RESERVED_KEY_NAME
 
 FIELDS = ("requests", "input_tokens", "output_tokens", "cost_nanos")
 

@@ -264,7 +264,7 @@ def test_end_to_end_every_billed_quantity_reaches_the_ledger_the_api_and_the_cos
     assert summary["spend_usd"] == f"{total // 10**9}.{total % 10**9:09d}"
     assert (summary["web_search_calls"], summary["cache_write_extended_tokens"]) == (8, 64)
     # The dashboard's Spend card reads the same totals.
-    from usage import queries
+    from usage.reads import queries
     assert queries.summary(queries.resolve_window("7d")).totals.cost_nanos == total
     # OpenAI's costs shape: every line item, the searches and extended writes included, adds up exactly.
     from decimal import Decimal

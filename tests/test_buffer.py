@@ -1,4 +1,4 @@
-"""usage.buffer: framed, checksummed records; torn tails and damage are told apart."""
+"""usage.degraded.buffer: framed, checksummed records; torn tails and damage are told apart."""
 
 import fcntl
 import os
@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from usage.buffer import OPEN_SUFFIX, SEALED_SUFFIX, BufferWriter, decode, encode
-from usage.ledger import UsageDelta
+from usage.degraded.buffer import OPEN_SUFFIX, SEALED_SUFFIX, BufferWriter, decode, encode
+from usage.ledger.delta import UsageDelta
 
 pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
 

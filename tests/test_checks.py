@@ -134,8 +134,8 @@ def test_a_facade_with_a_credential_variable_outside_the_allowlist_is_a_warning_
 def test_files_holding_usage_or_credentials_are_created_private(tmp_path):
     """Catches world-readable dead letters and databases (issue #27): the buffer's files were 0600,
     the dead-letter log and the SQLite database were not."""
-    from usage.drain import reject
-    from usage.ledger import UsageDelta
+    from usage.degraded.deadletter import reject
+    from usage.ledger.delta import UsageDelta
 
     os.umask(0o022)
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.sqlite3'}", "USAGE_BUFFER_DIR": str(tmp_path)}

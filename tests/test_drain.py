@@ -1,4 +1,4 @@
-"""usage.drain and manage.py drain_usage_buffer: buffered deltas are replayed exactly once."""
+"""usage.degraded.drain and manage.py drain_usage_buffer: buffered deltas are replayed exactly once."""
 
 import io
 import os
@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from usage.buffer import QUARANTINE, BufferWriter, encode
-from usage.drain import LOST_MARKER, drain
-from usage.ledger import UsageDelta, five_minute_start
+from usage.degraded.buffer import QUARANTINE, BufferWriter, encode
+from usage.degraded.deadletter import LOST_MARKER
+from usage.degraded.drain import drain
+from usage.ledger.delta import UsageDelta, five_minute_start
 from usage.models import AppliedDelta, FiveMinuteUsage
 from usage.sql import COUNTERS
 
@@ -155,14 +156,15 @@ def test_four_drainers_at_once_count_every_delta_once(test_database_url, tmp_pat
 def test_replays_into_rolled_and_pruned_periods_are_exact_at_every_level(tmp_path, alice, gpt, settings):
     """Degraded mode meets the rollups: an outage's deltas replayed after their hours, days and
     month were rolled, and after their 5-minute rows were pruned."""
-    from usage import queries, rollups
+    from usage.reads import queries
+    from usage import rollups
     from usage.models import DailyUsage, HourlyUsage, MonthlyUsage
 
     settings.USAGE_5MIN_RETENTION_DAYS = 1
     march = datetime(2026, 3, 1, tzinfo=UTC)
     live = [UsageDelta(id=uuid.uuid4().hex, user_id=alice.pk, facade_id=gpt.pk, at=march + timedelta(hours=h),
                        input_tokens=100, cost_nanos=1000) for h in range(0, 24 * 40, 7)]
-    from usage.ledger import record_many
+    from usage.ledger.plan import record_many
 
     record_many(live)
     now = datetime(2026, 4, 12, tzinfo=UTC)

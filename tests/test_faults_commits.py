@@ -19,9 +19,9 @@ import pytest
 from django.db import connections
 from django.test import override_settings
 
-import usage.store
+import usage.degraded.breaker
 from tests.test_store import deltas, proxied_store, proxy, totals, wait_until  # noqa: F401 (proxy)
-from usage.drain import OutcomeNotYetKnown, landed_writes
+from usage.degraded.drain import OutcomeNotYetKnown, landed_writes
 from usage.models import AppliedDelta
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.xdist_group("faults"), pytest.mark.django_db(transaction=True)]
@@ -91,7 +91,7 @@ def test_a_commit_that_never_reached_the_server_is_resolved_as_aborted_buffered_
 @override_settings(USAGE_DB_RETRY_SECONDS=0.2, USAGE_DRAIN_INTERVAL_SECONDS=0.2)
 def test_a_commit_still_in_progress_is_buffered_with_its_txid_and_drained_only_once_its_outcome_is_known(
         proxy, tmp_path, alice, gpt, caplog, monkeypatch, outcome):
-    monkeypatch.setattr(usage.store, "IN_PROGRESS_WAIT_SECONDS", HELD_WAIT_SECONDS)
+    monkeypatch.setattr(usage.degraded.breaker, "IN_PROGRESS_WAIT_SECONDS", HELD_WAIT_SECONDS)
     held = deltas(alice, gpt, 1, tokens=100)[0]
 
     async def scenario():
@@ -106,7 +106,7 @@ def test_a_commit_still_in_progress_is_buffered_with_its_txid_and_drained_only_o
             assert proxy.holding.is_set() and proxy.cuts == 1
             # The store asked, heard "in progress" for its whole wait, and buffered the delta with
             # the transaction's id (never replayed beside the open transaction).
-            assert HELD_WAIT_SECONDS <= waited < usage.store.IN_PROGRESS_WAIT_SECONDS + 1.5
+            assert HELD_WAIT_SECONDS <= waited < usage.degraded.breaker.IN_PROGRESS_WAIT_SECONDS + 1.5
             [(ids, txid)] = appended
             assert ids == [held.id] and isinstance(txid, int)
             assert store.status().database_up

@@ -20,9 +20,10 @@ from django.db import connection
 from tests.support.ci import cannot_run
 from tests.support.pg_proxy import PgProxy
 from tests.test_gateway_app import chat, gw, ledger  # noqa: F401 (gw)
-from usage.buffer import SEALED_SUFFIX, BufferWriter, decode
-from usage.drain import REJECTED_MARKER, drain
-from usage.ledger import UsageDelta
+from usage.degraded.buffer import SEALED_SUFFIX, BufferWriter, decode
+from usage.degraded.deadletter import REJECTED_MARKER
+from usage.degraded.drain import drain
+from usage.ledger.delta import UsageDelta
 from usage.models import BufferEvent, FiveMinuteUsage
 from usage.store import UsageStore
 
@@ -65,7 +66,7 @@ def test_a_delta_of_a_deleted_user_is_dead_lettered_and_the_rest_of_its_batch_co
         finally:
             await store.close()
 
-    with caplog.at_level(logging.ERROR, logger="usage.drain"):
+    with caplog.at_level(logging.ERROR, logger="usage.degraded"):
         status = asyncio.run(scenario())
     assert totals() == (4, 15)  # the good deltas of the batch
     assert (status.rejected, status.database_up, status.buffered) == (1, True, 0)
@@ -112,7 +113,7 @@ def test_through_the_gateway_the_request_gets_its_answer_and_readyz_counts_the_r
     gw.server.refresh()
     doomed.delete()  # the gateway's key cache still holds the key until its next refresh
     client = gw.openai.with_options(api_key=key)
-    with caplog.at_level(logging.ERROR, logger="usage.drain"):
+    with caplog.at_level(logging.ERROR, logger="usage.degraded"):
         response = client.chat.completions.create(model="gpt-test", messages=chat("Hello"))
     assert response.choices[0].message.content.startswith("Mock reply")
     assert ledger()["requests"] == 0
@@ -191,8 +192,8 @@ def test_sums_across_2_53_stay_exact_and_a_bucket_past_2_63_is_refused_not_wrapp
 @pytest.mark.django_db(transaction=True)
 def test_a_rollup_whose_sum_passes_2_63_dead_letters_that_group_and_moves_on(tmp_path, alice, bob, gpt, settings):
     """Catches a rollup stalled by one sum past 2**63 (every later hour would stay unrolled)."""
-    from usage.drain import ROLLUP_REFUSED_MARKER
-    from usage.ledger import record_many
+    from usage.degraded.deadletter import ROLLUP_REFUSED_MARKER
+    from usage.ledger.plan import record_many
     from usage.models import HourlyUsage
     from usage.rollups import roll_up, watermark
 
@@ -280,7 +281,7 @@ def test_database_down_and_disk_full_refuses_or_logs_and_loses_nothing_silently(
     finally:
         proxy.close()
     buffered = [d for path in full_disk.glob("*") if path.is_file() for d in decode(path.read_bytes()).deltas]
-    from usage.drain import deltas_from_log
+    from usage.degraded.deadletter import deltas_from_log
 
     logged = deltas_from_log(caplog.text.splitlines())
     assert status.buffer_writable is False and status.lost >= 1

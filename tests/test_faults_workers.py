@@ -406,7 +406,7 @@ def pid_of_buffer_file(path: Path) -> int:
 
 
 def buffered_deltas(path: Path) -> int:
-    from usage.buffer import decode
+    from usage.degraded.buffer import decode
 
     return len(decode(path.read_bytes()).deltas)
 

@@ -15,8 +15,9 @@ from django.db.models import Sum
 from django.test import override_settings
 
 from gateway.models import ApiKey, ModelFacade
-from usage.budgets import BudgetBook, BudgetSnapshot, set_budget
-from usage.ledger import UsageDelta, record_many
+from usage.budgets.book import BudgetBook, BudgetSnapshot, set_budget
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 from usage.models import FiveMinuteUsage
 
 PROMPT = [{"role": "user", "content": "What does this cost?"}]

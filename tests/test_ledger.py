@@ -5,8 +5,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection
 
-from usage import ledger
-from usage.ledger import GroupCommitter, UsageDelta, five_minute_start, make_writer, record, record_many
+from usage import sql
+from usage.ledger.committer import GroupCommitter
+from usage.ledger.delta import UsageDelta, five_minute_start
+from usage.ledger.writers import make_writer
+from usage.ledger.plan import record, record_many
 from usage.models import FiveMinuteUsage
 from usage.sql import COUNTERS
 
@@ -83,12 +86,19 @@ def test_it_adds_many_deltas_exactly_per_bucket_user_and_facade(alice, bob, gpt,
     assert table() == expected
 
 
+
+class Batches:
+    """A batch writer made of one coroutine function: the committer is given an object that writes."""
+
+    def __init__(self, write):
+        self.write = write
+
 @pytest.mark.django_db(transaction=True)
 def test_group_commit_releases_each_caller_after_its_delta_is_committed(alice, gpt):
     async def scenario():
         writer = make_writer()
         await writer.open()
-        committer = GroupCommitter(writer.write)
+        committer = GroupCommitter(writer)
         try:
             await asyncio.gather(*(committer.record(delta(alice, gpt, T0, output_tokens=n)) for n in range(1, 201)))
         finally:
@@ -114,7 +124,7 @@ def test_the_committer_polls_only_while_a_batch_is_in_flight_and_never_past_its_
         async def write(deltas):
             await asyncio.sleep(write_seconds)
 
-        committer = GroupCommitter(write, spin_seconds=spin_seconds)
+        committer = GroupCommitter(Batches(write), spin_seconds=spin_seconds)
 
         def watch():
             nonlocal turns
@@ -142,7 +152,7 @@ def test_the_committer_polls_only_while_a_batch_is_in_flight_and_never_past_its_
         async def write(deltas):
             await asyncio.sleep(0.15)
 
-        committer = GroupCommitter(write, spin_seconds=0.02)
+        committer = GroupCommitter(Batches(write), spin_seconds=0.02)
         recorded = asyncio.get_running_loop().create_task(committer.record(None))
         await asyncio.sleep(0.005)
         early = committer._spinning
@@ -166,7 +176,7 @@ def test_the_committer_polls_only_while_every_request_in_progress_waits_for_a_co
         async def write(deltas):
             await asyncio.sleep(0.05)
 
-        committer = GroupCommitter(write, spin_seconds=0.2, in_progress=lambda: in_progress)
+        committer = GroupCommitter(Batches(write), spin_seconds=0.2, in_progress=lambda: in_progress)
         first = asyncio.get_running_loop().create_task(committer.record(None))
         await asyncio.sleep(0.01)
         alone = committer._spinning
@@ -194,7 +204,7 @@ def test_a_lane_writing_batch_after_batch_polls_through_all_of_them():
         async def write(deltas):
             await asyncio.sleep(0.03)
 
-        committer = GroupCommitter(write, spin_seconds=0.05)
+        committer = GroupCommitter(Batches(write), spin_seconds=0.05)
 
         async def feed():  # a delta every 10 ms for 150 ms: a batch is always waiting
             callers = []
@@ -230,7 +240,7 @@ def test_the_next_batch_goes_out_before_the_callers_of_the_last_one_run_on():
             gates.append(gate)
             await gate
 
-        committer = GroupCommitter(write)
+        committer = GroupCommitter(Batches(write))
 
         async def caller(name):
             await committer.record(name)
@@ -253,7 +263,7 @@ def test_the_next_batch_goes_out_before_the_callers_of_the_last_one_run_on():
 
 
 def test_the_upsert_statement_names_every_counter():
-    statement = ledger.sql.add_counters("usage_bucket_5min", 2)
+    statement = sql.add_counters("usage_bucket_5min", 2)
     assert statement.count("(" + ", ".join(["%s"] * 16) + ")") == 2  # 4 key columns, 12 counters
     for name in COUNTERS:
         assert f"{name} = usage_bucket_5min.{name} + EXCLUDED.{name}" in statement

@@ -11,7 +11,7 @@ from django.db import connection
 
 from gateway.models import ModelFacade
 from tests.support.ledger_writer_process import deltas_for
-from usage.ledger import five_minute_start
+from usage.ledger.delta import five_minute_start
 from usage.models import FiveMinuteUsage
 from usage.sql import COUNTERS
 

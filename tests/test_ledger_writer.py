@@ -1,4 +1,4 @@
-"""The gateway's ledger writer on PostgreSQL (usage.ledger.PostgresWriter, usage.pgwire): one round
+"""The gateway's ledger writer on PostgreSQL (usage.ledger.writers.PostgresWriter, usage.ledger.pgwire): one round
 trip per batch on an armed connection, the armed transaction's lock given back when idle, prepared
 UPSERTs (and plain text when a pooler loses them), statement errors in psycopg's classes."""
 
@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from usage import pgwire, sql
-from usage.ledger import PostgresWriter, UsageDelta, WriteAttempt, postgres_conninfo
+from usage.ledger import pgwire
+from usage import sql
+from usage.ledger.writers import PostgresWriter, WriteAttempt, postgres_conninfo
+from usage.ledger.delta import UsageDelta
 from usage.models import FiveMinuteUsage
 from usage.rollups import ensure_state
 
@@ -181,7 +183,7 @@ def test_a_lost_lock_statement_after_commit_leaves_the_outcome_to_txid_status_ne
     asks txid_status()), it does not write the batch a second time."""
     from datetime import timedelta
 
-    from usage.ledger import PREPARED_ROWS, CommitOutcomeUnknown
+    from usage.ledger.writers import PREPARED_ROWS, CommitOutcomeUnknown
 
     ensure_state()
     spread = [replace_at(delta(alice_key, gpt, 1), T0 + timedelta(minutes=5 * n)) for n in range(PREPARED_ROWS + 1)]

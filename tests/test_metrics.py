@@ -1,4 +1,4 @@
-"""/metrics (gateway.metrics, usage.metrics): the counts a scrape shows are the requests sent, per
+"""/metrics (gateway.metrics, usage.ledger.metrics): the counts a scrape shows are the requests sent, per
 facade and status class, and the tokens and spend the ledger holds, exactly; in one process (the
 gateway under uvicorn in a thread) and summed over two gunicorn workers."""
 
@@ -163,7 +163,7 @@ def test_with_a_token_set_a_scrape_needs_it_as_a_bearer_token(world, settings):
 def test_observations_counted_until_a_flush_land_in_the_buckets_prometheus_client_would_choose():
     from prometheus_client import CollectorRegistry, Histogram
 
-    from usage.metrics import PendingHistogram
+    from usage.ledger.metrics import PendingHistogram
 
     registry = CollectorRegistry()
     direct = Histogram("direct", "", buckets=(1, 2, 5), registry=registry)

@@ -1,9 +1,9 @@
-"""OpenAI-shaped organization usage and costs (usage.openai_usage), read over real HTTP
+"""OpenAI-shaped organization usage and costs (usage.web.openai_usage), read over real HTTP
 (pytest-django's live_server) by the official openai SDK, unmodified but for its base URL and admin
-key. The oracle is independent: the deltas the test records through usage.ledger.record_many, added
+key. The oracle is independent: the deltas the test records through usage.ledger.plan.record_many, added
 up here per local day or hour, the days and hours found with zoneinfo (not usage.calendar, which
 the code under test uses), and the costs' line items split here with fractions. Every bucket and
-every line item is exact, and the buckets of a range add up to usage.queries.totals_between over it."""
+every line item is exact, and the buckets of a range add up to usage.reads.queries.totals_between over it."""
 
 import json
 import urllib.error
@@ -21,8 +21,11 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from gateway.models import ApiKey, ModelFacade
-from usage import ledger, queries, rollups
-from usage.openai_usage import apportion
+from usage import rollups
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
+from usage.reads import queries
+from usage.web.openai_usage import apportion
 from usage.pricing import Prices, cost_nanos
 
 ZONE = "Asia/Kolkata"  # +5:30: local days and hours that are not UTC's
@@ -50,7 +53,7 @@ class World:
 
     def __init__(self, url):
         self.url = url
-        self.deltas: list[ledger.UsageDelta] = []
+        self.deltas: list[UsageDelta] = []
         self.prices: dict[int, Prices] = {}
         self.kind: dict[int, str] = {}
         self.model: dict[int, str] = {}
@@ -62,7 +65,7 @@ class World:
                              timeout=20)
 
     def record(self, deltas):
-        ledger.record_many(deltas)
+        record_many(deltas)
         self.deltas += deltas
 
     def sums(self, bucket_of, group, kind=None, since=None, until=None):
@@ -123,7 +126,7 @@ def world(live_server, settings, transactional_db):
         number += 1
         cost = cost_nanos(facade.prices, input_tokens=inp, cached_input_tokens=cached, cache_write_tokens=writes,
                           output_tokens=out)
-        return ledger.UsageDelta(id=f"t-{number}", user_id=key.user_id, key_id=key.pk, facade_id=facade.pk, at=at,
+        return UsageDelta(id=f"t-{number}", user_id=key.user_id, key_id=key.pk, facade_id=facade.pk, at=at,
                                  requests=requests, input_tokens=inp, cached_input_tokens=cached,
                                  cache_write_tokens=writes, output_tokens=out, cost_nanos=cost)
 
@@ -330,7 +333,7 @@ def test_costs_by_key_add_up_to_the_day(world):
 
 
 def largest_remainder(total: int, weights: list[int]) -> list[int]:
-    """The oracle's split (independent of usage.openai_usage.apportion): each share an exact fraction,
+    """The oracle's split (independent of usage.web.openai_usage.apportion): each share an exact fraction,
     floored; the nanodollars left go one each to the largest fractional parts, ties to the earlier."""
     shares = [Fraction(total * w, sum(weights)) for w in weights]
     parts = [floor(share) for share in shares]
@@ -457,11 +460,11 @@ def searches(world):
     bob_key = ApiKey.objects.get(user__username="bob")
     at = world.first_day + timedelta(days=3, hours=10)
     world.record([
-        ledger.UsageDelta(id="s-alice", user_id=alice_key.user_id, key_id=alice_key.pk, facade_id=facade.pk, at=at,
+        UsageDelta(id="s-alice", user_id=alice_key.user_id, key_id=alice_key.pk, facade_id=facade.pk, at=at,
                           requests=1, input_tokens=10_000, cached_input_tokens=2_000, cache_write_tokens=3_000,
                           cache_write_extended_tokens=1_000, output_tokens=500, web_search_calls=2,
                           cost_nanos=56_600_000),
-        ledger.UsageDelta(id="s-bob", user_id=bob_key.user_id, key_id=bob_key.pk, facade_id=facade.pk,
+        UsageDelta(id="s-bob", user_id=bob_key.user_id, key_id=bob_key.pk, facade_id=facade.pk,
                           at=at + timedelta(minutes=20), requests=1, input_tokens=1_000, output_tokens=100,
                           web_search_calls=1, file_search_calls=3, cost_nanos=44_000_000)])
     world.search_day = world.first_day + timedelta(days=3)

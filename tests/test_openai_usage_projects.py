@@ -1,4 +1,4 @@
-"""Projects in the OpenAI-shaped usage and costs API (usage.openai_usage): `project_ids[]` and
+"""Projects in the OpenAI-shaped usage and costs API (usage.web.openai_usage): `project_ids[]` and
 `group_by[]=project_id`, read over real HTTP (pytest-django's live_server) by the official openai SDK.
 
 Two projects, three keys: Search (alice owner, bob member) holds alice's and bob's keys, Billing
@@ -20,7 +20,9 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from gateway.models import DEFAULT_PROJECT_PUBLIC_ID, ApiKey, ModelFacade, Project
-from usage import ledger, rollups
+from usage import rollups
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 from usage.calendar import local_date, local_midnight, zone
 
 ZONE = "Asia/Kolkata"  # +5:30: local days and hours that are not UTC's
@@ -125,16 +127,16 @@ def world(live_server, settings, transactional_db):
         out = []
         for name, key, facade, day, hour, minute, requests, inp, cached, output, searches, cost in rows:
             at = min(now, w.days[day] + timedelta(hours=hour, minutes=minute, seconds=7))
-            out.append(ledger.UsageDelta(
+            out.append(UsageDelta(
                 id=f"p-{name}", user_id=keys[key].user_id, key_id=keys[key].pk, facade_id=facades[facade].pk, at=at,
                 requests=requests, input_tokens=inp, cached_input_tokens=cached, output_tokens=output,
                 web_search_calls=searches, cost_nanos=cost))
         return out
 
-    ledger.record_many(deltas(ROLLED))
+    record_many(deltas(ROLLED))
     rollups.roll_up()  # the two past days into hour and day rows (and today's closed hours)
-    ledger.record_many(deltas(LATE))
-    ledger.record_many(deltas(TODAY))
+    record_many(deltas(LATE))
+    record_many(deltas(TODAY))
     return w
 
 

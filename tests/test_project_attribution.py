@@ -16,11 +16,11 @@ from django.db.models import Sum
 
 from gateway.models import ApiKey, Project, ProjectMember
 from tests.test_gateway_app import chat, gw  # noqa: F401 (gw)
-from usage.buffer import BufferWriter
-from usage.drain import drain
-from usage.ledger import UsageDelta
+from usage.degraded.buffer import BufferWriter
+from usage.degraded.drain import drain
+from usage.ledger.delta import UsageDelta
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
-from usage.queries import totals_between
+from usage.reads.queries import totals_between
 from usage.rollups import roll_up
 
 FIELDS = ("requests", "input_tokens", "output_tokens", "cost_nanos")

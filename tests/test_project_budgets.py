@@ -19,8 +19,9 @@ from django.db.models import Sum
 from rest_framework.test import APIClient
 
 from gateway.models import ApiKey, ModelFacade, Project, ProjectMember
-from usage.budgets import BudgetBook, set_budget, states_for
-from usage.ledger import UsageDelta, record_many
+from usage.budgets.book import BudgetBook, set_budget, states_for
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 from usage.models import Budget, FiveMinuteUsage
 
 PROMPT = [{"role": "user", "content": "What does this cost?"}]

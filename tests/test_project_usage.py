@@ -1,4 +1,4 @@
-"""A project's usage (#30) is its keys' usage: usage.queries read per project, against an oracle.
+"""A project's usage (#30) is its keys' usage: usage.reads.queries read per project, against an oracle.
 
 Two projects (Apollo: a key of alice's and one of bob's; Gemini: a key of alice's), a key in the
 Default project, and bob's keyless deltas, which land on his reserved key, in the Default project.
@@ -20,9 +20,12 @@ from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
 from gateway.models import DEFAULT_PROJECT_ID, ApiKey, Project
-from usage import queries, rollups, sql
-from usage.budgets import set_budget
-from usage.ledger import UsageDelta, record_many
+from usage.reads import queries
+from usage import rollups
+from usage.budgets.book import set_budget
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
+from usage.reserved import reserved_key_digest
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
 
 FIELDS = ("requests", "error_requests", "estimated_requests", "input_tokens", "cached_input_tokens",
@@ -90,7 +93,7 @@ def world(settings, alice, bob, gpt, claude):
         utc(2026, 1, 3),  # the window's first second
     ])]
     record_many(late)
-    reserved = ApiKey.objects.get(digest=sql.reserved_key_digest(bob.pk))
+    reserved = ApiKey.objects.get(digest=reserved_key_digest(bob.pk))
     project_of = {a1.pk: apollo.pk, b1.pk: apollo.pk, g1.pk: gemini.pk, d1.pk: DEFAULT_PROJECT_ID,
                   reserved.pk: DEFAULT_PROJECT_ID}
     for d in deltas + late:
@@ -238,7 +241,7 @@ def recent(settings, alice, bob, gpt, claude):
               for n, age in enumerate(ages) for k in range(len(plan))]
     record_many(deltas)
     rollups.roll_up(until=now - timedelta(days=2), now=now)
-    reserved = ApiKey.objects.get(digest=sql.reserved_key_digest(bob.pk))
+    reserved = ApiKey.objects.get(digest=reserved_key_digest(bob.pk))
     for d in deltas:
         if d.key_id is None:
             object.__setattr__(d, "key_id", reserved.pk)

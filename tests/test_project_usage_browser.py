@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from gateway.models import DEFAULT_PROJECT_ID, ApiKey, Project
 from tests.test_admin_browser import CANVAS_PIXELS, SCREENSHOTS, browser_page, wait_for_charts  # noqa: F401  (a fixture)
-from usage.ledger import UsageDelta, record_many
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 
 
 @pytest.mark.postgres_only

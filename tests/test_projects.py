@@ -15,9 +15,10 @@ from django.db.migrations.executor import MigrationExecutor
 
 from gateway.models import DEFAULT_PROJECT_ID, ApiKey, ModelFacade, Project, ProjectMember
 from usage import sql
-from usage.buffer import BufferWriter
-from usage.drain import drain
-from usage.ledger import UsageDelta
+from usage.degraded.buffer import BufferWriter
+from usage.degraded.drain import drain
+from usage.ledger.delta import UsageDelta
+from usage.reserved import RESERVED_KEY_NAME, reserved_key_digest, reserved_key_prefix
 from usage.models import FiveMinuteUsage
 
 AT = datetime(2026, 5, 4, 10, 2, tzinfo=UTC)
@@ -78,8 +79,8 @@ def test_the_migration_puts_every_key_in_the_default_project_and_moves_no_total(
     laptop = old.get_model("gateway", "ApiKey").objects.create(user=ada, name="laptop", prefix="cvk_abcdefgh",
                                                                digest="d" * 64)
     reserved = old.get_model("gateway", "ApiKey").objects.create(
-        user=grace, name=sql.RESERVED_KEY_NAME, prefix=sql.reserved_key_prefix(grace.pk),
-        digest=sql.reserved_key_digest(grace.pk), revoked_at=AT)
+        user=grace, name=RESERVED_KEY_NAME, prefix=reserved_key_prefix(grace.pk),
+        digest=reserved_key_digest(grace.pk), revoked_at=AT)
     with connection.cursor() as cursor:
         for level, table in enumerate(TABLES):
             for row in range(4):
@@ -106,7 +107,7 @@ def test_the_migration_puts_every_key_in_the_default_project_and_moves_no_total(
     for table in TABLES:
         assert totals_per_user_and_bucket(table) == before[table]
     assert drain(tmp_path).applied == 1
-    ada_reserved = ApiKey.objects.get(digest=sql.reserved_key_digest(ada.pk))
+    ada_reserved = ApiKey.objects.get(digest=reserved_key_digest(ada.pk))
     assert ada_reserved.project_id == DEFAULT_PROJECT_ID
     assert [(r.user_id, r.key_id, r.requests, r.output_tokens, r.cost_nanos)
             for r in FiveMinuteUsage.objects.filter(bucket_start__gte=datetime(2026, 5, 1, tzinfo=UTC))] == [
@@ -118,9 +119,9 @@ def test_the_migration_puts_every_key_in_the_default_project_and_moves_no_total(
 def test_a_key_inserted_by_raw_sql_lands_in_the_default_project(alice):
     with connection.cursor() as cursor:
         cursor.execute(sql.ensure_reserved_keys(ApiKey._meta.db_table, 1),
-                       [alice.pk, sql.RESERVED_KEY_NAME, sql.reserved_key_prefix(alice.pk),
-                        sql.reserved_key_digest(alice.pk), AT, AT])
-    assert ApiKey.objects.get(digest=sql.reserved_key_digest(alice.pk)).project == Project.objects.default()
+                       [alice.pk, RESERVED_KEY_NAME, reserved_key_prefix(alice.pk),
+                        reserved_key_digest(alice.pk), AT, AT])
+    assert ApiKey.objects.get(digest=reserved_key_digest(alice.pk)).project == Project.objects.default()
 
 
 def test_a_keyless_buffered_delta_counts_against_the_reserved_key_in_the_default_project(tmp_path, alice, gpt):
@@ -129,7 +130,7 @@ def test_a_keyless_buffered_delta_counts_against_the_reserved_key_in_the_default
                                    cost_nanos=29)])
     writer.seal()
     assert drain(tmp_path).applied == 1
-    reserved = ApiKey.objects.get(name=sql.RESERVED_KEY_NAME, user=alice)
+    reserved = ApiKey.objects.get(name=RESERVED_KEY_NAME, user=alice)
     assert reserved.project_id == DEFAULT_PROJECT_ID
     assert [(r.user_id, r.key_id, r.requests, r.output_tokens, r.cost_nanos) for r in FiveMinuteUsage.objects.all()] \
         == [(alice.pk, reserved.pk, 1, 6, 29)]

@@ -1,9 +1,9 @@
-"""usage.queries against an independent oracle.
+"""usage.reads.queries against an independent oracle.
 
 Every expected value here comes from the deltas the test itself wrote, summed with plain Python
 over explicit datetimes: window bounds, local dates and day lengths are hand-written literals
 (computed by hand from the calendar, cross-checked with the standard library only), never from
-usage.queries or usage.calendar. An off-by-one day, a wrong UTC offset or a DST hour lost in the
+usage.reads.queries or usage.calendar. An off-by-one day, a wrong UTC offset or a DST hour lost in the
 7/30/90-day windows therefore fails here, whichever level (5-minute, hour, day, month) the read
 comes from.
 
@@ -20,8 +20,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.contrib.auth.models import User
 
-from usage import queries, rollups
-from usage.ledger import UsageDelta, record_many
+from usage.reads import queries
+from usage import rollups
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
 
 SECOND = timedelta(seconds=1)

@@ -10,9 +10,11 @@ import pytest
 from django.core.management import call_command
 
 from gateway.models import ApiKey, hash_key
-from usage.buffer import MAGIC, SEALED_SUFFIX
-from usage.drain import LOST_MARKER, drain
-from usage.ledger import UsageDelta, record_many
+from usage.degraded.buffer import MAGIC, SEALED_SUFFIX
+from usage.degraded.deadletter import LOST_MARKER
+from usage.degraded.drain import drain
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 from usage.models import FiveMinuteUsage
 
 AT = datetime(2026, 5, 4, 10, 2, tzinfo=UTC)

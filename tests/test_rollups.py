@@ -1,4 +1,4 @@
-"""usage.rollups and usage.queries together: after any sequence of deltas (late ones included),
+"""usage.rollups and usage.reads.queries together: after any sequence of deltas (late ones included),
 rollups (interrupted or not) and retention, every read equals a brute-force sum of the deltas."""
 
 import uuid
@@ -10,8 +10,10 @@ from django.db import transaction
 from django.test import override_settings
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
-from usage import queries, rollups
-from usage.ledger import UsageDelta, five_minute_start, record_many
+from usage.reads import queries
+from usage import rollups
+from usage.ledger.delta import UsageDelta, five_minute_start
+from usage.ledger.plan import record_many
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
 from usage.calendar import day_bounds, local_date
 from usage.sql import COUNTERS

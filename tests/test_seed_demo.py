@@ -137,7 +137,8 @@ def test_a_second_run_adds_nothing_unless_forced():
 
 @pytest.mark.django_db
 def test_it_adds_nothing_when_any_usage_exists(alice, gpt):
-    from usage.ledger import UsageDelta, record
+    from usage.ledger.delta import UsageDelta
+    from usage.ledger.plan import record
 
     record(UsageDelta(id="live-1", user_id=alice.pk, facade_id=gpt.pk, at=NOW, input_tokens=10, cost_nanos=5))
 
@@ -194,7 +195,7 @@ def test_the_demo_has_three_teams_with_monthly_budgets_and_alerts():
     from decimal import Decimal
 
     from gateway.models import Project, ProjectMember
-    from usage.budgets import state_of
+    from usage.budgets.book import state_of
     from usage.models import Budget
 
     seed_demo(days=20, users=7, seed=4, now=NOW)

@@ -14,7 +14,7 @@ from django.db import connections
 
 from gateway.models import ModelFacade
 from tests.test_gateway_app import GPT, chat, expected, facade, gw, ledger, post  # noqa: F401 (gw)
-from usage.ledger import ThreadWriter
+from usage.ledger.writers import ThreadWriter
 from usage.money import usd_exact
 from usage.pricing import Prices, cost_nanos
 
@@ -142,7 +142,7 @@ def test_sqlites_ledger_connection_runs_wal_with_synchronous_normal():
             connections.close_all()
 
     async def on_the_ledgers_thread():
-        writer = ThreadWriter()  # the gateway's SQLite writer (usage.ledger.make_writer)
+        writer = ThreadWriter()  # the gateway's SQLite writer (usage.ledger.writers.make_writer)
         try:
             return await asyncio.get_running_loop().run_in_executor(writer.executor, pragmas)
         finally:

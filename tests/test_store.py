@@ -12,11 +12,14 @@ from django.db import connection
 from django.test import override_settings
 
 from tests.support.pg_proxy import PgProxy
-from usage.buffer import OPEN_SUFFIX, SEALED_SUFFIX
-from usage.drain import LOST_MARKER, deltas_from_log, replay_log
-from usage.ledger import PostgresWriter, UsageDelta, postgres_conninfo
+from usage.degraded.buffer import OPEN_SUFFIX, SEALED_SUFFIX
+from usage.degraded.deadletter import LOST_MARKER, deltas_from_log
+from usage.degraded.drain import replay_log
+from usage.ledger.writers import PostgresWriter, postgres_conninfo
+from usage.ledger.delta import UsageDelta
 from usage.models import BufferEvent, FiveMinuteUsage
-from usage.store import UsageStore, buffer_overview
+from usage.store import UsageStore
+from usage.reads.buffer_overview import buffer_overview
 
 T0 = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
 
@@ -32,12 +35,10 @@ def totals():
 
 
 def proxied_store(proxy, buffer_dir, **kwargs):
-    store = UsageStore(buffer_dir=buffer_dir, **kwargs)
     conninfo = postgres_conninfo().replace(f"port={connection.settings_dict['PORT'] or 5432}", f"port={proxy.port}")
     if "port=" not in conninfo:
         conninfo += f" port={proxy.port}"
-    store.writer = PostgresWriter(conninfo, 2, timeout=1.0)
-    return store
+    return UsageStore(buffer_dir=buffer_dir, writer=PostgresWriter(conninfo, 2, timeout=1.0), **kwargs)
 
 
 async def wait_until(predicate, seconds=15.0):
@@ -167,7 +168,7 @@ def test_with_nowhere_to_record_it_refuses_new_requests_and_logs_in_flight_delta
 
 @pytest.mark.django_db
 def test_the_overview_counts_pending_and_quarantined_files_and_reported_events(tmp_path, alice, gpt):
-    from usage.buffer import BufferWriter
+    from usage.degraded.buffer import BufferWriter
 
     writer = BufferWriter(tmp_path)
     writer.append_many(deltas(alice, gpt, 3))

@@ -9,7 +9,8 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_q.models import Schedule
 
-from usage.ledger import UsageDelta, record_many
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 from usage.models import AppliedDelta, DailyUsage
 
 

@@ -11,9 +11,11 @@ from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
 from gateway.models import ApiKey
-from usage import queries, rollups
-from usage.budgets import set_budget
-from usage.ledger import UsageDelta, record_many
+from usage.reads import queries
+from usage import rollups
+from usage.budgets.book import set_budget
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
 
 PERIODS = ["7d", "30d", "90d"]
 PAGES = ["/admin/usage/", "/admin/usage/leaderboard/"]
@@ -363,8 +365,8 @@ def test_a_missing_user_is_a_404(client, carol):
 
 
 def test_the_usage_page_shows_the_degraded_mode_banner_and_csv_links(client, carol, settings, tmp_path):
-    from usage.buffer import BufferWriter
-    from usage.ledger import UsageDelta as Delta
+    from usage.degraded.buffer import BufferWriter
+    from usage.ledger.delta import UsageDelta as Delta
 
     settings.USAGE_BUFFER_DIR = tmp_path
     client.force_login(carol)

@@ -17,9 +17,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from gateway.models import ApiKey
-from usage import queries, rollups
-from usage.ledger import UsageDelta, record_many
-from usage.sql import RESERVED_KEY_NAME, reserved_key_prefix
+from usage.reads import queries
+from usage import rollups
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
+from usage.reserved import RESERVED_KEY_NAME, reserved_key_prefix
 
 PERIODS = ["7d", "30d", "90d"]
 AGES = [timedelta(minutes=1), timedelta(hours=30), timedelta(days=4), timedelta(days=12), timedelta(days=45),

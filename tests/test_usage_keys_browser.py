@@ -9,8 +9,9 @@ from django.utils import timezone
 
 from gateway.models import ApiKey
 from tests.test_admin_browser import CANVAS_PIXELS, SCREENSHOTS, browser_page, wait_for_charts  # noqa: F401  (a fixture)
-from usage.ledger import UsageDelta, record_many
-from usage.sql import RESERVED_KEY_NAME
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import record_many
+from usage.reserved import RESERVED_KEY_NAME
 
 
 @pytest.mark.postgres_only

@@ -12,9 +12,10 @@ from django.contrib.auth.admin import UserAdmin
 from django.shortcuts import get_object_or_404
 from django.urls import path
 
-from usage import admin_budgets, dashboard, queries, views  # noqa: F401  (admin_budgets registers Budget)
+from usage.web import admin_budgets, dashboard, views  # noqa: F401  (admin_budgets registers Budget)
+from usage.reads import queries
 from usage.money import usd_for_people
-from usage.permissions import sees_everyone
+from usage.web.permissions import sees_everyone
 
 User = get_user_model()
 

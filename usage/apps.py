@@ -20,6 +20,6 @@ class UsageConfig(AppConfig):
     verbose_name = "Usage"
 
     def ready(self):
-        from usage import admin_alerts  # noqa: F401 (registers the alert models in the admin)
+        from usage.web import admin_alerts  # noqa: F401 (registers the alert models in the admin)
 
         post_migrate.connect(sync_schedules_after_migrate, sender=self)

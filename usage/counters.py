@@ -1,6 +1,6 @@
 """The ledger's counters, declared once. Everything else derives from this list: the bucket tables'
 columns (usage.models), the UPSERT and rollup statements (usage.sql), the delta (usage.ledger),
-the read module's totals (usage.queries) and the API's fields and schema (usage.api). Adding a
+the read module's totals (usage.reads.queries) and the API's fields and schema (usage.web.api). Adding a
 counter is one line here plus a migration.
 
 The order is the order the API and its CSV files show them in.

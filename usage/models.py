@@ -179,7 +179,7 @@ class Budget(models.Model):
     limit_nanos = models.BigIntegerField(help_text="The cap, in integer nanodollars.")
     warn_percent = models.PositiveSmallIntegerField(null=True, blank=True,
                                                     help_text="Warn once spend passes this share of the cap.")
-    # Percentages of the cap at which an alert is sent, once per budget period (usage.alerts); empty: none.
+    # Percentages of the cap at which an alert is sent, once per budget period (usage.budgets.alerts); empty: none.
     alert_percents = models.JSONField(default=list, blank=True,
                                       help_text="Alert when spend reaches these percents of the cap, e.g. [50, 80].")
     is_active = models.BooleanField(default=True)
@@ -272,7 +272,7 @@ def new_alert_id() -> str:
 
 
 class BudgetAlert(models.Model):
-    """A budget's alert threshold crossed by one subject in one period: decided once (usage.alerts),
+    """A budget's alert threshold crossed by one subject in one period: decided once (usage.budgets.alerts),
     with its deliveries (AlertDelivery, the outbox) written in the same transaction.
 
     Once per (budget, subject, period, threshold) is the unique constraint below, so two deciders
@@ -317,7 +317,7 @@ class BudgetAlert(models.Model):
 
 class AlertDelivery(models.Model):
     """One way an alert goes out (an email address, a webhook URL): the outbox, swept by
-    usage.alerts.sweep. A sweeper claims a row by moving `next_attempt_at` one lease ahead under
+    usage.budgets.alerts.sweep. A sweeper claims a row by moving `next_attempt_at` one lease ahead under
     its `claim_token`; a sweeper that dies mid-send leaves the row due again once the lease ends."""
 
     class Channel(models.TextChoices):

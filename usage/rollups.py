@@ -6,7 +6,7 @@ then advances the watermark, all in one transaction under the watermark's lock (
 advisory lock held exclusively, which waits for every ledger write holding it shared:
 usage.sql.WATERMARK_LOCK_KEY). Each recomputation is idempotent
 (`SET x = EXCLUDED.x`), so a rerun or a crash mid-run is harmless; late data that arrives after a
-period was rolled is added to it by the ledger itself (usage.ledger.WritePlan.late).
+period was rolled is added to it by the ledger itself (usage.ledger.plan.WritePlan.late).
 
 Retention prunes 5-minute rows once they are behind the watermark (so in the hour table) and
 older than USAGE_5MIN_RETENTION_DAYS, and hour rows once their day is rolled and they are older
@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from usage import sql
 from usage.counters import COUNTERS
-from usage.drain import refuse_rollup
+from usage.degraded.deadletter import refuse_rollup
 from usage.models import BIGINT_MAX
 from usage.calendar import as_utc, day_bounds, hour_start, month_bounds, next_hour, zone
 

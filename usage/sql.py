@@ -31,7 +31,7 @@ def _level_table(table: str) -> str:
 
 def literal(value) -> str:
     """A ledger statement's parameter as SQL text, for the gateway's batches, which go as one text
-    of several statements (usage.ledger.PostgresWriter). Only what those statements bind: integers
+    of several statements (usage.ledger.writers.PostgresWriter). Only what those statements bind: integers
     and aware datetimes (a TypeError for anything else, so no string ever reaches SQL text)."""
     if type(value) is int:  # most of them (a batch's counters and ids)
         return str(value)
@@ -81,7 +81,7 @@ def add_counters(table: str, rows: int) -> str:
     """Multi-row additive UPSERT: `x = table.x + EXCLUDED.x` for every counter.
 
     PostgreSQL refuses the same key twice in one statement, so callers merge deltas that share
-    a key first (usage.ledger.merge_deltas).
+    a key first (usage.ledger.delta.merge_deltas).
     """
     table, rows = _level_table(table), _row_count(rows)
     columns = ", ".join(KEY_COLUMNS + COUNTERS)
@@ -93,7 +93,7 @@ def add_counters(table: str, rows: int) -> str:
     )
 
 
-# --- exact reads: a window's segments summed in one statement (usage.queries) -----------------
+# --- exact reads: a window's segments summed in one statement (usage.reads.queries) -----------------
 
 
 def _grouping(group_by: tuple[str, ...]) -> tuple[str, ...]:
@@ -173,29 +173,14 @@ def per_project(statement: str, group_by: tuple[str, ...], key_table: str, proje
 
 
 # PostgreSQL: these reads take milliseconds, and starting parallel workers costs more than the
-# scan (usage.queries._fetch_serial). Transaction-local; the previous value is read to restore it.
+# scan (usage.reads.queries._fetch_serial). Transaction-local; the previous value is read to restore it.
 NO_PARALLEL_WORKERS = ("SELECT current_setting('max_parallel_workers_per_gather'), "
                        "set_config('max_parallel_workers_per_gather', '0', true)")
 SET_PARALLEL_WORKERS = "SELECT set_config('max_parallel_workers_per_gather', %s, true)"
 NO_PARALLEL_WORKERS_IN_TRANSACTION = "SET LOCAL max_parallel_workers_per_gather = 0"  # until the transaction ends
 
 
-# --- usage without a key: one reserved, never-usable key per user ------------------------------
-
-# Usage recorded before per-key accounting, and deltas buffered or logged without a key, belong
-# to a reserved key of their user: revoked from birth, its digest not a SHA-256 hex digest (so no
-# presented key can match it), its prefix not `cvk_` (so no real key's prefix can equal it).
-# The same rows are made by the migration that added the key to the buckets.
-RESERVED_KEY_NAME = "before per-key accounting"
-
-
-def reserved_key_digest(user_id: int) -> str:
-    return f"reserved:{user_id}"
-
-
-def reserved_key_prefix(user_id: int) -> str:
-    return f"pre-{user_id}"
-
+# --- usage without a key: the reserved keys (usage.reserved) ------------------------------------
 
 def ensure_reserved_keys(table: str, rows: int) -> str:
     """Create the reserved keys of `rows` users unless they exist (the digest is unique)."""
@@ -240,7 +225,7 @@ STATE_TABLE = "usage_rollup_state"
 # key ("cv:wmark" as a bigint), not by a lock on the watermark's row: every write holds it shared
 # (SHARE_WATERMARK), a rollup exclusively (EXCLUDE_WATERMARK_WRITERS), each until its transaction
 # ends. A row lock did the same, but rows share-locked by several transactions at once (each
-# gateway worker's armed transaction, usage.ledger.PostgresWriter) are locked through a new
+# gateway worker's armed transaction, usage.ledger.writers.PostgresWriter) are locked through a new
 # MultiXact per lock, with every holder as a member: 844 a second with two workers here, so the
 # database's MultiXact space (and its member space, which grows with the number of holders) ran
 # towards forced anti-wraparound vacuums of every table, or at worst refused writes. An advisory

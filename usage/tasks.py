@@ -11,7 +11,9 @@ from django.conf import settings
 from django.utils import timezone
 from django_q.models import Schedule
 
-from usage import alerts, drain, rollups
+from usage.budgets import alerts
+from usage.degraded import drain
+from usage import rollups
 
 PREFIX = "codevector:"
 

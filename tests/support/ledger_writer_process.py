@@ -21,7 +21,7 @@ ANCHOR = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 def deltas_for(seed: int, count: int, user_ids: list[int], facade_ids: list[int], spread: int = 900):
     """Random deltas over a few keys plus one shared hot key (the first user and facade, one bucket)."""
-    from usage.ledger import UsageDelta
+    from usage.ledger.delta import UsageDelta
 
     rng = random.Random(seed)
     for _ in range(count):
@@ -40,11 +40,12 @@ def deltas_for(seed: int, count: int, user_ids: list[int], facade_ids: list[int]
 
 
 async def write_async(deltas, in_flight: int = 32):
-    from usage.ledger import GroupCommitter, make_writer
+    from usage.ledger.committer import GroupCommitter
+    from usage.ledger.writers import make_writer
 
     writer = make_writer()
     await writer.open()
-    committer = GroupCommitter(writer.write)
+    committer = GroupCommitter(writer)
     queue = list(deltas)
     try:
         for start in range(0, len(queue), in_flight):
@@ -66,7 +67,7 @@ def main():
     if "--start-at" in sys.argv:  # a shared start line, so the bench times only the writing
         time.sleep(max(0.0, float(sys.argv[sys.argv.index("--start-at") + 1]) - time.time()))
     if "--sync" in sys.argv:
-        from usage.ledger import record
+        from usage.ledger.plan import record
 
         for d in deltas:
             record(d)

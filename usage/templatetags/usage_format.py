@@ -4,7 +4,7 @@ from decimal import Decimal
 
 from django import template
 
-from usage import display
+from usage.web import display
 from usage.money import nanos_to_usd, usd_for_people
 
 register = template.Library()

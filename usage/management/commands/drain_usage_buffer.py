@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
-from usage.drain import drain, replay_log
+from usage.degraded.drain import drain, replay_log
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import BaseCommand, CommandError
 
-from usage.budgets import BUDGET_PERIODS, set_budget
+from usage.budgets.book import BUDGET_PERIODS, set_budget
 from usage.money import usd_exact
 
 

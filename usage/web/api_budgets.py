@@ -11,10 +11,10 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from usage.budgets import alert_percents_error, state_of, states_for
+from usage.budgets.book import alert_percents_error, state_of, states_for
 from usage.money import usd_exact, usd_to_nanos
 from usage.models import Budget
-from usage.permissions import ManagesBudgets, SeesEveryone
+from usage.web.permissions import ManagesBudgets, SeesEveryone
 
 
 def _related(field: str):

@@ -1,10 +1,10 @@
 """Budget alerts in the admin: what was decided, and where each delivery stands (sent, failing,
-attempts, last error). Read-only: alerts are decided by usage.alerts, never by hand; "retry now"
+attempts, last error). Read-only: alerts are decided by usage.budgets.alerts, never by hand; "retry now"
 makes chosen deliveries due at once. Imported by usage.apps."""
 
 from django.contrib import admin, messages
 
-from usage.alerts import retry_now
+from usage.budgets.alerts import retry_now
 from usage.money import usd_exact
 from usage.models import AlertDelivery, BudgetAlert
 

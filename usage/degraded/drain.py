@@ -25,24 +25,18 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.utils import timezone
 
 from usage import sql
-from usage.buffer import OPEN_SUFFIX, QUARANTINE, SEALED_SUFFIX, decode, fsync_dir
-from usage.ledger import UsageDelta, write_with_cursor
+from usage.degraded.buffer import OPEN_SUFFIX, QUARANTINE, SEALED_SUFFIX, decode, fsync_dir
+from usage.degraded.deadletter import deltas_from_log, reject
+from usage.ledger.delta import UsageDelta
+from usage.ledger.plan import write_with_cursor
 
 logger = logging.getLogger(__name__)
 
 DRAINING_SUFFIX = ".draining"
 DELTAS_PER_TRANSACTION = 1000
-# The marker of a delta that neither the database nor the buffer could take (usage.lost).
-LOST_MARKER = "usage_delta_lost "
-# The marker of a delta the database refused (a constraint, not an outage): kept as a log line
-# and in a dead-letter file under quarantine/, with the reason; replayable once the cause is fixed.
-REJECTED_MARKER = "usage_delta_rejected "
-REPLAYABLE_MARKERS = (LOST_MARKER, REJECTED_MARKER)
 # Errors that say "the database cannot take this write now" (an outage), as opposed to "the
 # database refuses this data" (a constraint): on SQLite and through Django's connection.
 DJANGO_UNAVAILABLE = (OperationalError, InterfaceError)
-
-
 @dataclass
 class DrainReport:
     files: int = 0
@@ -59,41 +53,6 @@ class DrainReport:
         self.torn_records += other.torn_records
         self.rejected += other.rejected
         self.quarantined += other.quarantined
-
-
-def reject(deltas: list[UsageDelta], reason: str, directory: Path) -> None:
-    """Dead-letter deltas the database refused: one `usage_delta_rejected {json}` line each, with
-    the reason, in the log and in quarantine/rejected-<host>_<pid>.log (fsynced); both are
-    replayed by `drain_usage_buffer --from-log FILE` once the cause is fixed (the deltas' ids make a
-    second replay count nothing)."""
-    _dead_letter([REJECTED_MARKER + json.dumps({**d.to_dict(), "reason": reason}, separators=(",", ":"))
-                  for d in deltas], directory)
-
-
-def _dead_letter(lines: list[str], directory: Path) -> None:
-    """Each line in the log and appended (fsynced) to quarantine/rejected-<host>_<pid>.log."""
-    for line in lines:
-        logger.error("%s", line)
-    Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
-    quarantine = Path(directory) / QUARANTINE
-    quarantine.mkdir(mode=0o700, exist_ok=True)
-    path = quarantine / f"rejected-{socket.gethostname()}_{os.getpid()}.log"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # deltas name users and keys
-    with open(fd, "a", encoding="utf-8") as handle:
-        handle.write("".join(line + "\n" for line in lines))
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-ROLLUP_REFUSED_MARKER = "usage_rollup_refused "
-
-
-def refuse_rollup(records: list[dict], directory: Path) -> None:
-    """Dead-letter the groups a rollup could not write because a counter's sum passes 2**63 (what
-    a 64-bit column can hold): one `usage_rollup_refused {json}` line each, in the log and in the
-    quarantine's rejected-*.log, beside refused deltas. Their finer rows are kept, unchanged."""
-    _dead_letter([ROLLUP_REFUSED_MARKER + json.dumps(record, separators=(",", ":"), default=str)
-                  for record in records], directory)
 
 
 class OutcomeNotYetKnown(Exception):
@@ -233,19 +192,6 @@ def drain(directory: Path) -> DrainReport:
         finally:
             os.close(fd)
     return report
-
-
-def deltas_from_log(lines: Iterable[str]) -> list[UsageDelta]:
-    """The deltas logged as lost (`usage_delta_lost {json}`) or rejected (`usage_delta_rejected
-    {json}`), wherever the marker stands in a line."""
-    deltas = []
-    for line in lines:
-        for marker in REPLAYABLE_MARKERS:
-            index = line.find(marker)
-            if index >= 0:
-                deltas.append(UsageDelta.from_dict(json.loads(line[index + len(marker) :])))
-                break
-    return deltas
 
 
 def replay_log(lines: Iterable[str]) -> DrainReport:

@@ -8,7 +8,7 @@ The shapes, parameters and errors are those of OpenAI's Usage and Costs APIs, so
 unchanged but for the base URL and the key:
 
 - Authentication as OpenAI's admin keys: `Authorization: Bearer <CodeVector API key>` of a user who
-  sees everyone's usage (usage.permissions.sees_everyone); any other key is refused with 403, a
+  sees everyone's usage (usage.web.permissions.sees_everyone); any other key is refused with 403, a
   missing or unknown key with 401, in OpenAI's error format.
 - `user_id` is the username, `api_key_id` the key's prefix, `model` the facade's public name,
   `project_id` the public id of the key's project (`proj_…`; the Default project is `proj_default`):
@@ -30,9 +30,9 @@ unchanged but for the base URL and the key:
   read): `start_time` is moved back to the start of the bucket holding it, and the last bucket is
   the one holding `end_time` (exclusive; default now). Each bucket's `start_time`/`end_time` say
   what it covers. The finest grain is the ledger's 5 minutes, so `bucket_width=1m` is refused.
-- Every number is exact: each bucket is read with usage.queries.grouped_rows over its whole span
+- Every number is exact: each bucket is read with usage.reads.queries.grouped_rows over its whole span
   (day rows, hour rows and 5-minute rows as rolled), so the buckets of a range add up to
-  usage.queries.totals_between over the same span.
+  usage.reads.queries.totals_between over the same span.
 
 Costs are the ledger's own nanodollars: a bucket's (or a group's) amount is the exact sum of the
 `cost_nanos` recorded, each request's cost having been rounded once, half to even
@@ -80,11 +80,11 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView, exception_handler
 
-from usage import queries
+from usage.reads import queries
 from usage.calendar import day_bounds, hour_start, next_hour, zone
 from usage.models import FiveMinuteUsage
 from usage.money import nanos_to_usd
-from usage.permissions import project_model, sees_everyone
+from usage.web.permissions import project_model, sees_everyone
 from usage.pricing import Prices
 from usage.rollups import watermark
 

@@ -1,4 +1,4 @@
-"""What the usage pages show, built from the read module (usage.queries): KPI cards, the charts'
+"""What the usage pages show, built from the read module (usage.reads.queries): KPI cards, the charts'
 series, the per-model table and the leaderboard's page, so views stay thin
 and tests can compare each shown number with the read module's.
 """
@@ -8,11 +8,12 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.core.paginator import Paginator
 
-from usage import budgets, queries
-from usage.display import compact
+from usage.budgets import book as budgets
+from usage.reads import queries
+from usage.web.display import compact
 from usage.models import Budget, BufferEvent
 from usage.money import usd_for_people
-from usage.sql import reserved_key_digest
+from usage.reserved import is_reserved
 
 DEFAULT_WINDOW = "7d"
 WINDOW_LABELS = {"7d": "Last 7 days", "30d": "Last 30 days", "90d": "Last 90 days"}
@@ -149,9 +150,8 @@ def user_key_rows(used_keys: list["queries.KeyRow"], user) -> list[KeyListRow]:
     """A user's keys, newest first, with their usage in the window (`used_keys`: by_key's rows of
     the user); then their reserved key, only when it has usage in the window."""
     used = {row.key_id: row for row in used_keys}
-    reserved = reserved_key_digest(user.pk)
     rows = [KeyListRow(k.pk, k.prefix, k.name, k, used[k.pk].totals if k.pk in used else queries.Totals())
-            for k in user.api_keys.select_related("project").order_by("-created_at", "-pk") if k.digest != reserved]
+            for k in user.api_keys.select_related("project").order_by("-created_at", "-pk") if not is_reserved(k.digest, user.pk)]
     rows += [KeyListRow(r.key_id, r.prefix, r.label, None, r.totals) for r in used.values() if r.reserved]
     return rows
 

@@ -71,7 +71,7 @@ LOST = Counter("codevector_usage_lost_deltas",
 
 
 def observe_commit(batch_size: int, seconds: float) -> None:
-    """One group commit (usage.ledger.GroupCommitter), counted until the next flush_ledger()."""
+    """One group commit (usage.ledger.committer.GroupCommitter), counted until the next flush_ledger()."""
     _batch_sizes.observe(batch_size)
     _commit_seconds.observe(seconds)
 

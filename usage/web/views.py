@@ -8,10 +8,12 @@ from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from usage import budgets, dashboard, queries
-from usage.permissions import sees_everyone
-from usage.sql import RESERVED_KEY_NAME, reserved_key_digest
-from usage.store import buffer_overview
+from usage.budgets import book as budgets
+from usage.web import dashboard
+from usage.reads import queries
+from usage.web.permissions import sees_everyone
+from usage.reserved import is_reserved, label
+from usage.reads.buffer_overview import buffer_overview
 
 
 def _require_permission(request):
@@ -79,15 +81,15 @@ def key_usage_view(request, site, key, opts):
     """One API key's usage (wired by gateway.admin.ApiKeyAdmin): the user page's panel, for the key."""
     _require_permission(request)
     window = dashboard.window_from(request.GET)
-    reserved = key.digest == reserved_key_digest(key.user_id)
-    label = RESERVED_KEY_NAME if reserved else f"{key.prefix}…" + (f" ({key.name})" if key.name else "")
+    reserved = is_reserved(key.digest, key.user_id)
+    key_label = label(f"{key.prefix}…" + (f" ({key.name})" if key.name else ""), reserved=reserved)
     ctx = {
         **site.each_context(request),
         **dashboard.panel(window, key_id=key.pk),
-        "title": f"Usage of the API key {label}" if not reserved else f"Usage of {key.user.get_username()} {label}",
+        "title": f"Usage of the API key {key_label}" if not reserved else f"Usage of {key.user.get_username()} {key_label}",
         "opts": opts,
         "original": key,
-        "key_label": label,
+        "key_label": key_label,
         "reserved": reserved,
         "tabs": dashboard.window_tabs(request.GET, window.key),
     }

@@ -22,7 +22,7 @@ from usage.money import nanos_to_usd
 from usage.rollups import watermark
 from usage.counters import COUNTERS, Counters
 from usage import sql
-from usage.sql import RESERVED_KEY_NAME, reserved_key_digest
+from usage.reserved import is_reserved, label
 
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 LEADERBOARD_METRICS = ("tokens", "spend", "requests")
@@ -402,7 +402,7 @@ def page_reads(window: Window, user_id: int | None = None, key_id: int | None = 
 
 
 @dataclass(frozen=True)
-class KeyInfo:
+class KeyName:
     """How an API key is named wherever usage is listed: its prefix and name, its owner, and whether
     it is the owner's reserved key (usage from before per-key accounting)."""
 
@@ -414,10 +414,10 @@ class KeyInfo:
     reserved: bool
 
 
-def key_infos(key_ids) -> dict[int, KeyInfo]:
+def key_names(key_ids) -> dict[int, KeyName]:
     rows = _key_model().objects.filter(pk__in=list(key_ids)).values_list("pk", "prefix", "name", "digest", "user_id",
                                                                     "user__username")
-    return {pk: KeyInfo(pk, prefix, name, uid, username, digest == reserved_key_digest(uid))
+    return {pk: KeyName(pk, prefix, name, uid, username, is_reserved(digest, uid))
             for pk, prefix, name, digest, uid, username in rows}
 
 
@@ -434,7 +434,7 @@ class KeyRow:
 
     @property
     def label(self) -> str:
-        return RESERVED_KEY_NAME if self.reserved else (self.name or self.prefix)
+        return label(self.prefix, self.name, self.reserved)
 
 
 def _per_key(start: datetime, end: datetime, rolled_through: datetime | None,
@@ -455,7 +455,7 @@ def by_key(window: Window, user_id: int | None = None, project_id: int | None = 
 
 
 def _key_rows(per: dict[int, Totals]) -> list[KeyRow]:
-    infos = key_infos(per)
+    infos = key_names(per)
     total_cost = sum(t.cost_nanos for t in per.values())
     total_requests = sum(t.requests for t in per.values())
     rows = []
@@ -516,7 +516,7 @@ class LeaderRow:
 
     @property
     def label(self) -> str:
-        return RESERVED_KEY_NAME if self.reserved else (self.name or self.prefix)
+        return label(self.prefix, self.name, self.reserved)
 
 
 def _per_user(start: datetime, end: datetime, rolled_through: datetime | None) -> dict[int, Totals]:
@@ -559,7 +559,7 @@ def leaderboard(window: Window, by: str = "tokens", limit: int | None = None, of
     whole = sum(t.metric(by) for _, t in ranked)
     page = ranked[offset : None if limit is None else offset + limit]
     if group == "key":
-        infos = key_infos(kid for kid, _ in page)
+        infos = key_names(kid for kid, _ in page)
         return [LeaderRow(offset + i, previous.get(kid), infos[kid].user_id, infos[kid].username, t,
                           _share(t.metric(by), whole), key_id=kid, prefix=infos[kid].prefix, name=infos[kid].name,
                           reserved=infos[kid].reserved)

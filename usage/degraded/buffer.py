@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from usage.ledger import UsageDelta
+from usage.ledger.delta import UsageDelta
 
 logger = logging.getLogger(__name__)
 

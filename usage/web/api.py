@@ -21,10 +21,10 @@ from rest_framework.response import Response
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
-from usage import queries
+from usage.reads import queries
 from usage.calendar import zone
 from usage.counters import COUNTERS
-from usage.permissions import ReadsProject, SeesEveryone, project_model, sees_everyone
+from usage.web.permissions import ReadsProject, SeesEveryone, project_model, sees_everyone
 
 COUNTER_FIELDS = tuple(name for name in COUNTERS if name != "cost_nanos")  # cost is shown as spend_usd
 
