@@ -112,8 +112,8 @@ class GroupCommitter:
     def _nothing_else_to_do(self) -> bool:
         """True while every request this process serves waits for a commit: the loop would sleep
         until the answer. With other requests in progress, their I/O wakes the loop anyway, and a
-        spin only takes the CPU that they, the database and the upstream need (16 in flight on
-        two cores: 59 % of the bare forwarder without a spin, 55 % with one; README, Performance)."""
+        spin only takes the CPU that they, the database and the upstream need (docs/performance.md
+        has the measurement)."""
         return self._in_progress is None or self._in_progress() <= self._waiting
 
     async def _lane(self, batch: list[tuple[UsageDelta, asyncio.Future]]) -> None:
@@ -122,7 +122,7 @@ class GroupCommitter:
         The next batch goes out in the same step of the event loop that received the previous
         one's answer: before the callers just released run on (each answers its client), not after
         them. Handing back to the writer task instead (a wake-up, then a new task) put two passes of
-        the loop's queue between two batches (16 in flight: ~1 ms of a 2.8 ms cycle)."""
+        the loop's queue between two batches, a large part of each commit's cycle under load."""
         try:
             while batch:
                 self._spin_while_writing()

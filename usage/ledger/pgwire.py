@@ -2,7 +2,7 @@
 sent with libpq on a psycopg connection, and its results read back.
 
 psycopg's cursors do much more than a batch needs (query conversion, result sets, loaders, row
-factories): through `AsyncClientCursor` a batch cost the gateway about 0.3 ms of CPU. Here the
+factories), and on the hot path that CPU is paid for every batch (docs/performance.md). Here the
 text goes out with `psycopg.pq` (psycopg's public libpq wrapper) and the few values the writer
 reads come back as text. The connection stays psycopg's (its pool opens, checks and closes it);
 `run` only needs it idle or inside a transaction, never used by anything else meanwhile.

@@ -64,7 +64,7 @@ class _Armed:
 
 
 # The 5-minute UPSERT for up to this many rows is prepared on each of the writer's connections:
-# PostgreSQL then neither parses nor plans it per batch (about 0.1 ms of its CPU a batch here).
+# PostgreSQL then neither parses nor plans it per batch.
 PREPARED_ROWS = 16
 
 
@@ -85,8 +85,8 @@ class PostgresWriter:
     resolves_unknown_outcomes = True  # txid_status(): a write abandoned mid-way can be resolved
     ARMED_SECONDS = 0.2
     # The lock's statements, prepared too: as plain text PostgreSQL parsed and planned the
-    # watermark's read for every batch (~0.15 ms of its CPU here, more than the prepared UPSERT's
-    # whole execution).
+    # watermark's read for every batch, which cost it more than the prepared UPSERT's whole
+    # execution.
     SHARE_NAME = "codevector_share_watermark"
     LOCK_NAME = "codevector_lock_watermark"
 
