@@ -10,9 +10,10 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 from rest_framework.test import APIClient
+from rest_framework.throttling import ScopedRateThrottle
 
 from gateway.models import ApiKey
-from usage.web import api
+from usage.web import api, serializers
 from usage.reads import queries
 from usage.ledger.delta import UsageDelta
 from usage.ledger.plan import record_many
@@ -57,7 +58,7 @@ def csv_row(row: dict) -> dict:
 
 
 def expected_counters(totals):
-    return {**{name: getattr(totals, name) for name in api.COUNTER_FIELDS},
+    return {**{name: getattr(totals, name) for name in serializers.COUNTER_FIELDS},
             "spend_usd": format(totals.spend_usd, "f")}
 
 
@@ -266,6 +267,6 @@ def test_requests_are_throttled_per_user(alice, monkeypatch):
     from django.core.cache import cache
 
     cache.clear()
-    monkeypatch.setattr(api.UsageThrottle, "rate", "2/min", raising=False)
+    monkeypatch.setitem(ScopedRateThrottle.THROTTLE_RATES, "usage", "2/min")
     client = as_user(alice)
     assert [client.get("/api/usage/summary/").status_code for _ in range(3)] == [200, 200, 429]

@@ -18,7 +18,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from gateway.models import DEFAULT_PROJECT_PUBLIC_ID, ApiKey, Project
-from usage.web import api
+from usage.web import api, serializers
 from usage import rollups
 from usage.calendar import local_date, local_midnight, zone
 from usage.ledger.delta import UsageDelta
@@ -212,9 +212,9 @@ def test_the_leaderboard_ranks_projects(world):
         (1, world["search"].public_id, "Search", 5, "0.004310000"),
         (2, DEFAULT_PROJECT_PUBLIC_ID, "Default project", 4, "0.004000000"),
         (3, world["billing"].public_id, "Billing", 1, "0.000500000")]
-    assert set(data["results"][0]) == set(api.ProjectLeaderRowOut().fields)
+    assert set(data["results"][0]) == set(serializers.ProjectLeaderRowOut().fields)
     text = client.get("/api/usage/leaderboard/?group=project&by=spend&format=csv").content.decode()
-    assert text.splitlines()[0] == ",".join(api.ProjectLeaderRowOut().fields)
+    assert text.splitlines()[0] == ",".join(serializers.ProjectLeaderRowOut().fields)
     assert len(text.splitlines()) == 4
 
 

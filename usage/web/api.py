@@ -10,23 +10,20 @@ import csv
 import io
 
 from django.contrib.auth import get_user_model
-from drf_spectacular.extensions import OpenApiSerializerExtension
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
-from rest_framework import serializers
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
 from rest_framework.response import Response
-from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from usage.reads import queries
-from usage.calendar import zone
-from usage.counters import COUNTERS
 from usage.web.permissions import ReadsProject, SeesEveryone, project_model, sees_everyone
-
-COUNTER_FIELDS = tuple(name for name in COUNTERS if name != "cost_nanos")  # cost is shown as spend_usd
+from usage.web.serializers import (DayOut, KeyLeaderRowOut, KeyRowOut, KeysOut, LeaderboardOut, LeaderboardParams,
+                                   LeaderRowOut, ModelRowOut, ModelsOut, MyUsageOut, PeriodParams,
+                                   ProjectLeaderRowOut, ProjectRowOut, ProjectsOut, ProjectUsageOut, SeriesOut,
+                                   SummaryOut, UsageParams, csv_columns)
 
 
 class CSVRenderer(BaseRenderer):
@@ -71,180 +68,14 @@ class CSVRenderer(BaseRenderer):
                 yield {"field": field, "message": str(message)}
 
 
-# Response shapes: the views answer through these serializers, and the OpenAPI schema describes them.
-
-
-class LocalDateTimeField(serializers.DateTimeField):
-    """ISO 8601 in the gateway's TIME_ZONE, with its offset (DRF would write UTC as `Z`)."""
-
-    def to_representation(self, value):
-        return value.astimezone(zone()).isoformat() if value is not None else None
-
-
-def counter_fields(source: str) -> dict[str, serializers.Field]:
-    """One field per counter of usage.counters (cost as exact USD), read from `source` + name."""
-    fields = {name: serializers.IntegerField(source=source + name) for name in COUNTER_FIELDS}
-    fields["spend_usd"] = serializers.DecimalField(max_digits=30, decimal_places=9, source=source + "spend_usd",
-                                                   help_text="Exact USD, 9 decimal places.")
-    return fields
-
-
-def share_field(of: str) -> serializers.DecimalField:
-    return serializers.DecimalField(max_digits=5, decimal_places=4, help_text=f"Share of {of}, 0 to 1.")
-
-
-class FrameOut(serializers.Serializer):
-    period = serializers.ChoiceField(choices=list(queries.WINDOWS), source="window.key")
-    start = LocalDateTimeField(source="window.start")
-    end = LocalDateTimeField(source="window.end")
-    complete_through = LocalDateTimeField(allow_null=True, help_text="Rolled up through this moment; "
-                                          "the numbers are exact either way.")
-
-
-SummaryOut = type("SummaryOut", (FrameOut,), counter_fields("totals."))
-DayOut = type("DayOut", (serializers.Serializer,), {"date": serializers.DateField(), **counter_fields("totals.")})
-
-
-class SeriesOut(FrameOut):
-    series = DayOut(many=True)
-
-
-ModelRowOut = type("ModelRowOut", (serializers.Serializer,), {
-    "facade": serializers.CharField(source="facade_name"), **counter_fields("totals."),
-    "share": share_field("the period's spend")})
-
-
-class ModelsOut(FrameOut):
-    models = ModelRowOut(many=True)
-
-
-def key_fields() -> dict[str, serializers.Field]:
-    """An API key as usage rows name it: id, visible prefix, name, and its owner."""
-    return {
-        "key_id": serializers.IntegerField(),
-        "api_key": serializers.CharField(source="prefix", help_text="The key's visible prefix; `pre-<user id>` is "
-                                         "the user's usage from before per-key accounting."),
-        "name": serializers.CharField(allow_blank=True),
-        "user_id": serializers.IntegerField(help_text="The key's owner."),
-        "username": serializers.CharField(),
-    }
-
-
-KeyRowOut = type("KeyRowOut", (serializers.Serializer,), {
-    **key_fields(), **counter_fields("totals."), "share": share_field("the period's spend")})
-
-
-class KeysOut(FrameOut):
-    keys = KeyRowOut(many=True)
-
-
-def project_fields() -> dict[str, serializers.Field]:
-    return {"project_id": serializers.CharField(source="public_id", help_text="The project's public id (proj_...)."),
-            "name": serializers.CharField()}
-
-
-ProjectRowOut = type("ProjectRowOut", (serializers.Serializer,), {
-    **project_fields(), **counter_fields("totals."), "share": share_field("the period's spend")})
-
-
-class ProjectsOut(FrameOut):
-    projects = ProjectRowOut(many=True, help_text="Projects with usage in the period (their keys' usage), by spend.")
-
-
-class ProjectOut(serializers.Serializer):
-    project_id = serializers.CharField(source="public_id")
-    name = serializers.CharField()
-    description = serializers.CharField(allow_blank=True)
-    active = serializers.BooleanField(source="is_active")
-
-
-class ProjectUsageOut(serializers.Serializer):
-    project = ProjectOut()
-    summary = SummaryOut()
-    series = DayOut(many=True)
-    models = ModelRowOut(many=True)
-    keys = KeyRowOut(many=True, help_text="The project's API keys, every member's, by spend.")
-
-
-class ClosedRow(serializers.Serializer):
-    """A row whose schema allows no other properties, so that `oneOf` tells a user's row from a key's."""
-
-
-class ClosedRowExtension(OpenApiSerializerExtension):
-    target_class = ClosedRow
-    match_subclasses = True
-
-    def map_serializer(self, auto_schema, direction):
-        return {**auto_schema._map_basic_serializer(self.target, direction), "additionalProperties": False}
-
-
-def leader_numbers() -> dict[str, serializers.Field]:
-    return {
-        "requests": serializers.IntegerField(source="totals.requests"),
-        "input_tokens": serializers.IntegerField(source="totals.input_tokens"),
-        "output_tokens": serializers.IntegerField(source="totals.output_tokens"),
-        "tokens": serializers.IntegerField(source="totals.tokens"),
-        "spend_usd": serializers.DecimalField(max_digits=30, decimal_places=9, source="totals.spend_usd"),
-        "share": share_field("the ranked metric"),
-    }
-
-
-def rank_fields() -> dict[str, serializers.Field]:
-    return {"rank": serializers.IntegerField(), "previous_rank": serializers.IntegerField(allow_null=True)}
-
-
-LeaderRowOut = type("LeaderRowOut", (ClosedRow,), {
-    **rank_fields(), "user_id": serializers.IntegerField(), "username": serializers.CharField(), **leader_numbers()})
-KeyLeaderRowOut = type("KeyLeaderRowOut", (ClosedRow,), {**rank_fields(), **key_fields(), **leader_numbers()})
-ProjectLeaderRowOut = type("ProjectLeaderRowOut", (ClosedRow,), {**rank_fields(), **project_fields(),
-                                                                 **leader_numbers()})
 LEADER_ROWS = {"user": (LeaderRowOut, "leaderboard"), "key": (KeyLeaderRowOut, "leaderboard-keys"),
                "project": (ProjectLeaderRowOut, "leaderboard-projects")}
-
-
-class LeaderboardOut(serializers.Serializer):
-    count = serializers.IntegerField()
-    next = serializers.URLField(allow_null=True)
-    previous = serializers.URLField(allow_null=True)
-    results = PolymorphicProxySerializer(
-        component_name="LeaderboardRow", serializers=[LeaderRowOut, KeyLeaderRowOut, ProjectLeaderRowOut],
-        resource_type_field_name=None, many=True,
-        help_text="Users (group=user), API keys with their owner (group=key) or projects (group=project).")
-
-
-class MyUsageOut(serializers.Serializer):
-    summary = SummaryOut()
-    series = DayOut(many=True)
-    keys = KeyRowOut(many=True, help_text="The caller's own API keys, by spend.")
-
-
-def csv_columns(serializer_class) -> tuple[str, ...]:
-    return tuple(serializer_class().fields)
-
-
-class UsageThrottle(UserRateThrottle):
-    scope = "usage"
-
-
-class UsageParams(serializers.Serializer):
-    period = serializers.ChoiceField(choices=list(queries.WINDOWS), default="7d")
-    user = serializers.IntegerField(required=False, min_value=1)
-
-
-class PeriodParams(serializers.Serializer):
-    period = serializers.ChoiceField(choices=list(queries.WINDOWS), default="7d")
-
-
-class LeaderboardParams(serializers.Serializer):
-    period = serializers.ChoiceField(choices=list(queries.WINDOWS), default="7d")
-    by = serializers.ChoiceField(choices=list(queries.LEADERBOARD_METRICS), default="tokens")
-    group = serializers.ChoiceField(choices=list(queries.LEADERBOARD_GROUPS), default="user",
-                                    help_text="Rank users, API keys (each with its owner) or projects.")
+TABLE_RENDERERS = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
 
 
 class UsageView(APIView):
     permission_classes = [IsAuthenticated]
-    throttle_classes = [UsageThrottle]
+    throttle_scope = "usage"  # its rate: REST_FRAMEWORK's DEFAULT_THROTTLE_RATES (API_THROTTLE_RATE)
     renderer_classes = [JSONRenderer, BrowsableAPIRenderer]
 
     def scope(self, request) -> tuple[queries.Window, int | None]:
@@ -273,6 +104,21 @@ class UsageView(APIView):
         return {"window": window, "complete_through": queries.complete_through(), **rows}
 
 
+# A period's rows of one kind (days, models, keys, projects), as JSON or CSV: the answer's serializer
+# (`answer`) holds them under the view's `csv_name`. A comment, not a docstring: drf-spectacular
+# would describe each subclass's endpoint with it.
+class RowsView(UsageView):
+    renderer_classes = TABLE_RENDERERS
+    answer = None
+
+    def rows(self, window: queries.Window, user_id: int | None) -> list:
+        raise NotImplementedError
+
+    def get(self, request):
+        window, user_id = self.scope(request)
+        return Response(self.answer(self.frame(window, **{self.csv_name: self.rows(window, user_id)})).data)
+
+
 @extend_schema(parameters=[UsageParams], responses=SummaryOut)
 class SummaryView(UsageView):
     def get(self, request):
@@ -281,23 +127,44 @@ class SummaryView(UsageView):
 
 
 @extend_schema(parameters=[UsageParams], responses=SeriesOut)
-class SeriesView(UsageView):
-    renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
-    csv_name, csv_fields = "series", csv_columns(DayOut)
+class SeriesView(RowsView):
+    answer, csv_name, csv_fields = SeriesOut, "series", csv_columns(DayOut)
 
-    def get(self, request):
-        window, user_id = self.scope(request)
-        return Response(SeriesOut(self.frame(window, series=queries.daily_series(window, user_id))).data)
+    def rows(self, window, user_id):
+        return queries.daily_series(window, user_id)
 
 
 @extend_schema(parameters=[UsageParams], responses=ModelsOut)
-class ModelsView(UsageView):
-    renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
-    csv_name, csv_fields = "models", csv_columns(ModelRowOut)
+class ModelsView(RowsView):
+    answer, csv_name, csv_fields = ModelsOut, "models", csv_columns(ModelRowOut)
 
-    def get(self, request):
-        window, user_id = self.scope(request)
-        return Response(ModelsOut(self.frame(window, models=queries.by_facade(window, user_id))).data)
+    def rows(self, window, user_id):
+        return queries.by_facade(window, user_id)
+
+
+@extend_schema(parameters=[UsageParams], responses=KeysOut)
+class KeysView(RowsView):
+    """Usage per API key (everyone's, or one user's with `user=`): staff with the usage permission only."""
+
+    permission_classes = [SeesEveryone]
+    answer, csv_name, csv_fields = KeysOut, "keys", csv_columns(KeyRowOut)
+
+    def rows(self, window, user_id):
+        return queries.by_key(window, user_id)
+
+
+@extend_schema(parameters=[PeriodParams], responses=ProjectsOut)
+class ProjectsView(RowsView):
+    """Usage per project (its keys' usage): staff with the usage permission only."""
+
+    permission_classes = [SeesEveryone]
+    answer, csv_name, csv_fields = ProjectsOut, "projects", csv_columns(ProjectRowOut)
+
+    def scope(self, request):
+        return self.period(request), None  # every project's usage, whoever's keys
+
+    def rows(self, window, user_id):
+        return queries.by_project(window)
 
 
 class LeaderboardPagination(PageNumberPagination):
@@ -308,7 +175,7 @@ class LeaderboardPagination(PageNumberPagination):
                responses=LeaderboardOut)
 class LeaderboardView(UsageView):
     permission_classes = [SeesEveryone]
-    renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
+    renderer_classes = TABLE_RENDERERS
     csv_name, csv_fields = "leaderboard", csv_columns(LeaderRowOut)
 
     def get(self, request):
@@ -326,19 +193,6 @@ class LeaderboardView(UsageView):
         return paginator.get_paginated_response(rows(page, many=True).data)
 
 
-@extend_schema(parameters=[UsageParams], responses=KeysOut)
-class KeysView(UsageView):
-    """Usage per API key (everyone's, or one user's with `user=`): staff with the usage permission only."""
-
-    permission_classes = [SeesEveryone]
-    renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
-    csv_name, csv_fields = "keys", csv_columns(KeyRowOut)
-
-    def get(self, request):
-        window, user_id = self.scope(request)
-        return Response(KeysOut(self.frame(window, keys=queries.by_key(window, user_id))).data)
-
-
 @extend_schema(parameters=[OpenApiParameter("period", str, enum=list(queries.WINDOWS), default="7d")],
                responses=MyUsageOut)
 class MyUsageView(UsageView):
@@ -349,19 +203,6 @@ class MyUsageView(UsageView):
             "series": queries.daily_series(window, request.user.pk),
             "keys": queries.by_key(window, request.user.pk),
         }).data)
-
-
-@extend_schema(parameters=[PeriodParams], responses=ProjectsOut)
-class ProjectsView(UsageView):
-    """Usage per project (its keys' usage): staff with the usage permission only."""
-
-    permission_classes = [SeesEveryone]
-    renderer_classes = [JSONRenderer, CSVRenderer, BrowsableAPIRenderer]
-    csv_name, csv_fields = "projects", csv_columns(ProjectRowOut)
-
-    def get(self, request):
-        window = self.period(request)
-        return Response(ProjectsOut(self.frame(window, projects=queries.by_project(window))).data)
 
 
 @extend_schema(
