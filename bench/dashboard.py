@@ -117,7 +117,7 @@ def main():
     from gateway.models import ModelFacade, Project
     from usage.reads import queries
     from usage import rollups
-    from usage.models import RollupState
+    from usage.models import FiveMinuteUsage, RollupState
     from usage.calendar import day_bounds, local_date, local_midnight, zone
 
     now = timezone.now()
@@ -187,7 +187,7 @@ def main():
           f"({platform.processor() or platform.machine()}), load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}, "
           f"PostgreSQL {server_version}, Python {platform.python_version()}")
     print(f"watermark {rollups.watermark():%Y-%m-%d %H:%M} UTC, 5-minute rows after it: "
-          f"{queries.FiveMinuteUsage.objects.filter(bucket_start__gte=rollups.watermark()).count():,}; "
+          f"{FiveMinuteUsage.objects.filter(bucket_start__gte=rollups.watermark()).count():,}; "
           f"times are medians of {args.repeat} runs (parts: of {args.repeat}) after one warm-up run")
     table = [("rollup of one day", f"{summary.hours} hours, {summary.days} day", one_day_seconds * 1000, 10_000)]
     # Where `now` falls in the month decides how much is read from month rows and how much from day

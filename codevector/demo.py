@@ -24,7 +24,7 @@ from usage.ledger.plan import record_many
 from usage.budgets.book import budget_period_bounds, set_budget
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
 from usage.calendar import local_date, local_midnight, zone
-from usage.reads.queries import spend_by_project
+from usage.reads.spend import spend_by_project
 from usage.pricing import cost_nanos
 
 DEMO_FACADES = [

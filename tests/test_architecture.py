@@ -112,12 +112,13 @@ RELATED_MODEL_REACHES = {
         "set_budget finds a budget's key by its prefix",
     ("usage.budgets.book", "Budget._meta.get_field('project').related_model"):
         "set_budget finds a budget's project by its public id",
-    ("usage.reads.queries", "FiveMinuteUsage._meta.get_field('key').related_model"):
+    ("usage.reads.engine", "FiveMinuteUsage._meta.get_field('key').related_model"):
         "reads per key and per project join the keys' table (its name, its project column)",
-    ("usage.reads.queries", "_key_model()._meta.get_field('project').related_model"):
+    ("usage.reads.engine", "key_model()._meta.get_field('project').related_model"):
         "reads per project name each project (public id, name) from the projects' table",
-    ("usage.reads.queries", "FiveMinuteUsage._meta.get_field('facade').related_model"):
-        "reads per model join the facades' table for the facade's name",
+    ("usage.reads.engine", "FiveMinuteUsage._meta.get_field('facade').related_model"):
+        "reads per model join the facades' table for the facade's name; the costs' line items price each "
+        "model's quantities at its facade's prices",
     ("usage.ledger.plan", "FiveMinuteUsage._meta.get_field('key').related_model"):
         "the ledger makes each user's reserved key (usage without a key) in the keys' table, by raw SQL",
     ("usage.web.permissions", "FiveMinuteUsage._meta.get_field('key').related_model"):
@@ -125,8 +126,6 @@ RELATED_MODEL_REACHES = {
     ("usage.web.permissions",
      "FiveMinuteUsage._meta.get_field('key').related_model._meta.get_field('project').related_model"):
         "project_model(): the projects whose usage the API and the OpenAI-shaped API read, and who may read them",
-    ("usage.web.openai_usage", "FiveMinuteUsage._meta.get_field('facade').related_model"):
-        "the costs' line items price each model's quantities at its facade's prices",
 }
 
 # A model's name, not a system check's id (codevector.E003).

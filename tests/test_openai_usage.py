@@ -25,7 +25,7 @@ from usage import rollups
 from usage.ledger.delta import UsageDelta
 from usage.ledger.plan import record_many
 from usage.reads import queries
-from usage.web.openai_usage import apportion
+from usage.reads.openai import apportion
 from usage.pricing import Prices, cost_nanos
 
 ZONE = "Asia/Kolkata"  # +5:30: local days and hours that are not UTC's
@@ -333,7 +333,7 @@ def test_costs_by_key_add_up_to_the_day(world):
 
 
 def largest_remainder(total: int, weights: list[int]) -> list[int]:
-    """The oracle's split (independent of usage.web.openai_usage.apportion): each share an exact fraction,
+    """The oracle's split (independent of usage.reads.openai.apportion): each share an exact fraction,
     floored; the nanodollars left go one each to the largest fractional parts, ties to the earlier."""
     shares = [Fraction(total * w, sum(weights)) for w in weights]
     parts = [floor(share) for share in shares]

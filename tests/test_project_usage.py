@@ -20,7 +20,7 @@ from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
 from gateway.models import DEFAULT_PROJECT_ID, ApiKey, Project
-from usage.reads import queries
+from usage.reads import engine, queries
 from usage import rollups
 from usage.budgets.book import set_budget
 from usage.ledger.delta import UsageDelta
@@ -121,7 +121,7 @@ def test_a_projects_reads_are_its_keys_deltas_at_every_level(world, gpt, claude)
     for period in ("7d", "30d", "90d"):
         window = queries.resolve_window(period, NOW)
         if period == "90d":
-            levels = {model for model, _, _ in queries.segments(window.start, window.end, rollups.watermark())}
+            levels = {model for model, _, _ in engine.segments(window.start, window.end, rollups.watermark())}
             assert levels == {MonthlyUsage, DailyUsage, HourlyUsage, FiveMinuteUsage}
         for name in PROJECTS:
             pid = project_id(world, name)

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.contrib.auth.models import User
 
-from usage.reads import queries
+from usage.reads import engine, queries, spend
 from usage import rollups
 from usage.ledger.delta import UsageDelta
 from usage.ledger.plan import record_many
@@ -375,8 +375,8 @@ def check_totals_facades_board_and_spend(w: Expected, deltas: list[UsageDelta], 
     for lo, hi in [*SPEND_RANGES, (None, w.now)]:
         keep = within(lo or datetime.min.replace(tzinfo=UTC), hi)
         expected = {u.pk: oracle(deltas, lambda d, u=u: keep(d) and d.user_id == u.pk)["cost_nanos"] for u in users}
-        assert queries.spend_by_user(lo, hi) == {uid: c for uid, c in expected.items() if c}, (lo, hi)
-        assert queries.spend_by_user(lo, hi, {users[1].pk}) == (
+        assert spend.spend_by_user(lo, hi) == {uid: c for uid, c in expected.items() if c}, (lo, hi)
+        assert spend.spend_by_user(lo, hi, {users[1].pk}) == (
             {users[1].pk: expected[users[1].pk]} if expected[users[1].pk] else {}), (lo, hi)
 
 
@@ -428,8 +428,8 @@ def mixed_levels_scenario(settings, users, facades):
     watermark = utc(2026, 3, 29, 9)
     assert rollups.watermark() == watermark
     window = queries.resolve_window(w.key, w.now)
-    levels = {model for model, _, _ in queries.segments(window.start, window.end, watermark)}
-    levels |= {model for model, _, _ in queries.segments(window.previous_start, window.previous_end, watermark)}
+    levels = {model for model, _, _ in engine.segments(window.start, window.end, watermark)}
+    levels |= {model for model, _, _ in engine.segments(window.previous_start, window.previous_end, watermark)}
     assert levels == {MonthlyUsage, DailyUsage, HourlyUsage, FiveMinuteUsage}  # the mix is real
     yield "rolled to 2026-03-29 11:00 CEST", deltas
 
@@ -549,12 +549,12 @@ def test_leaderboard_and_by_facade_hand_written(settings, alice, bob, gpt, claud
     assert (summary.previous.requests, summary.previous.cost_nanos) == (2, 3)
 
     # spend_by_user over explicit ranges, ends exclusive.
-    assert queries.spend_by_user(w.start, w.now) == {alice.pk: 10074, bob.pk: 39, carol.pk: 5003}
+    assert spend.spend_by_user(w.start, w.now) == {alice.pk: 10074, bob.pk: 39, carol.pk: 5003}
     five = timedelta(minutes=5)  # range ends on 5-minute boundaries: the ledger's resolution
-    assert queries.spend_by_user(w.start - five, w.now + five) == {alice.pk: 10074, bob.pk: 39 + 100_019,
+    assert spend.spend_by_user(w.start - five, w.now + five) == {alice.pk: 10074, bob.pk: 39 + 100_019,
                                                                      carol.pk: 5003 + 100_003}
-    assert queries.spend_by_user(w.previous_start, w.previous_end, {carol.pk, bob.pk}) == {carol.pk: 1}
-    assert queries.spend_by_user(None, w.previous_end + five) == {alice.pk: 2, bob.pk: 100_049 + 100_043,
+    assert spend.spend_by_user(w.previous_start, w.previous_end, {carol.pk, bob.pk}) == {carol.pk: 1}
+    assert spend.spend_by_user(None, w.previous_end + five) == {alice.pk: 2, bob.pk: 100_049 + 100_043,
                                                                     carol.pk: 1}
 
 
@@ -608,14 +608,14 @@ def test_a_read_outside_a_transaction_runs_without_parallel_workers_in_one_trans
     from django.test.utils import CaptureQueriesContext
 
     with CaptureQueriesContext(connection) as sent:
-        rows = queries._fetch_serial("SELECT current_setting('max_parallel_workers_per_gather'), %s::int + 1", [41])
+        rows = engine.fetch_serial("SELECT current_setting('max_parallel_workers_per_gather'), %s::int + 1", [41])
     assert rows == [("0", 42)]
     assert len(sent.captured_queries) == 1  # one round trip: BEGIN, the setting, the read and COMMIT in one text
     assert _setting_and_state() == before  # the setting was local to the read's transaction
     with pytest.raises(DataError, match="division by zero"):
-        queries._fetch_serial("SELECT 1 / (%s::int - 1)", [1])
+        engine.fetch_serial("SELECT 1 / (%s::int - 1)", [1])
     assert _setting_and_state() == before  # the failed read's transaction is rolled back
-    assert queries._fetch_serial("SELECT %s::int", [7]) == [(7,)]
+    assert engine.fetch_serial("SELECT %s::int", [7]) == [(7,)]
 
 
 @pytest.mark.postgres_only
@@ -625,5 +625,5 @@ def test_a_read_inside_the_callers_transaction_puts_the_setting_back():
 
     with transaction.atomic():
         before = _setting_and_state()
-        assert queries._fetch_serial("SELECT current_setting('max_parallel_workers_per_gather')", []) == [("0",)]
+        assert engine.fetch_serial("SELECT current_setting('max_parallel_workers_per_gather')", []) == [("0",)]
         assert _setting_and_state() == before

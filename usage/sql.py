@@ -93,7 +93,7 @@ def add_counters(table: str, rows: int) -> str:
     )
 
 
-# --- exact reads: a window's segments summed in one statement (usage.reads.queries) -----------------
+# --- exact reads: a window's segments summed in one statement (usage.reads.engine) ------------------
 
 
 def _grouping(group_by: tuple[str, ...]) -> tuple[str, ...]:
@@ -117,27 +117,38 @@ def _identifier(name: str) -> str:
 # on (key_id, bucket_start), so only the project's rows are read (bench/dashboard.py). SQLite has no
 # arrays, and looks up each key of an IN list in that index anyway.
 PROJECT_KEYS_FILTER = {
-    "postgresql": " AND key_id = ANY(ARRAY(SELECT id FROM {table} WHERE {column} = %s))",
-    "sqlite": " AND key_id IN (SELECT id FROM {table} WHERE {column} = %s)",
+    "postgresql": " AND key_id = ANY(ARRAY(SELECT id FROM {table} WHERE {column} {match}))",
+    "sqlite": " AND key_id IN (SELECT id FROM {table} WHERE {column} {match})",
 }
 
 
-def segment_filters(user_id: int | None, key_id: int | None, user_ids: set[int] | None,
+def _integers(ids) -> str:
+    """Ids written inline (a long list must not exhaust SQLite's parameters): integers only, at least one."""
+    if not ids:
+        raise ValueError("an IN list needs at least one id")
+    return ", ".join(str(int(i)) for i in sorted(ids))
+
+
+def segment_filters(user_id: int | None = None, key_id: int | None = None, user_ids: set[int] | None = None,
                     project_id: int | None = None, project_keys: tuple[str, str] | None = None,
-                    vendor: str = "postgresql") -> tuple[str, list]:
-    """The WHERE conditions a read adds to every segment, and their parameters. `project_id` keeps
-    the rows of the project's keys; `project_keys` names the key table and its project column."""
+                    vendor: str = "postgresql", key_ids: set[int] | None = None, facade_ids: set[int] | None = None,
+                    project_ids: set[int] | None = None) -> tuple[str, list]:
+    """The WHERE conditions a read adds to every segment, and their parameters. `project_id` (or
+    `project_ids`) keeps the rows of the project's keys; `project_keys` names the key table and its
+    project column."""
     where, params = "", []
     if user_id is not None:
         where, params = where + " AND user_id = %s", params + [user_id]
     if key_id is not None:
         where, params = where + " AND key_id = %s", params + [key_id]
-    if user_ids is not None:  # integers written inline: a long list must not exhaust SQLite's parameters
-        where += f" AND user_id IN ({', '.join(str(int(uid)) for uid in sorted(user_ids))})"
-    if project_id is not None:
+    for column, ids in (("user_id", user_ids), ("key_id", key_ids), ("facade_id", facade_ids)):
+        if ids is not None:
+            where += f" AND {column} IN ({_integers(ids)})"
+    if project_id is not None or project_ids is not None:
         table, column = (_identifier(name) for name in project_keys)
-        where += PROJECT_KEYS_FILTER[vendor].format(table=table, column=column)
-        params = params + [project_id]
+        match = "= %s" if project_id is not None else f"IN ({_integers(project_ids)})"
+        where += PROJECT_KEYS_FILTER[vendor].format(table=table, column=column, match=match)
+        params = params + ([project_id] if project_id is not None else [])
     return where, params
 
 
@@ -173,7 +184,7 @@ def per_project(statement: str, group_by: tuple[str, ...], key_table: str, proje
 
 
 # PostgreSQL: these reads take milliseconds, and starting parallel workers costs more than the
-# scan (usage.reads.queries._fetch_serial). Transaction-local; the previous value is read to restore it.
+# scan (usage.reads.engine.fetch_serial). Transaction-local; the previous value is read to restore it.
 NO_PARALLEL_WORKERS = ("SELECT current_setting('max_parallel_workers_per_gather'), "
                        "set_config('max_parallel_workers_per_gather', '0', true)")
 SET_PARALLEL_WORKERS = "SELECT set_config('max_parallel_workers_per_gather', %s, true)"

@@ -21,7 +21,7 @@ from django.utils import timezone
 from usage.calendar import day_bounds, local_date, local_midnight, month_bounds, zone
 from usage.models import Budget
 from usage.money import usd_exact, usd_to_nanos
-from usage.reads.queries import spend_by_key, spend_by_project, spend_by_user
+from usage.reads.spend import spend_by_key, spend_by_project, spend_by_user
 
 BUDGET_PERIODS = [p.value for p in Budget.Period]
 

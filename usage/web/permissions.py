@@ -48,3 +48,15 @@ class ManagesBudgets(DjangoModelPermissions):
     change_budget for PUT/PATCH, delete_budget for DELETE); reads need nothing more than SeesEveryone."""
 
     message = "Changing budgets needs the usage.add_budget, usage.change_budget or usage.delete_budget permission."
+
+
+class SeesEveryoneByKey(BasePermission):
+    """The OpenAI-shaped usage and costs API's rule: an API key (as OpenAI's admin keys, never a
+    session) of a user who sees everyone's usage."""
+
+    message = ("This API key may not read the organization's usage: it needs the key of a superuser, or of "
+               "staff with the usage.view_usage_dashboard permission.")
+
+    def has_permission(self, request, view):
+        return bool(request.user and request.user.is_authenticated and request.auth is not None
+                    and sees_everyone(request.user))
