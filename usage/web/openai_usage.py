@@ -55,7 +55,6 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from usage.reads.openai import (COMPLETIONS, COSTS, EMBEDDINGS, FILE_SEARCHES, WEB_SEARCHES, Endpoint, Query,
@@ -80,8 +79,7 @@ def page(query: Query, results: dict) -> dict:
 class OrganizationView(APIView):
     endpoint: Endpoint
     permission_classes = [SeesEveryoneByKey]
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "usage"  # the usage API's rate (API_THROTTLE_RATE), and its count: one budget for both
+    throttle_scope = "usage"  # the usage API's rate (API_THROTTLE_RATE) and its count: one budget for both
     renderer_classes = [ExactJSONRenderer]
     content_negotiation_class = JSONOnly
 
