@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connections
 
 from gateway import upstream
-from gateway.catalog import FacadeInfo, load_facades
+from gateway.catalog import load_facades
 from gateway.http_client import HttpClient
 from gateway.keys import KeyCache, load_usable_keys, touch_keys
 from gateway.call import Call, Refusal, request_ids
@@ -47,10 +47,10 @@ STORED_RESPONSES = ("Stored responses cannot be retrieved, cancelled or deleted 
 TOUCH_KEYS_SECONDS = 60
 # The garbage collector's thresholds once a worker has started (Python's default: 700, 10, 10).
 # Each request leaves a few reference cycles behind (the upstream answer and its connection, asyncio's
-# futures), so the young generation fills ~150 times a second; at the defaults a full collection
-# followed every second or so and walked every object of Django and the gateway (~50 ms here: the
-# p99 at 200 requests in flight). Started objects are frozen out of the collector's walks
-# (gc.freeze) and the young generation is collected ~14 times less often (README, Performance).
+# futures), so at the defaults the young generation fills many times a second and full collections
+# follow often, each walking every object of Django and the gateway while every request in flight
+# waits (the tail latency under load). Started objects are frozen out of the collector's walks
+# (gc.freeze) and the young generation is collected far less often (README, Performance).
 GC_THRESHOLDS = (10_000, 20, 100)
 
 
@@ -74,7 +74,6 @@ def tune_gc() -> None:
 class GatewayApp:
     def __init__(self):
         self.keys = KeyCache()
-        self.facades: dict[str, FacadeInfo] = {}
         self.budgets = BudgetBook()
         self.store: UsageStore | None = None
         self.upstream: HttpClient | None = None
@@ -85,7 +84,7 @@ class GatewayApp:
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.pipeline = Pipeline(self)
+        self.pipeline: Pipeline | None = None  # made at start, once the store and the upstream client are open
         self.requests_in_progress = 0  # the commit's spin (usage.ledger.committer.GroupCommitter) reads it
         self.metrics = metrics.NO_METRICS  # gateway.metrics: chosen at start, from settings
 
@@ -120,6 +119,8 @@ class GatewayApp:
             await self.store.open()
             self.upstream = upstream.open_client()
             self.metrics = metrics.for_gateway(self)
+            self.pipeline = Pipeline(keys=self.keys, budgets=self.budgets, store=self.store, upstream=self.upstream,
+                                     metrics=self.metrics, db=self._db)
             await self.refresh()
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._refresh_forever(), name="gateway-cache-refresh"),
@@ -154,7 +155,7 @@ class GatewayApp:
             logger.warning("gateway cache refresh failed, keeping the last snapshot: %s", exc)
             return
         self.keys.replace(keys)
-        self.facades = facades
+        self.pipeline.facades = facades  # replaced whole, never changed in place: each request reads it once
         try:
             snapshot = await self.in_db_thread(BudgetSnapshot.read)
         except Exception as exc:

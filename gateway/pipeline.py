@@ -1,17 +1,18 @@
 """One gateway request, step by step: read → parse → resolve → check → forward → stream → record.
 
 A `Call` (gateway.call) carries the request through the steps; a `Refusal` is an answer the
-gateway gives itself before forwarding (nothing is recorded). The steps read the process's
-snapshots (keys, facades, budgets) and write through the usage store; the ASGI shell in
-`gateway.app` owns those.
+gateway gives itself (nothing is recorded, unless the upstream was asked: `refuse_after_error`).
+The steps read the process's snapshots (keys, facades, budgets) and write through the usage store;
+the ASGI shell in `gateway.app` owns those and hands them to the `Pipeline` it makes.
 """
 
 import asyncio
 import logging
 import os
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 from time import perf_counter
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import orjson
 from django.conf import settings
@@ -19,14 +20,17 @@ from django.conf import settings
 from gateway import upstream
 from gateway.call import Call, Refusal
 from gateway.catalog import FacadeInfo
-from gateway.http_client import (Response, UpstreamError, UpstreamPoolFull, UpstreamProxyRefused,
+from gateway.http_client import (HttpClient, Response, UpstreamError, UpstreamPoolFull, UpstreamProxyRefused,
                                   UpstreamSettingUnusable, UpstreamTooLarge, UpstreamUnreachable)
-from gateway.keys import load_key, presented_key
+from gateway.keys import KeyCache, load_key, presented_key
+from gateway.metrics import GatewayMetrics, NoMetrics
 from gateway.models import credential_variable_allowed
 from gateway.providers import SSEReader, SSETooLong, Unsupported, Usage, anthropic, estimate_tokens, strict_json
-from usage.budgets.book import NO_BUDGET
+from usage.budgets.book import BudgetBook
+from usage.budgets.rules import NO_BUDGET
 from usage.ledger.delta import UsageDelta
 from usage.pricing import cost_nanos
+from usage.store import UsageStore
 
 logger = logging.getLogger("codevector.gateway")
 
@@ -47,16 +51,22 @@ def too_large(limit: int) -> Refusal:
 
 
 class Pipeline:
-    """The request steps, over the snapshots and store of one gateway process (`gateway.app`)."""
+    """The request steps, over what one gateway process (`gateway.app`) has opened: the key cache and
+    the budget book (refreshed in place), the usage store, the upstream client, the metrics, and the
+    thread that runs the rare database look-up. `facades` is the facade snapshot: the shell's
+    refresh replaces it whole, and each request reads it once."""
 
-    def __init__(self, gateway):
-        self.gateway = gateway
+    def __init__(self, *, keys: KeyCache, budgets: BudgetBook, store: UsageStore, upstream: HttpClient,
+                 metrics: GatewayMetrics | NoMetrics, db: Executor):
+        self.keys, self.budgets, self.store, self.upstream, self.metrics = keys, budgets, store, upstream, metrics
+        self.db = db
+        self.facades: dict[str, FacadeInfo] = {}
         self.unpriced: set[tuple[str, str]] = set()  # (facade, tier or speed) already logged
 
     # --- authenticate ----------------------------------------------------------------------------
 
     async def authenticate(self, call: Call) -> None:
-        keys = self.gateway.keys
+        keys = self.keys
         if not keys.loaded:
             raise Refusal(503, "The gateway cannot check API keys yet: its database is unavailable. Retry shortly.",
                           code="gateway_unavailable")
@@ -68,8 +78,8 @@ class Pipeline:
         info = found.info
         if info is None and found.ask_database:
             try:  # bounded: a database that stops answering must not hold the request (the thread may stay stuck)
-                info = await asyncio.wait_for(self.gateway.in_db_thread(load_key, found.digest),
-                                              settings.USAGE_DB_TIMEOUT_SECONDS)
+                lookup = asyncio.get_running_loop().run_in_executor(self.db, load_key, found.digest)
+                info = await asyncio.wait_for(lookup, settings.USAGE_DB_TIMEOUT_SECONDS)
             except Exception as exc:
                 # Not "unknown": the key may be valid (made since the last refresh). Nothing is
                 # remembered, so it works as soon as the database answers again.
@@ -78,13 +88,14 @@ class Pipeline:
                                    "Retry shortly.", code="gateway_unavailable") from None
             keys.learn(found.digest, info)
         if info is None:
-            raise Refusal(401, "Invalid API key: it is unknown, revoked or expired, or its user or project is inactive.", code="invalid_api_key")
+            raise Refusal(401, "Invalid API key: it is unknown, revoked or expired, or its user or project is inactive.",
+                          code="invalid_api_key")
         call.key = info
         keys.mark_used(info.key_id)
 
     async def models(self, call: Call) -> None:
         await self.authenticate(call)
-        facades = sorted(self.gateway.facades.values(), key=lambda f: f.name)
+        facades = sorted(self.facades.values(), key=lambda f: f.name)
         created = min((f.created for f in facades), default=0)
         await call.respond(200, orjson.dumps(call.protocol.models_list(facades, created)))
 
@@ -129,7 +140,7 @@ class Pipeline:
     def resolve(self, call: Call, model: str, upstream_path: str = "") -> FacadeInfo:
         """The active facade named `model`, if it answers this route (its upstream path tells an
         embeddings request from a chat one)."""
-        facade = self.gateway.facades.get(model)
+        facade = self.facades.get(model)
         if facade is None:
             raise Refusal(404, f"The model '{model}' does not exist or is not active on this gateway "
                                "(GET /v1/models lists them).", code="model_not_found", param="model")
@@ -145,7 +156,7 @@ class Pipeline:
         return facade
 
     def check_budgets(self, call: Call) -> None:
-        budgets, key = self.gateway.budgets, call.key
+        budgets, key = self.budgets, call.key
         if not budgets.applies_to(key.user_id, key.key_id, key.project_id):
             return
         verdict = budgets.check(key.user_id, datetime.now(UTC), key.key_id, key.project_id)
@@ -158,7 +169,7 @@ class Pipeline:
     # --- forward, stream, record -----------------------------------------------------------------
 
     async def proxy(self, call: Call, route: Route, max_body_bytes: int) -> None:
-        store = self.gateway.store
+        store = self.store
         if route.billed and not store.accepting:
             store.count_refusal()
             raise Refusal(503, "The gateway cannot record usage right now (database and disk buffer both "
@@ -191,33 +202,28 @@ class Pipeline:
         payload = orjson.dumps(outgoing)
         sent = perf_counter()
         try:
-            response = await self.gateway.upstream.post(facade.base_url + route.upstream_path, payload, headers,
-                                                        connect_timeout=settings.GATEWAY_CONNECT_TIMEOUT,
-                                                        read_timeout=settings.GATEWAY_READ_TIMEOUT,
-                                                        transport=facade.transport)
+            response = await self.upstream.post(facade.base_url + route.upstream_path, payload, headers,
+                                                connect_timeout=settings.GATEWAY_CONNECT_TIMEOUT,
+                                                read_timeout=settings.GATEWAY_READ_TIMEOUT,
+                                                transport=facade.transport)
         except ValueError as exc:  # nothing was sent: a header that would break the request (a credential?)
             raise Refusal(502, f"The request to the upstream for '{facade.name}' could not be built: {exc}.",
                           code="upstream_request_invalid") from None
         except UpstreamUnreachable as exc:
             # No connection was made (a connect timeout too): the upstream is unreachable (502), not slow.
-            if route.billed:
-                await self.record(call, Usage(), error=True)
             # A full pool or a proxy's refusal says what happened (the proxy's status; never its
             # credentials); other failures name their kind only (no host names or paths).
             detail = f": {exc}" if isinstance(exc, (UpstreamPoolFull, UpstreamProxyRefused)) else ""
             if isinstance(exc, UpstreamSettingUnusable):  # the operator's to fix: the setting and path, logged
                 logger.warning("facade %s: %s", facade.name, exc)
-            raise Refusal(502, f"The upstream for '{facade.name}' could not be reached ({type(exc).__name__}{detail}).",
-                          code="upstream_unreachable")
+            await self.refuse_after_error(call, 502, f"The upstream for '{facade.name}' could not be reached "
+                                          f"({type(exc).__name__}{detail}).", "upstream_unreachable", route.billed)
         except TimeoutError:  # connected, but no answer within the read timeout
-            if route.billed:
-                await self.record(call, Usage(), error=True)
-            raise Refusal(504, f"The upstream for '{facade.name}' did not answer in time.", code="upstream_timeout")
+            await self.refuse_after_error(call, 504, f"The upstream for '{facade.name}' did not answer in time.",
+                                          "upstream_timeout", route.billed)
         except UpstreamError as exc:
-            if route.billed:
-                await self.record(call, Usage(), error=True)
-            raise Refusal(502, f"The upstream for '{facade.name}' could not be reached ({type(exc).__name__}).",
-                          code="upstream_unreachable")
+            await self.refuse_after_error(call, 502, f"The upstream for '{facade.name}' could not be reached "
+                                          f"({type(exc).__name__}).", "upstream_unreachable", route.billed)
         head = perf_counter()  # the upstream's response head: its time to first byte
         try:
             if not route.billed:
@@ -228,7 +234,7 @@ class Pipeline:
                 await self.streamed_response(call, response, body, caller_wants_usage)
         finally:
             response.release()
-            self.gateway.metrics.upstream(facade.name, head - sent, perf_counter() - sent)
+            self.metrics.upstream(facade.name, head - sent, perf_counter() - sent)
 
     @staticmethod
     async def unbilled_response(call: Call, response: Response) -> None:
@@ -245,19 +251,17 @@ class Pipeline:
         try:
             data = await response.read()
         except TimeoutError:
-            await self.record(call, Usage(), error=True)
-            raise Refusal(504, f"The upstream for '{call.facade.name}' did not answer in time.",
-                          code="upstream_timeout")
+            await self.refuse_after_error(call, 504, f"The upstream for '{call.facade.name}' did not answer in time.",
+                                          "upstream_timeout")
         except UpstreamTooLarge:
             # The upstream did the work: its prompt is counted, estimated (the answer was not kept).
-            await self.record(call, Usage(input_tokens=estimate_tokens(call.protocol.prompt_text(body)),
-                                          estimated=True), error=True)
-            raise Refusal(502, f"The upstream for '{call.facade.name}' answered with more than the gateway's limit "
-                               f"of {settings.GATEWAY_MAX_RESPONSE_BYTES} bytes.", code="upstream_response_too_large")
+            await self.refuse_after_error(
+                call, 502, f"The upstream for '{call.facade.name}' answered with more than the gateway's limit of "
+                f"{settings.GATEWAY_MAX_RESPONSE_BYTES} bytes.", "upstream_response_too_large",
+                usage=Usage(input_tokens=estimate_tokens(call.protocol.prompt_text(body)), estimated=True))
         except UpstreamError:
-            await self.record(call, Usage(), error=True)
-            raise Refusal(502, f"The upstream for '{call.facade.name}' dropped the connection.",
-                          code="upstream_unreachable")
+            await self.refuse_after_error(call, 502, f"The upstream for '{call.facade.name}' dropped the connection.",
+                                          "upstream_unreachable")
         content_type = response.header("content-type", "application/json").encode("latin-1")
         if response.status >= 400:
             await self.record(call, Usage(), error=True)
@@ -266,9 +270,8 @@ class Pipeline:
         try:
             data, usage = call.protocol.finish_response(data, call.facade.name, body)
         except ValueError:
-            await self.record(call, Usage(), error=True)
-            raise Refusal(502, f"The upstream for '{call.facade.name}' answered with something that is not JSON.",
-                          code="upstream_bad_response")
+            await self.refuse_after_error(call, 502, f"The upstream for '{call.facade.name}' answered with something "
+                                          "that is not JSON.", "upstream_bad_response")
         await self.record(call, usage)
         await call.respond(response.status, data, upstream.response_headers(response.raw_headers), content_type)
 
@@ -321,6 +324,14 @@ class Pipeline:
                 response.close()  # stop reading from the upstream
                 return
 
+    async def refuse_after_error(self, call: Call, status: int, message: str, code: str, billed: bool = True,
+                                 usage: Usage | None = None) -> NoReturn:
+        """Refuses a request the upstream was asked for (it may have done the work), recording it first
+        as an error when it is billed: with what it is known to have used, else nothing."""
+        if billed:
+            await self.record(call, usage if usage is not None else Usage(), error=True)
+        raise Refusal(status, message, code=code)
+
     def note_unpriced(self, facade: FacadeInfo, name: str | None) -> None:
         """A service tier or speed the facade has no prices for is billed at the base prices: said
         once per facade and name (per process), so an operator can add the variant."""
@@ -351,6 +362,6 @@ class Pipeline:
             reasoning_tokens=usage.reasoning_tokens, web_search_calls=usage.web_search_calls,
             file_search_calls=usage.file_search_calls, cost_nanos=call.cost,
         )
-        await self.gateway.store.record(delta)
-        self.gateway.metrics.recorded(facade.name, delta)
-        self.gateway.budgets.add_spend(key.user_id, now, call.cost, key.key_id, key.project_id)
+        await self.store.record(delta)
+        self.metrics.recorded(facade.name, delta)
+        self.budgets.add_spend(key.user_id, now, call.cost, key.key_id, key.project_id)

@@ -15,7 +15,7 @@ import openai
 import pytest
 from pydantic import TypeAdapter
 
-from gateway.mock_upstream.common import BILLED_FILE_SEARCHES, BILLED_WEB_SEARCHES, BILLED_WRITES_1H, counts
+from gateway.mock_upstream.counts import BILLED_FILE_SEARCHES, BILLED_WEB_SEARCHES, BILLED_WRITES_1H, counts
 from gateway.providers import SSEReader
 from gateway.providers import anthropic as anthropic_wire
 from gateway.providers import openai as openai_wire

@@ -45,5 +45,11 @@ the gateway must not pass on.
 GET /_mock/requests lists the requests seen (path, headers, body); DELETE clears the list.
 """
 
-from gateway.mock_upstream.common import FAILURES, REASONING_TOKENS, counts, words  # noqa: F401
+from gateway.mock_upstream.counts import counts, words  # noqa: F401
+from gateway.mock_upstream.responses import REASONING_TOKENS  # noqa: F401
 from gateway.mock_upstream.server import MockUpstream, run  # noqa: F401
+
+# The upstream model names that pick a failure (above), and `huge-usage`, whose prompt tokens
+# (server.HUGE_TOKENS) no 64-bit counter holds.
+FAILURES = ("fail-500", "fail-429", "fail-timeout", "fail-drop", "no-usage", "stream-error", "incomplete",
+            "huge-usage")

@@ -7,13 +7,16 @@ import time
 
 from aiohttp import web
 
-from gateway.mock_upstream.common import (BILLED_FILE_SEARCHES, BILLED_WEB_SEARCHES, BILLED_WRITES_1H,
-                                          BILLED_WRITES_5M, REASONING_TOKENS, _text, counts, words)
+from gateway.mock_upstream.counts import (BILLED_FILE_SEARCHES, BILLED_WEB_SEARCHES, BILLED_WRITES_1H,
+                                          BILLED_WRITES_5M, counts, words)
+from gateway.providers import text_of
+
+REASONING_TOKENS = 16  # reported by the Responses API mock, part of its output tokens
 
 
 class ResponsesMock:
     """`POST /v1/responses` (whole or streamed), `/v1/responses/input_tokens`, `/v1/responses/compact`.
-    Mixed into MockUpstream, whose request bookkeeping and failures it uses."""
+    Mixed into MockUpstream, which routes the requests to them once recorded and not failed."""
 
     @staticmethod
     def _responses_usage(prompt_tokens: int, output_tokens: int, reasoning_tokens: int = REASONING_TOKENS) -> dict:
@@ -27,7 +30,7 @@ class ResponsesMock:
 
     @staticmethod
     def _responses_prompt(body: dict) -> str:
-        return _text(body.get("instructions", "")) + _text(body.get("input", ""))
+        return text_of(body.get("instructions", "")) + text_of(body.get("input", ""))
 
     @staticmethod
     def _response(body: dict, response_id: str, created: int, model: str, status: str, output: list, usage,
@@ -46,12 +49,7 @@ class ResponsesMock:
                 "top_logprobs": 0, "top_p": 1.0, "truncation": "disabled", "usage": usage, "user": None,
                 "metadata": metadata}
 
-    async def responses(self, request: web.Request) -> web.StreamResponse:
-        body = await self._begin(request)
-        model, stream = body.get("model", ""), body.get("stream") is True
-        failure = await self._failure(request, model, stream, self._openai_error)
-        if failure is not None:
-            return failure
+    async def responses(self, request: web.Request, body: dict, model: str, stream: bool) -> web.StreamResponse:
         prompt_tokens, _, reply = counts(self._responses_prompt(body), model)
         pieces = words(reply)
         if model == "incomplete":
@@ -143,28 +141,21 @@ class ResponsesMock:
             await event("response.completed", response=response_object("completed", final, usage_for(text)))
         return response
 
-    async def responses_input_tokens(self, request: web.Request) -> web.StreamResponse:
-        body = await self._begin(request)
-        failure = await self._failure(request, body.get("model", ""), False, self._openai_error)
-        if failure is not None:
-            return failure
-        prompt_tokens, _, _ = counts(self._responses_prompt(body), body.get("model", ""))
+    async def responses_input_tokens(self, request: web.Request, body: dict, model: str,
+                                     stream: bool) -> web.StreamResponse:
+        prompt_tokens, _, _ = counts(self._responses_prompt(body), model)
         return web.json_response({"object": "response.input_tokens", "input_tokens": prompt_tokens})
 
-    async def responses_compact(self, request: web.Request) -> web.StreamResponse:
+    async def responses_compact(self, request: web.Request, body: dict, model: str,
+                                stream: bool) -> web.StreamResponse:
         """A compacted conversation: the input's user messages, then one opaque compaction item."""
-        body = await self._begin(request)
-        model = body.get("model", "")
-        failure = await self._failure(request, model, False, self._openai_error)
-        if failure is not None:
-            return failure
         prompt_tokens, _, _ = counts(self._responses_prompt(body), model)
         stamp = int(time.time() * 1000)
         items = body.get("input")
         if not isinstance(items, list):
             items = [{"role": "user", "content": items}]
         output = [{"id": f"msg_mock{stamp}_{index}", "type": "message", "status": "completed", "role": "user",
-                   "content": [{"type": "input_text", "text": _text(message.get("content", ""))}]}
+                   "content": [{"type": "input_text", "text": text_of(message.get("content", ""))}]}
                   for index, message in enumerate(items) if isinstance(message, dict) and message.get("role") == "user"]
         output.append({"id": f"cmp_mock{stamp}", "type": "compaction", "encrypted_content": "gAAAAABmock-compaction=="})
         data = {"id": f"resp_mock{stamp}", "object": "response.compaction", "created_at": int(time.time()),

@@ -9,9 +9,23 @@ import time
 
 from aiohttp import web
 
-from gateway.mock_upstream.common import (BILLED_WEB_SEARCHES, BILLED_WRITES_1H, BILLED_WRITES_5M, CHAT_HEADERS,
-                                          HUGE_TOKENS, _text, counts, served_tier, words)
+from gateway.mock_upstream.counts import BILLED_WEB_SEARCHES, BILLED_WRITES_1H, BILLED_WRITES_5M, counts, words
 from gateway.mock_upstream.responses import ResponsesMock
+from gateway.providers import text_of
+
+# What the `huge-usage` model reports as its prompt's tokens: past 64 bits, as a broken (or
+# hostile) upstream might; the gateway must not believe it.
+HUGE_TOKENS = 2**63 + 7
+# Chat completions answers carry a cookie, as real upstreams behind a load balancer may (the
+# gateway must never pass it on to its callers), and rate-limit and processing headers spelt as
+# upstreams spell them (the gateway passes those on).
+CHAT_HEADERS = {"set-cookie": "mock_session=abc; Path=/", "X-Ratelimit-Remaining-Requests": "499",
+                "OpenAI-Processing-MS": "7"}
+
+
+def served_tier(model: str) -> str | None:
+    """The service tier a `billed-<tier>` model answers with (None for any other model)."""
+    return model.removeprefix("billed-") if model.startswith("billed-") and model != "billed-fast" else None
 
 
 class MockUpstream(ResponsesMock):
@@ -22,17 +36,32 @@ class MockUpstream(ResponsesMock):
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_post("/v1/embeddings", self.embeddings)
-        app.router.add_post("/v1/responses", self.responses)
-        app.router.add_post("/v1/responses/input_tokens", self.responses_input_tokens)
-        app.router.add_post("/v1/responses/compact", self.responses_compact)
-        app.router.add_post("/v1/messages", self.messages)
-        app.router.add_post("/v1/messages/count_tokens", self.messages_count_tokens)
+        openai, anthropic = self._openai_error, self._anthropic_error
+        for path, answer, error_body, streams in (
+                ("/v1/chat/completions", self.chat, openai, True),
+                ("/v1/embeddings", self.embeddings, openai, False),
+                ("/v1/responses", self.responses, openai, True),
+                ("/v1/responses/input_tokens", self.responses_input_tokens, openai, False),
+                ("/v1/responses/compact", self.responses_compact, openai, False),
+                ("/v1/messages", self.messages, anthropic, True),
+                ("/v1/messages/count_tokens", self.messages_count_tokens, anthropic, False)):
+            app.router.add_post(path, self._model_route(answer, error_body, streams))
         app.router.add_get("/_mock/requests", self.list_requests)
         app.router.add_delete("/_mock/requests", self.clear_requests)
         app.router.add_get("/healthz", self.health)
         return app
+
+    def _model_route(self, answer, error_body, streams: bool):
+        """The handler of a route that names a model: the request is recorded, then answered with the
+        failure its model names, else by `answer(request, body, model, stream)`."""
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            body = await self._begin(request)
+            model, stream = body.get("model", ""), streams and body.get("stream") is True
+            failure = await self._failure(request, model, stream, error_body)
+            return failure if failure is not None else await answer(request, body, model, stream)
+
+        return handle
 
     async def _begin(self, request: web.Request) -> dict:
         body = await request.json()
@@ -82,13 +111,8 @@ class MockUpstream(ResponsesMock):
                 "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                               "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        body = await self._begin(request)
-        model, stream = body.get("model", ""), body.get("stream") is True
-        failure = await self._failure(request, model, stream, self._openai_error)
-        if failure is not None:
-            return failure
-        prompt_tokens, completion_tokens, reply = counts(_text(body.get("messages", "")), model)
+    async def chat(self, request: web.Request, body: dict, model: str, stream: bool) -> web.StreamResponse:
+        prompt_tokens, completion_tokens, reply = counts(text_of(body.get("messages", "")), model)
         usage = None if model == "no-usage" else self._openai_usage(prompt_tokens, completion_tokens)
         if model == "huge-usage":
             usage["prompt_tokens"] = HUGE_TOKENS
@@ -136,15 +160,10 @@ class MockUpstream(ResponsesMock):
         await response.write(b"data: [DONE]\n\n")
         return response
 
-    async def embeddings(self, request: web.Request) -> web.StreamResponse:
-        body = await self._begin(request)
-        model = body.get("model", "")
-        failure = await self._failure(request, model, False, self._openai_error)
-        if failure is not None:
-            return failure
+    async def embeddings(self, request: web.Request, body: dict, model: str, stream: bool) -> web.StreamResponse:
         inputs = body.get("input", "")
         items = inputs if isinstance(inputs, list) else [inputs]
-        prompt_tokens = sum(math.ceil(len(_text(i) if not isinstance(i, int) else "1") / 4) for i in items) or 1
+        prompt_tokens = sum(math.ceil(len(text_of(i) if not isinstance(i, int) else "1") / 4) for i in items) or 1
         data = {"object": "list", "model": model,
                 "data": [{"object": "embedding", "index": i, "embedding": [0.0125 * (i + 1), -0.5, 0.25, 0.0]}
                          for i in range(len(items))]}
@@ -178,13 +197,8 @@ class MockUpstream(ResponsesMock):
         return {"input_tokens": prompt_tokens - reads - writes, "cache_creation_input_tokens": writes,
                 "cache_read_input_tokens": reads, "output_tokens": output_tokens}
 
-    async def messages(self, request: web.Request) -> web.StreamResponse:
-        body = await self._begin(request)
-        model, stream = body.get("model", ""), body.get("stream") is True
-        failure = await self._failure(request, model, stream, self._anthropic_error)
-        if failure is not None:
-            return failure
-        prompt = _text(body.get("system", "")) + _text(body.get("messages", ""))
+    async def messages(self, request: web.Request, body: dict, model: str, stream: bool) -> web.StreamResponse:
+        prompt = text_of(body.get("system", "")) + text_of(body.get("messages", ""))
         prompt_tokens, output_tokens, reply = counts(prompt, model)
         usage = self._anthropic_usage(prompt_tokens, output_tokens, model)
         if model == "huge-usage":
@@ -231,13 +245,9 @@ class MockUpstream(ResponsesMock):
         await event("message_stop", {"type": "message_stop"})
         return response
 
-    async def messages_count_tokens(self, request: web.Request) -> web.StreamResponse:
-        body = await self._begin(request)
-        model = body.get("model", "")
-        failure = await self._failure(request, model, False, self._anthropic_error)
-        if failure is not None:
-            return failure
-        prompt_tokens, _, _ = counts(_text(body.get("system", "")) + _text(body.get("messages", "")), model)
+    async def messages_count_tokens(self, request: web.Request, body: dict, model: str,
+                                    stream: bool) -> web.StreamResponse:
+        prompt_tokens, _, _ = counts(text_of(body.get("system", "")) + text_of(body.get("messages", "")), model)
         return web.json_response({"input_tokens": prompt_tokens})
 
 
