@@ -13,7 +13,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 
-import gateway.http_client
+import gateway.http_client.tls
 from gateway.catalog import load_facades, transport
 from gateway.http_client import (
     DIRECT,
@@ -98,8 +98,8 @@ async def test_connections_made_for_one_facade_are_never_reused_for_another(pki)
 @scenario
 async def test_a_facades_tls_context_is_built_once_for_its_files(pki, monkeypatch):
     built = []
-    real = gateway.http_client.tls_context
-    monkeypatch.setattr(gateway.http_client, "tls_context", lambda *a, **kw: built.append(a) or real(*a, **kw))
+    real = gateway.http_client.tls.tls_context
+    monkeypatch.setattr(gateway.http_client.tls, "tls_context", lambda *a, **kw: built.append(a) or real(*a, **kw))
     async with Upstream(answering(answer(b"ok", "Connection: close"))) as plain:
         async with Upstream(answering(answer(b"ok", "Connection: close")),
                             ssl_context=server_context(pki)) as upstream:

@@ -19,9 +19,9 @@ from gateway.http_client import (
     UpstreamError,
     UpstreamPoolFull,
     UpstreamUnreachable,
-    _Connection,
-    _interleave,
 )
+from gateway.http_client.connection import _Connection
+from gateway.http_client.happy_eyeballs import _interleave
 from tests.test_http_client import (
     Conn,
     Upstream,

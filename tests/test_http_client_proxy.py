@@ -18,10 +18,9 @@ from gateway.http_client import (
     UpstreamError,
     UpstreamProxyRefused,
     UpstreamUnreachable,
-    _NoProxy,
-    _Proxy,
     tls_context,
 )
+from gateway.http_client.transport import _NoProxy, _Proxy
 from tests.support.ci import cannot_run
 from tests.test_http_client import Upstream, answer, answer_body, answering, client, scenario, within
 
