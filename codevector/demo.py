@@ -21,7 +21,8 @@ from gateway.price_catalog import facade_price_fields
 from usage import rollups
 from usage.ledger.delta import UsageDelta
 from usage.ledger.plan import record_many
-from usage.budgets.book import budget_period_bounds, set_budget
+from usage.budgets.periods import budget_period_bounds
+from usage.budgets.setting import set_budget
 from usage.models import DailyUsage, FiveMinuteUsage, HourlyUsage, MonthlyUsage
 from usage.calendar import local_date, local_midnight, zone
 from usage.reads.spend import spend_by_project

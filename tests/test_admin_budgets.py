@@ -8,7 +8,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 import usage.web.admin_budgets  # noqa: F401  (registers the budget admin)
-from usage.budgets.book import set_budget
+from usage.budgets.setting import set_budget
 from usage.ledger.delta import UsageDelta
 from usage.ledger.plan import record_many
 from usage.models import Budget

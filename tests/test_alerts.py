@@ -22,7 +22,7 @@ from gateway.models import ApiKey, Project
 from tests.support.pg_proxy import PgProxy
 from tests.support.servers import ROOT
 from usage.budgets import alerts
-from usage.budgets.book import set_budget
+from usage.budgets.setting import set_budget
 from usage.ledger.delta import UsageDelta
 from usage.ledger.plan import record_many
 from usage.models import AlertDelivery, Budget, BudgetAlert

@@ -28,7 +28,7 @@ from gateway.models import ApiKey, Project
 from tests.conftest import ThreadServer
 from tests.support.servers import ROOT, listening_socket, port_of
 from usage.budgets import alerts
-from usage.budgets.book import set_budget
+from usage.budgets.setting import set_budget
 from usage.ledger.delta import UsageDelta
 from usage.ledger.plan import record_many
 from usage.models import AlertDelivery, BudgetAlert

@@ -10,7 +10,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from gateway.models import ApiKey
-from usage.budgets.book import set_budget
+from usage.budgets.setting import set_budget
 from usage.ledger.delta import UsageDelta
 from usage.ledger.plan import record_many
 from usage.models import Budget

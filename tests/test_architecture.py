@@ -108,9 +108,9 @@ STRING_MODEL_REFERENCES = {
 RELATED_MODEL_REACHES = {
     ("usage.web.api_budgets", "Budget._meta.get_field(field).related_model"):
         "the API's key and project fields of a budget choose among gateway's keys and projects",
-    ("usage.budgets.book", "Budget._meta.get_field('key').related_model"):
+    ("usage.budgets.setting", "Budget._meta.get_field('key').related_model"):
         "set_budget finds a budget's key by its prefix",
-    ("usage.budgets.book", "Budget._meta.get_field('project').related_model"):
+    ("usage.budgets.setting", "Budget._meta.get_field('project').related_model"):
         "set_budget finds a budget's project by its public id",
     ("usage.reads.engine", "FiveMinuteUsage._meta.get_field('key').related_model"):
         "reads per key and per project join the keys' table (its name, its project column)",

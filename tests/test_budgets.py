@@ -1,4 +1,4 @@
-"""usage.budgets.book: periods in local time, which budgets apply, thresholds; manage.py set_budget."""
+"""usage.budgets (periods, rules, setting): periods in local time, which budgets apply, thresholds; manage.py set_budget."""
 
 import io
 from datetime import UTC, datetime
@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.core.management import CommandError, call_command
 
-from usage.budgets.book import BudgetRule, BudgetState, applicable, budget_period_bounds, tightest
+from usage.budgets.periods import budget_period_bounds
+from usage.budgets.rules import BudgetRule, BudgetState, applicable, tightest
 from usage.money import usd_to_nanos
 from usage.models import Budget
 

@@ -15,7 +15,8 @@ from django.db.models import Sum
 from django.test import override_settings
 
 from gateway.models import ApiKey, ModelFacade
-from usage.budgets.book import BudgetBook, BudgetSnapshot, set_budget
+from usage.budgets.book import BudgetBook, BudgetSnapshot
+from usage.budgets.setting import set_budget
 from usage.ledger.delta import UsageDelta
 from usage.ledger.plan import record_many
 from usage.models import FiveMinuteUsage

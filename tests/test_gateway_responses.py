@@ -18,7 +18,7 @@ from gateway.mock_upstream import REASONING_TOKENS, counts
 from gateway.models import ModelFacade
 from tests.support.fixtures import raw
 from tests.test_gateway_app import GPT, LONG_PROMPT, chat, expected, gw, ledger, post  # noqa: F401 (gw)
-from usage.budgets.book import set_budget
+from usage.budgets.setting import set_budget
 from usage.money import usd_exact
 
 OPENAI_EVENTS_WITH_RESPONSE = {"response.created", "response.in_progress", "response.completed",

@@ -19,7 +19,9 @@ from django.db.models import Sum
 from rest_framework.test import APIClient
 
 from gateway.models import ApiKey, ModelFacade, Project, ProjectMember
-from usage.budgets.book import BudgetBook, set_budget, states_for
+from usage.budgets.book import BudgetBook
+from usage.budgets.setting import set_budget
+from usage.budgets.states import states_for
 from usage.ledger.delta import UsageDelta
 from usage.ledger.plan import record_many
 from usage.models import Budget, FiveMinuteUsage

@@ -22,7 +22,7 @@ from django.utils import timezone
 from gateway.models import DEFAULT_PROJECT_ID, ApiKey, Project
 from usage.reads import engine, queries
 from usage import rollups
-from usage.budgets.book import set_budget
+from usage.budgets.setting import set_budget
 from usage.ledger.delta import UsageDelta
 from usage.ledger.plan import record_many
 from usage.reserved import reserved_key_digest

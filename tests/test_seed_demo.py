@@ -195,7 +195,7 @@ def test_the_demo_has_three_teams_with_monthly_budgets_and_alerts():
     from decimal import Decimal
 
     from gateway.models import Project, ProjectMember
-    from usage.budgets.book import state_of
+    from usage.budgets.states import state_of
     from usage.models import Budget
 
     seed_demo(days=20, users=7, seed=4, now=NOW)

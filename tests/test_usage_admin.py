@@ -13,7 +13,7 @@ from django.utils import timezone
 from gateway.models import ApiKey
 from usage.reads import queries
 from usage import rollups
-from usage.budgets.book import set_budget
+from usage.budgets.setting import set_budget
 from usage.ledger.delta import UsageDelta
 from usage.ledger.plan import record_many
 

@@ -34,7 +34,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from usage.budgets.book import SCOPES, BudgetRule, budget_period_bounds, read_spend
+from usage.budgets.book import read_spend
+from usage.budgets.periods import budget_period_bounds
+from usage.budgets.rules import SCOPES, BudgetRule
 from usage.models import AlertDelivery, Budget, BudgetAlert
 from usage.money import usd_exact
 
@@ -94,7 +96,7 @@ def crossings(budgets: list[Budget], start: datetime | None, now: datetime) -> l
     subjects = []  # (budget, subject pk, label, spend, user to email)
     spenders, users = {}, {}
     if any(b.scope == SCOPES.DEFAULT for b in budgets):
-        # A user's own active budget of the period replaces the default for them (usage.budgets.book.applicable).
+        # A user's own active budget of the period replaces the default for them (usage.budgets.rules.applicable).
         own = set(Budget.objects.filter(scope=SCOPES.USER, period=budgets[0].period, is_active=True)
                   .values_list("user_id", flat=True))
         spenders = {uid: nanos for uid, nanos in spend["user"].items() if uid not in own and nanos > 0}

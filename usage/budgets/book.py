@@ -1,245 +1,19 @@
-"""Budgets: spend caps per user, API key, project (or a default per user) and period, with
-calendar periods in settings.TIME_ZONE.
-
-The gateway enforces them from an in-process snapshot (`BudgetBook`), refreshed in the
-background with each user's exact spend from the read module, plus the spend this process has
-recorded since. Everything here that the gateway calls per request is pure Python, no database.
+"""The book the gateway checks on every request (`BudgetBook.check`): an in-process snapshot of the
+active budgets and each period's exact spend, read in the background, plus the spend this process
+has recorded since. Everything here that the gateway calls per request is pure Python, no database.
 """
 
-import functools
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from decimal import Decimal
+from datetime import datetime
 from time import monotonic
-from zoneinfo import ZoneInfo
 
-from django.contrib.auth import get_user_model
-from django.db import models, transaction
 from django.utils import timezone
 
-from usage.calendar import day_bounds, local_date, local_midnight, month_bounds, zone
+from usage.budgets.periods import BUDGET_PERIODS, budget_period_bounds
+from usage.budgets.rules import NO_BUDGET, SCOPES, BudgetRule, BudgetState, BudgetVerdict, verdict
 from usage.models import Budget
-from usage.money import usd_exact, usd_to_nanos
 from usage.reads.spend import spend_by_key, spend_by_project, spend_by_user
-
-BUDGET_PERIODS = [p.value for p in Budget.Period]
-
-
-def budget_period_bounds(period: str, now: datetime, tz: ZoneInfo | None = None) -> tuple[datetime | None, datetime | None]:
-    """(start, reset) of the budget period holding `now`; (None, None) for `total`."""
-    tz = tz or zone()
-    if period == Budget.Period.DAILY:
-        return day_bounds(now, tz)
-    if period == Budget.Period.WEEKLY:
-        today = local_date(now, tz)
-        monday = today - timedelta(days=today.weekday())
-        return local_midnight(monday, tz), local_midnight(monday + timedelta(days=7), tz)
-    if period == Budget.Period.MONTHLY:
-        return month_bounds(now, tz)
-    if period == Budget.Period.TOTAL:
-        return None, None
-    raise ValueError(f"unknown budget period {period!r}")
-
-
-SCOPES = Budget.Scope
-# Whose spend a budget of each scope counts: a default budget counts each user's own.
-SPENDER = {SCOPES.USER: "user", SCOPES.DEFAULT: "user", SCOPES.KEY: "key", SCOPES.PROJECT: "project"}
-
-
-@dataclass(frozen=True)
-class BudgetRule:
-    """What the gateway needs of a budget, detached from the ORM. `subject_id` is the user's, the
-    key's or the project's id (None for a default)."""
-
-    budget_id: int
-    scope: str
-    subject_id: int | None
-    period: str
-    limit_nanos: int
-    warn_percent: int | None
-    label: str = ""  # the subject as people name it: username, key prefix, project public id
-
-    @classmethod
-    def of(cls, budget: Budget, label: str | None = None) -> "BudgetRule":
-        subject = getattr(budget, f"{Budget.SUBJECT_FIELDS[budget.scope]}_id") if budget.scope in Budget.SUBJECT_FIELDS \
-            else None
-        return cls(budget.pk, budget.scope, subject, budget.period, budget.limit_nanos, budget.warn_percent,
-                   budget.subject_label if label is None else label)
-
-    @property
-    def spender(self) -> str:
-        return SPENDER[self.scope]
-
-
-def applicable(rules: list[BudgetRule], user_id: int, key_id: int | None = None,
-               project_id: int | None = None) -> list[BudgetRule]:
-    """The budgets of one request: the user's own budgets plus the defaults of the periods they have
-    none of, then the key's and the project's budgets on top."""
-    own = {r.period: r for r in rules if r.scope == SCOPES.USER and r.subject_id == user_id}
-    defaults = {r.period: r for r in rules if r.scope == SCOPES.DEFAULT}
-    found = [own.get(period) or defaults[period] for period in BUDGET_PERIODS if period in own or period in defaults]
-    found += [r for r in rules if r.scope == SCOPES.KEY and key_id is not None and r.subject_id == key_id]
-    found += [r for r in rules if r.scope == SCOPES.PROJECT and project_id is not None and r.subject_id == project_id]
-    return found
-
-
-@dataclass(frozen=True)
-class BudgetState:
-    rule: BudgetRule
-    spend_nanos: int
-    start: datetime | None
-    resets_at: datetime | None
-
-    @property
-    def remaining_nanos(self) -> int:
-        return self.rule.limit_nanos - self.spend_nanos
-
-    @property
-    def exceeded(self) -> bool:
-        return self.spend_nanos >= self.rule.limit_nanos
-
-    @property
-    def warning(self) -> bool:
-        percent = self.rule.warn_percent
-        # spend / limit >= percent / 100, in integers.
-        return percent is not None and self.spend_nanos * 100 >= self.rule.limit_nanos * percent
-
-    @property
-    def percent_used(self) -> Decimal:
-        if not self.rule.limit_nanos:
-            return Decimal(100)
-        return (Decimal(self.spend_nanos) * 100 / self.rule.limit_nanos).quantize(Decimal("0.1"))
-
-    def refusal_message(self) -> str:
-        reset = f"It resets at {self.resets_at.isoformat()}." if self.resets_at else "It does not reset."
-        whose = {SCOPES.USER: "your", SCOPES.DEFAULT: "your",
-                 SCOPES.KEY: f"this API key's ({self.rule.label})",
-                 SCOPES.PROJECT: f"project {self.rule.label}'s"}[self.rule.scope]
-        return (f"Budget exceeded: {whose} {self.rule.period} budget is ${usd_exact(self.rule.limit_nanos)} and "
-                f"${usd_exact(self.spend_nanos)} has been spent. {reset} Ask an administrator to raise it.")
-
-    def as_dict(self) -> dict:
-        return {
-            "id": self.rule.budget_id,
-            "scope": self.rule.scope,
-            "subject": self.rule.label,
-            "period": self.rule.period,
-            "limit_usd": usd_exact(self.rule.limit_nanos),
-            "spend_usd": usd_exact(self.spend_nanos),
-            "remaining_usd": usd_exact(self.remaining_nanos),
-            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
-            "warn_percent": self.rule.warn_percent,
-            "warning": self.warning,
-            "is_default": self.rule.scope == SCOPES.DEFAULT,
-        }
-
-
-def tightest(states: list[BudgetState]) -> BudgetState | None:
-    """The applicable budget with the least remaining (the one the response headers describe)."""
-    return min(states, key=lambda s: (s.remaining_nanos, s.rule.period, s.rule.scope), default=None)
-
-
-@dataclass(frozen=True)
-class BudgetVerdict:
-    """What budgets say of one request: the headers to send, and why it is refused (None: let it through)."""
-
-    headers: tuple[tuple[str, str], ...] = ()
-    refusal: str | None = None
-
-
-NO_BUDGET = BudgetVerdict()
-
-
-@functools.lru_cache(maxsize=64)
-def reset_header(resets_at: datetime) -> str:
-    """When a budget resets, in the gateway's time zone (settings.TIME_ZONE; the gateway activates
-    no other), as its headers say it: the same few instants on every request, formatted once."""
-    return timezone.localtime(resets_at, timezone.get_default_timezone()).isoformat()
-
-
-def verdict(states: list[BudgetState]) -> BudgetVerdict:
-    """The tightest budget (the tightest exceeded one, if any) in headers; refused if any is exceeded."""
-    over = [s for s in states if s.exceeded]
-    tight = tightest(over or states)
-    if tight is None:
-        return NO_BUDGET
-    headers = [("x-codevector-budget-limit-usd", usd_exact(tight.rule.limit_nanos)),
-               ("x-codevector-budget-remaining-usd", usd_exact(max(tight.remaining_nanos, 0))),
-               ("x-codevector-budget-scope", tight.rule.scope)]
-    if tight.resets_at:
-        headers.append(("x-codevector-budget-reset", reset_header(tight.resets_at)))
-    if any(s.warning for s in states):
-        headers.append(("x-codevector-budget-warning", "true"))
-    return BudgetVerdict(tuple(headers), over[0].refusal_message() if over else None)
-
-
-def budget_subject(*, username: str | None = None, key_prefix: str | None = None,
-                   project_id: str | None = None) -> tuple[str, dict]:
-    """(scope, the subject field and its object) of a budget named as commands and the API name it:
-    a username, a key's visible prefix, a project's public id, or none of them (the default)."""
-    named = [n for n in (username, key_prefix, project_id) if n is not None]
-    if len(named) > 1:
-        raise ValueError("a budget is for one user, one key, one project, or the default: name one of them")
-    if username is not None:
-        User = get_user_model()
-        try:
-            return SCOPES.USER, {"user": User.objects.get(username=username)}
-        except User.DoesNotExist:
-            raise ValueError(f"no user named {username!r}") from None
-    if key_prefix is not None:
-        api_key_model = Budget._meta.get_field("key").related_model  # usage never imports gateway
-        try:
-            return SCOPES.KEY, {"key": api_key_model.objects.get(prefix=key_prefix)}
-        except api_key_model.DoesNotExist:
-            raise ValueError(f"no API key with the prefix {key_prefix!r} (keys are listed by their first "
-                             "12 characters, such as cvk_AbCdEfGh)") from None
-    if project_id is not None:
-        project_model = Budget._meta.get_field("project").related_model
-        try:
-            return SCOPES.PROJECT, {"project": project_model.objects.get(public_id=project_id)}
-        except project_model.DoesNotExist:
-            raise ValueError(f"no project with the id {project_id!r} (ids look like proj_…)") from None
-    return SCOPES.DEFAULT, {}
-
-
-def alert_percents_error(percents) -> str | None:
-    """Why a list of alert thresholds is refused, or None: distinct whole percents from 1 to 100."""
-    if not isinstance(percents, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in percents):
-        return "alert thresholds are a list of whole percents, such as [50, 80]"
-    if any(not 1 <= p <= 100 for p in percents):
-        return "each alert threshold is a percent from 1 to 100"
-    if len(set(percents)) != len(percents):
-        return "each alert threshold once"
-    return None
-
-
-@transaction.atomic
-def set_budget(*, username: str | None = None, key_prefix: str | None = None, project_id: str | None = None,
-               period: str, amount_usd: Decimal, warn_percent: int | None, active: bool,
-               alert_percents: list[int] | None = None) -> tuple[Budget, bool]:
-    """Create or update the budget of a user, a key, a project (or the default) for a period.
-    `alert_percents` None keeps a budget's thresholds as they are ([] for a new one)."""
-    if period not in BUDGET_PERIODS:
-        raise ValueError(f"the period must be one of {', '.join(BUDGET_PERIODS)}")
-    if warn_percent is not None and not 1 <= warn_percent <= 100:
-        raise ValueError("the warning threshold is a percent from 1 to 100")
-    if alert_percents is not None:
-        if error := alert_percents_error(alert_percents):
-            raise ValueError(error)
-        alert_percents = sorted(alert_percents)
-    scope, subject = budget_subject(username=username, key_prefix=key_prefix, project_id=project_id)
-    values = {"limit_nanos": usd_to_nanos(amount_usd), "warn_percent": warn_percent, "is_active": active}
-    if alert_percents is not None:
-        values["alert_percents"] = alert_percents
-    budget, created = Budget.objects.select_for_update().get_or_create(scope=scope, period=period, **subject,
-                                                                        defaults=values)
-    if not created:
-        for name, value in values.items():
-            setattr(budget, name, value)
-        budget.save()
-    return budget, created
-
 
 class LocalSpend:
     """What one process has recorded for one user since the last refresh, oldest first, with a
@@ -271,6 +45,8 @@ class LocalSpend:
 
 
 Spend = dict[str, dict[int, int]]  # spender kind ("user", "key", "project") -> id -> nanos
+# Each spender kind's exact spend over a span, for a set of ids (users: None, every user).
+SPEND_READS = {"user": spend_by_user, "key": spend_by_key, "project": spend_by_project}
 
 
 def read_spend(start: datetime | None, end: datetime, rules) -> Spend:
@@ -282,11 +58,7 @@ def read_spend(start: datetime | None, end: datetime, rules) -> Spend:
             wanted["user"] = None
         elif wanted[rule.spender] is not None:
             wanted[rule.spender].add(rule.subject_id)
-    return {
-        "user": spend_by_user(start, end, wanted["user"]) if wanted["user"] is None or wanted["user"] else {},
-        "key": spend_by_key(start, end, wanted["key"]) if wanted["key"] else {},
-        "project": spend_by_project(start, end, wanted["project"]) if wanted["project"] else {},
-    }
+    return {kind: SPEND_READS[kind](start, end, ids) if ids is None or ids else {} for kind, ids in wanted.items()}
 
 
 @dataclass(frozen=True)
@@ -417,39 +189,3 @@ class BudgetBook:
         if not self.applies_to(user_id, key_id, project_id):
             return NO_BUDGET
         return verdict(self.states(user_id, now, key_id, project_id))
-
-
-def _spent(rule: BudgetRule, start: datetime | None, end: datetime, user_id: int | None = None) -> int:
-    """One budget's exact spend over [start, end); for a default budget, `user_id`'s."""
-    subject = user_id if rule.scope == SCOPES.DEFAULT else rule.subject_id
-    if subject is None:
-        return 0
-    read = {"user": spend_by_user, "key": spend_by_key, "project": spend_by_project}[rule.spender]
-    return read(start, end, {subject}).get(subject, 0)
-
-
-def states_for(user_id: int, now: datetime | None = None, key_id: int | None = None,
-               project_id: int | None = None) -> list[BudgetState]:
-    """The budgets that apply to a user now (or to a request of one of their keys: the key's and
-    its project's budgets too), with their exact spend (for pages and the API)."""
-    now = now or timezone.now()
-    subjects = models.Q(scope=SCOPES.DEFAULT) | models.Q(scope=SCOPES.USER, user_id=user_id)
-    if key_id is not None:
-        subjects |= models.Q(scope=SCOPES.KEY, key_id=key_id)
-    if project_id is not None:
-        subjects |= models.Q(scope=SCOPES.PROJECT, project_id=project_id)
-    rules = [BudgetRule.of(b) for b in Budget.objects.filter(subjects, is_active=True).select_related(
-        "user", "key", "project")]
-    states = []
-    for rule in applicable(rules, user_id, key_id, project_id):
-        start, resets_at = budget_period_bounds(rule.period, now)
-        states.append(BudgetState(rule, _spent(rule, start, now, user_id), start, resets_at))
-    return states
-
-
-def state_of(budget: Budget, now: datetime | None = None) -> BudgetState:
-    """One budget's current period and spend (a default budget: spend is per user, so none here)."""
-    now = now or timezone.now()
-    start, resets_at = budget_period_bounds(budget.period, now)
-    rule = BudgetRule.of(budget)
-    return BudgetState(rule, _spent(rule, start, now), start, resets_at)

@@ -6,7 +6,9 @@ from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html
 
-from usage.budgets.book import alert_percents_error, budget_period_bounds, state_of
+from usage.budgets.periods import budget_period_bounds
+from usage.budgets.setting import alert_percents_error
+from usage.budgets.states import state_of
 from usage.money import nanos_to_usd, usd_for_people, usd_to_nanos
 from usage.models import Budget
 

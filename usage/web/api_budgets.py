@@ -11,7 +11,8 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from usage.budgets.book import alert_percents_error, state_of, states_for
+from usage.budgets.setting import alert_percents_error
+from usage.budgets.states import state_of, states_for
 from usage.money import usd_exact, usd_to_nanos
 from usage.models import Budget
 from usage.web.permissions import ManagesBudgets, SeesEveryone

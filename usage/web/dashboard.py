@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.core.paginator import Paginator
 
-from usage.budgets import book as budgets
+from usage.budgets import states as budgets
 from usage.reads import queries
 from usage.web.display import compact
 from usage.models import Budget, BufferEvent

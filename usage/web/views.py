@@ -8,7 +8,7 @@ from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from usage.budgets import book as budgets
+from usage.budgets import states as budgets
 from usage.web import dashboard
 from usage.reads import queries
 from usage.web.permissions import sees_everyone

@@ -2,7 +2,8 @@ from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import BaseCommand, CommandError
 
-from usage.budgets.book import BUDGET_PERIODS, set_budget
+from usage.budgets.periods import BUDGET_PERIODS
+from usage.budgets.setting import set_budget
 from usage.money import usd_exact
 
 
