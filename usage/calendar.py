@@ -52,8 +52,8 @@ def month_bounds(instant: datetime, tz: ZoneInfo | None = None) -> tuple[datetim
 
 
 # Remembered by (instant, zone): the reads split every window into the same days and months again
-# for each of their parts (usage.reads.queries.segments: ~20 us of zone arithmetic a day, 1.9 ms for a
-# 90-day window, four or five times per page). The zone is part of the key, never the setting.
+# for each of their parts, several times per page (usage.reads.engine.segments), and the zone
+# arithmetic of a long window's days adds up. The zone is part of the key, never the setting.
 @functools.lru_cache(maxsize=8192)
 def _day_bounds(instant: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
     day = local_date(instant, tz)

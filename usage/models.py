@@ -54,50 +54,38 @@ for _counter in COUNTER_DEFINITIONS:  # the levels inherit them: abstract fields
     UsageBucket.add_to_class(_counter.name, CounterField(default=0, db_default=0, help_text=_counter.help))
 
 
-# Each level: the unique key the ledger's ON CONFLICT names, and an index for per-user range
-# reads (network-wide range reads use the unique index, bucket_start first).
+def level_meta(level: str, name: str) -> type:
+    """The Meta of one level: its table, the unique key the ledger's ON CONFLICT names, and an index
+    each for per-user and per-key range reads (network-wide range reads use the unique index,
+    bucket_start first)."""
+
+    class Meta:
+        db_table = f"usage_bucket_{level}"
+        verbose_name = name
+        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "key", "facade"],
+                                               name=f"usage_{level}_bucket")]
+        indexes = [models.Index(fields=["user", "bucket_start"], name=f"usage_{level}_user"),
+                   models.Index(fields=["key", "bucket_start"], name=f"usage_{level}_apikey")]
+
+    return Meta
 
 
 class FiveMinuteUsage(UsageBucket):
-    class Meta:
-        db_table = "usage_bucket_5min"
-        verbose_name = "5-minute usage"
-        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "key", "facade"],
-                                               name="usage_5min_bucket")]
-        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_5min_user"),
-                   models.Index(fields=["key", "bucket_start"], name="usage_5min_apikey")]
+    class Meta(level_meta("5min", "5-minute usage")):
         # The one permission every usage page and the staff side of the usage API ask for.
         permissions = [("view_usage_dashboard", "Can view usage dashboards and the usage API for every user")]
 
 
 class HourlyUsage(UsageBucket):
-    class Meta:
-        db_table = "usage_bucket_hour"
-        verbose_name = "hourly usage"
-        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "key", "facade"],
-                                               name="usage_hour_bucket")]
-        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_hour_user"),
-                   models.Index(fields=["key", "bucket_start"], name="usage_hour_apikey")]
+    Meta = level_meta("hour", "hourly usage")
 
 
 class DailyUsage(UsageBucket):
-    class Meta:
-        db_table = "usage_bucket_day"
-        verbose_name = "daily usage"
-        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "key", "facade"],
-                                               name="usage_day_bucket")]
-        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_day_user"),
-                   models.Index(fields=["key", "bucket_start"], name="usage_day_apikey")]
+    Meta = level_meta("day", "daily usage")
 
 
 class MonthlyUsage(UsageBucket):
-    class Meta:
-        db_table = "usage_bucket_month"
-        verbose_name = "monthly usage"
-        constraints = [models.UniqueConstraint(fields=["bucket_start", "user", "key", "facade"],
-                                               name="usage_month_bucket")]
-        indexes = [models.Index(fields=["user", "bucket_start"], name="usage_month_user"),
-                   models.Index(fields=["key", "bucket_start"], name="usage_month_apikey")]
+    Meta = level_meta("month", "monthly usage")
 
 
 class AppliedDelta(models.Model):
