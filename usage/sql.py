@@ -183,7 +183,7 @@ def per_project(statement: str, group_by: tuple[str, ...], key_table: str, proje
             "GROUP BY t.span, p.id, p.public_id, p.name")
 
 
-# PostgreSQL: these reads take milliseconds, and starting parallel workers costs more than the
+# PostgreSQL: these reads are short, and starting parallel workers costs more than the
 # scan (usage.reads.engine.fetch_serial). Transaction-local; the previous value is read to restore it.
 NO_PARALLEL_WORKERS = ("SELECT current_setting('max_parallel_workers_per_gather'), "
                        "set_config('max_parallel_workers_per_gather', '0', true)")
