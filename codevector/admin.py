@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path, reverse
+from django.urls import reverse
 
 
 class CodeVectorAdminSite(admin.AdminSite):
@@ -9,17 +9,9 @@ class CodeVectorAdminSite(admin.AdminSite):
 
     def get_urls(self):
         # Imported here: this module is loaded while the admin app starts, before the models.
-        from usage.web import views
+        from usage.web.admin_urls import usage_admin_urls
 
-        def page(view):
-            return self.admin_view(lambda request, **kwargs: view(request, site=self, **kwargs))
-
-        # Before the site's own URLs, so /admin/usage/ takes the place of the usage app's index.
-        return [
-            path("usage/", page(views.dashboard_view), name="usage_dashboard"),
-            path("usage/leaderboard/", page(views.leaderboard_view), name="usage_leaderboard"),
-            *super().get_urls(),
-        ]
+        return [*usage_admin_urls(self), *super().get_urls()]  # first: see usage.web.admin_urls
 
     def get_app_list(self, request, app_label=None):
         """The usage pages join the navigation (index and sidebar) as the usage app's first rows."""

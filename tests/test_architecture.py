@@ -121,6 +121,8 @@ RELATED_MODEL_REACHES = {
         "model's quantities at its facade's prices",
     ("usage.ledger.plan", "FiveMinuteUsage._meta.get_field('key').related_model"):
         "the ledger makes each user's reserved key (usage without a key) in the keys' table, by raw SQL",
+    ("usage.web.admin_urls", "FiveMinuteUsage._meta.get_field('key').related_model"):
+        "an API key's usage page looks the key up through the key's registered ModelAdmin",
     ("usage.web.permissions", "FiveMinuteUsage._meta.get_field('key').related_model"):
         "the way to gateway's Project, through the key of the usage rows",
     ("usage.web.permissions",

@@ -1,7 +1,7 @@
 """The usage pages of the admin: network-wide, per user, per API key, per project, and the leaderboard.
 
-Wired by the admin site (codevector.admin, usage.admin) through `admin_view`, which already
-requires an active staff member; each page also asks for the one usage permission.
+Wired by usage.web.admin_urls through the admin site's `admin_view`, which already requires an
+active staff member; each page also asks for the one usage permission.
 """
 
 from django.core.exceptions import PermissionDenied
@@ -60,57 +60,45 @@ def leaderboard_view(request, site):
     return TemplateResponse(request, "admin/usage/leaderboard.html", ctx)
 
 
-def user_usage_view(request, site, user, opts):
+def _object_page(request, site, opts, original, title: str, **whose) -> dict:
+    """What every object's usage page shows (a user's, an API key's, a project's): the panel of the
+    object's usage (`whose`: dashboard.panel's user_id, key_id or project_id, and with_keys) for the
+    period the tabs chose, under the object's breadcrumbs."""
     _require_permission(request)
     window = dashboard.window_from(request.GET)
-    panel = dashboard.panel(window, user_id=user.pk, with_keys=True)
-    ctx = {
+    return {
         **site.each_context(request),
-        **panel,
-        "title": f"Usage of {user.get_username()}",
+        **dashboard.panel(window, **whose),
+        "title": title,
         "opts": opts,
-        "original": user,
+        "original": original,
         "tabs": dashboard.window_tabs(request.GET, window.key),
-        "api_keys": dashboard.user_key_rows(panel["key_rows"], user),
-        "budgets": budgets.states_for(user.pk, timezone.now()),
     }
+
+
+def user_usage_view(request, site, user, opts):
+    ctx = _object_page(request, site, opts, user, f"Usage of {user.get_username()}", user_id=user.pk, with_keys=True)
+    ctx["api_keys"] = dashboard.user_key_rows(ctx["key_rows"], user)
+    ctx["budgets"] = budgets.states_for(user.pk, timezone.now())
     return TemplateResponse(request, "admin/usage/user.html", ctx)
 
 
 def key_usage_view(request, site, key, opts):
-    """One API key's usage (wired by gateway.admin.ApiKeyAdmin): the user page's panel, for the key."""
-    _require_permission(request)
-    window = dashboard.window_from(request.GET)
+    """One API key's usage: the user page's panel, for the key."""
     reserved = is_reserved(key.digest, key.user_id)
     key_label = label(f"{key.prefix}…" + (f" ({key.name})" if key.name else ""), reserved=reserved)
-    ctx = {
-        **site.each_context(request),
-        **dashboard.panel(window, key_id=key.pk),
-        "title": f"Usage of the API key {key_label}" if not reserved else f"Usage of {key.user.get_username()} {key_label}",
-        "opts": opts,
-        "original": key,
-        "key_label": key_label,
-        "reserved": reserved,
-        "tabs": dashboard.window_tabs(request.GET, window.key),
-    }
+    title = f"Usage of {key.user.get_username()} {key_label}" if reserved else f"Usage of the API key {key_label}"
+    ctx = _object_page(request, site, opts, key, title, key_id=key.pk)
+    ctx["key_label"], ctx["reserved"] = key_label, reserved
     return TemplateResponse(request, "admin/usage/key.html", ctx)
 
 
 def project_usage_view(request, site, project, opts):
-    """One project's usage (wired by gateway.admin.ProjectAdmin): its keys' usage, in the user page's
-    panel, with the usage per key and the members."""
-    _require_permission(request)
-    window = dashboard.window_from(request.GET)
-    panel = dashboard.panel(window, project_id=project.pk, with_keys=True)
-    ctx = {
-        **site.each_context(request),
-        **panel,
-        "title": f"Usage of the project {project.name}",
-        "opts": opts,
-        "original": project,
-        "tabs": dashboard.window_tabs(request.GET, window.key),
-        "keys": panel["key_rows"],
-        "members": dashboard.project_members(project),
-        "budgets": dashboard.project_budgets(project.pk, timezone.now()),
-    }
+    """One project's usage (its keys' usage), in the user page's panel, with the usage per key and the
+    members."""
+    ctx = _object_page(request, site, opts, project, f"Usage of the project {project.name}", project_id=project.pk,
+                       with_keys=True)
+    ctx["keys"] = ctx["key_rows"]
+    ctx["members"] = dashboard.project_members(project)
+    ctx["budgets"] = dashboard.project_budgets(project.pk, timezone.now())
     return TemplateResponse(request, "admin/usage/project.html", ctx)
