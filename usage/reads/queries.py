@@ -66,10 +66,6 @@ def totals_between(start: datetime, end: datetime, user_id: int | None = None,
     return total
 
 
-def complete_through() -> datetime | None:
-    return watermark()
-
-
 @dataclass(frozen=True)
 class Summary:
     window: Window

@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from usage.reads import queries
+from usage.rollups import watermark
 from usage.web.permissions import ReadsProject, SeesEveryone, project_model, sees_everyone
 from usage.web.serializers import (DayOut, KeyLeaderRowOut, KeyRowOut, KeysOut, LeaderboardOut, LeaderboardParams,
                                    LeaderRowOut, ModelRowOut, ModelsOut, MyUsageOut, PeriodParams,
@@ -101,7 +102,7 @@ class UsageView(APIView):
     @staticmethod
     def frame(window: queries.Window, **rows) -> dict:
         """What a usage answer is made of (FrameOut and the rows), for its serializer."""
-        return {"window": window, "complete_through": queries.complete_through(), **rows}
+        return {"window": window, "complete_through": watermark(), **rows}
 
 
 # A period's rows of one kind (days, models, keys, projects), as JSON or CSV: the answer's serializer
