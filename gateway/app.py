@@ -118,7 +118,7 @@ class GatewayApp:
             self.store = UsageStore(in_progress=lambda: self.requests_in_progress)
             await self.store.open()
             self.upstream = upstream.open_client()
-            self.metrics = metrics.for_gateway(self)
+            self.metrics = metrics.for_gateway(self.upstream, self.store)
             self.pipeline = Pipeline(keys=self.keys, budgets=self.budgets, store=self.store, upstream=self.upstream,
                                      metrics=self.metrics, db=self._db)
             await self.refresh()

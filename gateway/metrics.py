@@ -110,8 +110,9 @@ class GatewayMetrics:
 
     enabled = True
 
-    def __init__(self, gateway):
-        self.gateway = gateway
+    def __init__(self, client, store):
+        self.client = client  # the upstream client (gateway.http_client.HttpClient): its pool's gauges
+        self.store = store  # usage.store.UsageStore: its degraded-mode gauges
         self._facades: dict[str, _Series] = {}
         self._unrecorded = _Series("")
         self._store = StoreMetrics()
@@ -153,16 +154,15 @@ class GatewayMetrics:
         for series in self._facades.values():
             series.flush()
         flush_ledger()
-        gateway = self.gateway
-        pool = pool_connections(gateway.upstream)
+        pool = pool_connections(self.client)
         if pool is not None:
             CONNECTIONS_OPEN.set(pool[0])
             CONNECTIONS_IDLE.set(pool[1])
-        elif gateway.upstream is not None and not self._pool_warned:
+        elif self.client is not None and not self._pool_warned:
             self._pool_warned = True
             logger.warning("metrics: the upstream client's pool could not be read; its gauges stay unset")
-        if gateway.store is not None:
-            self._store.sync(gateway.store.status())
+        if self.store is not None:
+            self._store.sync(self.store.status())
 
     async def sync_forever(self) -> None:
         """Under gunicorn, each worker writes to its own files, which any worker's scrape reads: its
@@ -234,8 +234,9 @@ class NoMetrics:
 NO_METRICS = NoMetrics()
 
 
-def for_gateway(gateway):
-    return GatewayMetrics(gateway) if settings.GATEWAY_METRICS_ENABLED else NO_METRICS
+def for_gateway(client, store):
+    """The metrics of a gateway process whose upstream client and usage store these are."""
+    return GatewayMetrics(client, store) if settings.GATEWAY_METRICS_ENABLED else NO_METRICS
 
 
 def pool_connections(client) -> tuple[int, int] | None:
