@@ -1,4 +1,5 @@
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from gateway.models import ApiKey, Project
@@ -27,9 +28,10 @@ class Command(BaseCommand):
         if len(name) > 100:
             raise CommandError("--name is at most 100 characters.")
         project = find_project(project) if project else Project.objects.default()
-        if refusal := project.key_refusal(user):
-            raise CommandError(refusal)
-        api_key, raw = ApiKey.objects.create_key(user, name=name, expires_in_days=expires, project=project)
+        try:  # a project that refuses the key (Project.key_refusal) says why
+            api_key, raw = ApiKey.objects.create_key(user, name=name, expires_in_days=expires, project=project)
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from None
         expiry = f", expires {api_key.expires_at:%Y-%m-%d %H:%M %Z}" if api_key.expires_at else ""
         self.stderr.write(f"Created key {api_key.prefix}… for {username} in {project.name}{expiry}. It is shown only now:")
         self.stdout.write(raw)

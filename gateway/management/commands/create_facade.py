@@ -5,19 +5,9 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from gateway.models import ModelFacade
+from gateway.models.facades import USD_PRICES
 from usage.money import usd_to_micros
 from usage.pricing import PriceError, parse_rules
-
-# option -> (model field, unit of the USD amount)
-PRICE_OPTIONS = {
-    "input_price": ("input_price_micros", "per million tokens"),
-    "cached_input_price": ("cached_input_price_micros", "per million tokens"),
-    "cache_write_price": ("cache_write_price_micros", "per million tokens"),
-    "cache_write_extended_price": ("cache_write_extended_price_micros", "per million tokens"),
-    "output_price": ("output_price_micros", "per million tokens"),
-    "web_search_price": ("web_search_price_micros", "per 1,000 calls"),
-    "file_search_price": ("file_search_price_micros", "per 1,000 calls"),
-}
 
 
 def flag(option: str) -> str:
@@ -25,11 +15,12 @@ def flag(option: str) -> str:
 
 
 def parse_price(option: str, raw: str) -> int:
-    unit = PRICE_OPTIONS[option][1]
+    """A price option in USD as integer micro-USD, by the admin form's rule (usage.money.usd_to_micros)."""
     try:
         usd = Decimal(raw)
     except InvalidOperation:
-        raise CommandError(f"{flag(option)} {raw!r} is not a number (USD {unit}, such as 0.15)") from None
+        per = USD_PRICES[option].per
+        raise CommandError(f"{flag(option)} {raw!r} is not a number (USD per {per}, such as 0.15)") from None
     try:
         return usd_to_micros(usd)
     except ValueError as exc:
@@ -37,7 +28,8 @@ def parse_price(option: str, raw: str) -> int:
 
 
 def parse_price_rules(raw: str) -> dict:
-    """--price-rules: usage.pricing's JSON form, validated here so the error names the bad field."""
+    """--price-rules: usage.pricing's JSON form, checked here by the rule ModelFacade.clean applies
+    (usage.pricing.parse_rules), so that the error names the option as well as the bad field."""
     try:
         rules = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -78,8 +70,8 @@ class Command(BaseCommand):
         parser.add_argument("--catalog", metavar="PROVIDER:MODEL",
                             help="Take every price (tiers and variants too) from this price catalog model, "
                                  "such as anthropic:claude-sonnet-4-5; `manage.py prices` checks them later.")
-        for option, (_, unit) in PRICE_OPTIONS.items():
-            parser.add_argument(flag(option), metavar="USD", help=f"USD {unit}.")
+        for option, price in USD_PRICES.items():
+            parser.add_argument(flag(option), metavar="USD", help=f"USD per {price.per}.")
         parser.add_argument("--price-rules", metavar="JSON",
                             help='Long-context tiers and service-tier or speed variants, as {"tiers": [...], '
                                  '"variants": {...}} in micro-USD (see usage/pricing.py).')
@@ -103,21 +95,19 @@ class Command(BaseCommand):
             fields, ignored = catalog_fields(options["catalog"])
             for field, value in fields.items():
                 setattr(facade, field, value)
-        for option, (field, _) in PRICE_OPTIONS.items():
+        for option, price in USD_PRICES.items():
             if options[option] is not None:
-                setattr(facade, field, parse_price(option, options[option]))
+                setattr(facade, price.column, parse_price(option, options[option]))
         if options["price_rules"] is not None:
             facade.price_rules = parse_price_rules(options["price_rules"])
         if options["inactive"]:
             facade.is_active = False
-        if not facade.upstream_model:
-            facade.upstream_model = name
         try:
-            facade.full_clean()
+            facade.full_clean()  # the facade's rules, the admin form's too: ModelFacade.clean
         except ValidationError as exc:
             problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
             raise CommandError(f"Invalid facade: {problems}") from None
-        facade.save()
+        facade.save()  # an empty upstream model becomes the public name here
         source = f", prices from {facade.catalog_ref} ({facade.catalog_version})" if options["catalog"] else ""
         self.stdout.write(f"{'Created' if created else 'Updated'} facade {facade.name} -> {facade.provider} "
                           f"{facade.base_url} ({facade.upstream_model}, {facade.kind}){source}")
