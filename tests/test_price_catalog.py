@@ -15,7 +15,7 @@ from gateway.price_catalog import (
     CatalogError, Difference, apply_catalog, catalog_prices, catalog_version, differences, facade_price_fields,
     list_catalog_models, stored_prices,
 )
-from usage.pricing import Prices, PriceSet, Variant, cost_nanos
+from usage.pricing import PRICE_FIELDS, Prices, PriceSet, Variant, cost_nanos
 
 pytestmark = pytest.mark.dbless  # touches no database: run in tests/run.sh's PostgreSQL pass only
 
@@ -237,4 +237,4 @@ def test_cost_nanos_agrees_with_calc_price(ref):
 
 
 def astuple(price_set: PriceSet) -> tuple:
-    return tuple(getattr(price_set, name) for name in price_set.__slots__)
+    return tuple(getattr(price_set, name) for name in PRICE_FIELDS)

@@ -48,12 +48,10 @@ class PriceError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class PriceSet:
-    """One full set of prices: tokens in micro-USD per million, tool calls in micro-USD per 1,000 calls.
-
-    `cache_write_micros` is the default retention's write (Anthropic 5 minutes); the extended
-    retention (Anthropic 1 hour, OpenAI 12 hours) has its own price.
-    """
+class SevenPrices:
+    """The seven prices, named once: tokens in micro-USD per million, tool calls in micro-USD per
+    1,000 calls. `cache_write_micros` is the default retention's write (Anthropic 5 minutes); the
+    extended retention (Anthropic 1 hour, OpenAI 12 hours) has its own price."""
 
     input_micros: int = 0
     cached_input_micros: int = 0
@@ -62,6 +60,12 @@ class PriceSet:
     output_micros: int = 0
     web_search_micros: int = 0
     file_search_micros: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PriceSet(SevenPrices):
+    """One full set of prices (a request is billed at exactly one)."""
+
 
     def __post_init__(self):
         for name in PRICE_FIELDS:
@@ -104,8 +108,9 @@ class Variant:
 
 
 @dataclass(frozen=True, slots=True)
-class Prices:
-    """A facade's price table: the base `PriceSet` (the seven fields), its tiers, and its variants.
+class Prices(SevenPrices):
+    """A facade's price table: the base prices (the seven fields), its tiers, and its variants. Not
+    a PriceSet: a table is never billed as one without select().
 
     Tiers: `(threshold, PriceSet)` pairs, ascending. A tier applies when the request's total input
     tokens (cached reads and every cache write included) are strictly above its threshold, and
@@ -123,13 +128,6 @@ class Prices:
     once per facade and name.
     """
 
-    input_micros: int = 0
-    cached_input_micros: int = 0
-    cache_write_micros: int = 0
-    cache_write_extended_micros: int = 0
-    output_micros: int = 0
-    web_search_micros: int = 0
-    file_search_micros: int = 0
     tiers: Tiers = ()
     variants: tuple[tuple[str, Variant], ...] = ()  # a Mapping is accepted and stored sorted by name
     # What select() reads, built once: (base, thresholds, tier price sets) per name.
