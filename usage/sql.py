@@ -237,7 +237,7 @@ STATE_TABLE = "usage_rollup_state"
 # (SHARE_WATERMARK), a rollup exclusively (EXCLUDE_WATERMARK_WRITERS), each until its transaction
 # ends. A row lock did the same, but rows share-locked by several transactions at once (each
 # gateway worker's armed transaction, usage.ledger.writers.PostgresWriter) are locked through a new
-# MultiXact per lock, with every holder as a member: 844 a second with two workers here, so the
+# MultiXact per lock, with every holder as a member: one a batch, per worker, so the
 # database's MultiXact space (and its member space, which grows with the number of holders) ran
 # towards forced anti-wraparound vacuums of every table, or at worst refused writes. An advisory
 # lock lives in the lock table only: nothing is written for it.
