@@ -96,9 +96,9 @@ def add_counters(table: str, rows: int) -> str:
 # --- exact reads: a window's segments summed in one statement (usage.reads.engine) ------------------
 
 
-def _grouping(group_by: tuple[str, ...]) -> tuple[str, ...]:
+def _grouping(group_by: tuple[str, ...], *also: str) -> tuple[str, ...]:
     for column in group_by:
-        if column not in KEY_COLUMNS:
+        if column not in KEY_COLUMNS and column not in also:
             raise ValueError(f"{column!r} is not a bucket key column")
     return group_by
 
@@ -160,8 +160,26 @@ def segment_sums(span: int, table: str, group_by: tuple[str, ...], where: str) -
             f"WHERE bucket_start >= %s AND bucket_start < %s{where}{grouped}")
 
 
+def segment_sums_per_project(span: int, table: str, group_by: tuple[str, ...], where: str, key_table: str,
+                             project_column: str) -> str:
+    """segment_sums with each row's key replaced by the key's project (group_by names key_id): the
+    same columns, `project_id` in the place of `key_id`, so the database sums a read per project
+    in one pass instead of returning one row per key."""
+    if "key_id" not in _grouping(group_by):
+        raise ValueError("sums per project are made from rows per key")
+    key_table, project_column = _identifier(key_table), _identifier(project_column)
+    columns = [f"k.{project_column}" if column == "key_id" else f"b.{column}" for column in group_by]
+    picked = ", ".join((*(f"{c} AS project_id" if c.startswith("k.") else c for c in columns),
+                        *(f"SUM(b.{c}) AS {c}" for c in COUNTERS)))
+    rows = (f"SELECT * FROM {_level_table(table)} WHERE bucket_start >= %s AND bucket_start < %s{where}")
+    return (f"SELECT {int(span)} AS span, {picked} FROM ({rows}) b JOIN {key_table} k ON k.id = b.key_id "
+            f"GROUP BY {', '.join(columns)}")
+
+
 def sums_of_segments(parts: list[str], group_by: tuple[str, ...]) -> str:
-    grouping = ", ".join(("s.span", *(f"s.{column}" for column in _grouping(group_by))))
+    """The segments' sums summed again per span and group (group_by: bucket key columns, or
+    project_id in key_id's place, see segment_sums_per_project)."""
+    grouping = ", ".join(("s.span", *(f"s.{column}" for column in _grouping(group_by, "project_id"))))
     sums = ", ".join(f"SUM(s.{c}) AS {c}" for c in COUNTERS)
     return f"SELECT {grouping}, {sums} FROM ({' UNION ALL '.join(parts)}) s GROUP BY {grouping}"
 

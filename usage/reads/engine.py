@@ -105,16 +105,18 @@ def _project_keys() -> tuple[str, str]:
 
 
 def sums(spans: list[tuple[datetime, datetime]], group_by: tuple[str, ...], rolled_through: datetime | None,
-         coarsest: str = "month", *, facade_names: bool = False, per_project: bool = False, **scope) -> list[dict]:
+         coarsest: str = "month", *, facade_names: bool = False, per_project: bool = False,
+         keys_to_projects: bool = False, **scope) -> list[dict]:
     """Counter sums per `group_by` columns (bucket key columns) and per span, over the segments of
     every span (see segments), read in one statement. Each row holds "span" (the index of its span
     in `spans`), the group_by values, the counters, and "facade_name" when `facade_names` (group_by
     has facade_id). `scope` keeps some rows (usage.sql.segment_filters: user_id, key_id, project_id,
     and sets of user_ids, key_ids, facade_ids, project_ids; a project's rows are its keys' rows);
     `per_project` (group_by ("key_id",)) sums the keys' rows per project instead, each row with
-    "project_id", "public_id" and "name"."""
+    "project_id", "public_id" and "name"; `keys_to_projects` (group_by has key_id, among others)
+    sums them per project with the other columns kept, "project_id" in the place of "key_id"."""
     read = sums_read(spans, group_by, rolled_through, coarsest, facade_names=facade_names, per_project=per_project,
-                     **scope)
+                     keys_to_projects=keys_to_projects, **scope)
     return read.rows(fetch_serial(read.statement, read.params)) if read else []
 
 
@@ -136,7 +138,7 @@ class Read:
 
 
 def sums_read(spans, group_by, rolled_through, coarsest="month", *, facade_names=False, per_project=False,
-              **scope) -> Read | None:
+              keys_to_projects=False, **scope) -> Read | None:
     """sums' statement (None: no segment to read), for reads run together (fetch_serial_many)."""
     if per_project and group_by != ("key_id",):
         raise ValueError("per_project sums rows grouped by key_id alone")
@@ -147,10 +149,14 @@ def sums_read(spans, group_by, rolled_through, coarsest="month", *, facade_names
     parts, params = [], []
     for index, (start, end) in enumerate(spans):
         for model, a, b in segments(start, end, rolled_through, coarsest):
-            parts.append(sql.segment_sums(index, model._meta.db_table, group_by, where))
+            table = model._meta.db_table
+            parts.append(sql.segment_sums_per_project(index, table, group_by, where, *_project_keys())
+                         if keys_to_projects else sql.segment_sums(index, table, group_by, where))
             params += [adapt(a), adapt(b), *where_params]
     if not parts:
         return None
+    if keys_to_projects:
+        group_by = tuple("project_id" if column == "key_id" else column for column in group_by)
     statement = sql.sums_of_segments(parts, group_by)
     names = ["span", *group_by, *COUNTERS]
     if facade_names:

@@ -122,12 +122,21 @@ def _namers(rows: list[dict], dimensions: tuple[str, ...]) -> dict:
     if "user" in dimensions:
         users = dict(get_user_model().objects.filter(pk__in={r["user_id"] for r in rows}).values_list("pk", "username"))
         namers["user"] = lambda row: users[row["user_id"]]
-    if "key" in dimensions or "project" in dimensions:
+    if "key" in dimensions:
         keys = {pk: (prefix, project) for pk, prefix, project in key_model().objects.filter(
             pk__in={r["key_id"] for r in rows}).values_list("pk", "prefix", "project__public_id")}
         namers["key"] = lambda row: keys[row["key_id"]][0]
         namers["project"] = lambda row: keys[row["key_id"]][1]
+    elif "project" in dimensions:  # summed per project by the database (_per_project)
+        projects = dict(project_model().objects.filter(pk__in={r["project_id"] for r in rows})
+                        .values_list("pk", "public_id"))
+        namers["project"] = lambda row: projects[row["project_id"]]
     return namers
+
+
+def _per_project(dimensions: tuple[str, ...]) -> bool:
+    """Grouped by project but not by key: the keys' rows are summed per project in the statement."""
+    return "project" in dimensions and "key" not in dimensions
 
 
 def read(query: Query, dimensions: tuple[str, ...]) -> dict[tuple, Totals]:
@@ -138,7 +147,7 @@ def read(query: Query, dimensions: tuple[str, ...]) -> dict[tuple, Totals]:
     columns = tuple(dict.fromkeys(DIMENSIONS[d] for d in dimensions))
     coarsest = "hour" if query.width == "1h" else "day"
     rows = sums([(query.buckets[0][0], query.buckets[-1][1])], ("bucket_start", *columns), watermark(), coarsest,
-                facade_names="model" in dimensions, **scope)
+                facade_names="model" in dimensions, keys_to_projects=_per_project(dimensions), **scope)
     namers = _namers(rows, dimensions)
     out: dict[tuple, Totals] = {}
     for row in rows:
